@@ -1,0 +1,3626 @@
+#!/usr/bin/env python3
+"""fcgiwatch: keep long-running programs alive.  One file, standard library only.
+
+Point it at an INI file and every program in it runs, as the user it should
+run as, and comes back within milliseconds when it dies.  Start it from a
+``@reboot`` crontab line; ask ``--status`` how each program is doing.
+
+Usage:
+  fcgiwatch.py [-c FILE]                  run the supervisor in the foreground
+  fcgiwatch.py [-c FILE] --daemon         detach and run in the background (for cron)
+  fcgiwatch.py [-c FILE] --check          validate the config, print what would run
+  fcgiwatch.py [-c FILE] --status [--json] [NAME ...]
+  fcgiwatch.py [-c FILE] --start NAME ... | all
+  fcgiwatch.py [-c FILE] --stop NAME ... | all
+  fcgiwatch.py [-c FILE] --restart NAME ... | all
+  fcgiwatch.py [-c FILE] --signal SIG NAME ... | all
+  fcgiwatch.py [-c FILE] --reload         re-read the config (same as SIGHUP)
+  fcgiwatch.py [-c FILE] --shutdown       stop every service, then the supervisor
+  fcgiwatch.py [-c FILE] --reexec         re-execute this file (upgrade); services keep running
+  fcgiwatch.py --version | --help
+
+Without -c the config is $FCGIWATCH_CONFIG, else fcgiwatch.conf beside this
+file, else /etc/fcgiwatch.conf.
+
+Exit codes: 0 success; 1 the operation failed (supervisor not running,
+permission denied, a service did not come up); 2 usage or config error;
+3 (--status only) the supervisor runs but a service that should be up is not.
+
+Signals to the supervisor: TERM or INT stop every service and exit; HUP
+reloads the config; USR1 reopens log files; USR2 re-executes the supervisor.
+
+Map of this file, top to bottom: constants; errors; config (converters,
+parse_config, diff_configs); child process (user lookup, spawn, the child
+side); output (log files, syslog); the supervision state machine (Service);
+health probes; the event loop (Supervisor); status; control protocol
+(server, then client); command line (parse_args, main).
+"""
+
+import errno
+import fcntl
+import math
+import os
+import re
+import selectors
+import signal
+import socket
+import stat
+import struct
+import sys
+import time
+from collections import namedtuple
+
+VERSION = "1.0.0"
+
+# Exit codes (see the module docstring).
+EXIT_OK = 0
+EXIT_FAIL = 1
+EXIT_USAGE = 2
+EXIT_NOT_UP = 3
+
+#: The service states of the contract, in the order --status explains them.
+STARTING, UP, STOPPING, BACKOFF, DOWN, FATAL = (
+    "starting", "up", "stopping", "backoff", "down", "fatal")
+STATES = (STARTING, UP, STOPPING, BACKOFF, DOWN, FATAL)
+
+#: Where a service's processes may exist: the states with a pid or a group.
+RUNNING_STATES = (STARTING, UP, STOPPING)
+
+#: Default PATH given to services (and used to find their programs).
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+#: Files inside state_dir.
+LOCK_FILE = "pid"
+STATUS_FILE = "status.json"
+CONTROL_SOCKET = "control.sock"
+
+#: A run shorter than this is a quick failure even with startsecs = 0, so
+#: that a program that exits at once can never make us restart it in a loop.
+MIN_GOOD_RUN = 0.1
+
+#: How long a group may linger after SIGKILL before we stop waiting for it.
+GROUP_KILL_GRACE = 5.0
+
+#: Poll period while waiting for the rest of a process group to leave
+#: (grandchildren do not send us SIGCHLD); only while something is stopping.
+GROUP_POLL = 0.02
+
+#: Bytes read from a child's output pipe per wake-up; a pipe is made this
+#: large where the kernel allows, so a fast writer needs few wake-ups.
+PIPE_CHUNK = 1 << 18
+
+#: Syslog message body limit: longer lines are split, never dropped.
+SYSLOG_LINE_MAX = 1024
+
+#: Messages kept while the syslog socket is full, before the oldest are dropped.
+SYSLOG_BACKLOG_MAX = 10000
+
+#: Largest control request accepted, in bytes.
+CONTROL_REQUEST_MAX = 65536
+
+#: Seconds a control client waits for the supervisor's first answer.
+CONTROL_ANSWER_TIMEOUT = 10.0
+
+SYSLOG_FACILITIES = {
+    "kern": 0, "user": 1, "mail": 2, "daemon": 3, "auth": 4, "syslog": 5,
+    "lpr": 6, "news": 7, "uucp": 8, "cron": 9, "authpriv": 10, "ftp": 11,
+    "local0": 16, "local1": 17, "local2": 18, "local3": 19,
+    "local4": 20, "local5": 21, "local6": 22, "local7": 23,
+}
+LOG_ERR, LOG_WARNING, LOG_NOTICE, LOG_INFO = 3, 4, 5, 6
+
+
+# ===========================================================================
+# Errors
+#
+# Every error a user can cause carries enough context to say where it is and
+# what to do.  Config errors are collected, not raised one by one, so that a
+# file with three mistakes is fixed in one round.
+# ===========================================================================
+
+class ConfigError(Exception):
+    """One problem in one config file, at one section and key."""
+
+    def __init__(self, filename, section, key, message):
+        Exception.__init__(self, message)
+        self.filename, self.section, self.key = filename, section, key
+        self.message = message
+
+    def __str__(self):
+        where = [self.filename]
+        if self.section:
+            where.append("[%s]" % self.section)
+        if self.key:
+            where.append(self.key)
+        return "%s: %s" % (" ".join(where), self.message)
+
+
+class ConfigErrors(Exception):
+    """All the problems found in one config file."""
+
+    def __init__(self, errors):
+        Exception.__init__(self, "\n".join(str(e) for e in errors))
+        self.errors = list(errors)
+
+    def lines(self):
+        return ["fcgiwatch: %s" % e for e in self.errors]
+
+
+class UsageError(Exception):
+    """A bad command line or control request (exit 2)."""
+
+
+class Failure(Exception):
+    """An operation that failed for a reason outside the user's input (exit 1)."""
+
+
+# ===========================================================================
+# Config
+#
+# Small converters that turn one string into one value or raise ValueError
+# naming the value; parse_config() runs them over every key and adds file,
+# section and key to each message.  ServiceConfig is an immutable namedtuple
+# so that reload can compare old and new with ==.
+# ===========================================================================
+
+GlobalConfig = namedtuple("GlobalConfig", [
+    "filename", "state_dir", "syslog", "syslog_facility", "syslog_socket",
+    "log_file", "path"])
+
+ServiceConfig = namedtuple("ServiceConfig", [
+    "name", "section", "command", "argv", "user", "uid", "gid", "groups",
+    "home", "shell", "directory", "environment", "env", "umask",
+    "autostart", "autorestart", "exitcodes", "startsecs", "startretries",
+    "backoff_max", "stopsignal", "stopwaitsecs", "stopasgroup", "killasgroup",
+    "stdout_logfile", "stderr_logfile", "stdout_logfile_maxbytes",
+    "stdout_logfile_backups", "stderr_logfile_maxbytes",
+    "stderr_logfile_backups", "redirect_stderr", "healthcheck",
+    "healthcheck_interval", "healthcheck_timeout", "healthcheck_retries",
+    "priority", "socket", "socket_owner", "socket_mode"])
+
+Config = namedtuple("Config", ["globals", "services"])
+
+#: Keys that shape the process itself: a change restarts the service on
+#: reload.  Every other key only changes how it is supervised.
+PROCESS_KEYS = (
+    "command", "argv", "user", "uid", "gid", "groups", "home", "shell",
+    "directory", "environment", "env", "umask", "stdout_logfile",
+    "stderr_logfile", "stdout_logfile_maxbytes", "stdout_logfile_backups",
+    "stderr_logfile_maxbytes", "stderr_logfile_backups", "redirect_stderr",
+    "socket", "socket_owner", "socket_mode")
+
+#: Service keys and their defaults (None: required; "": derived later).
+SERVICE_DEFAULTS = {
+    "command": None, "user": "", "group": "", "directory": "",
+    "environment": "", "umask": "022", "autostart": "true",
+    "autorestart": "true", "exitcodes": "0", "startsecs": "1",
+    "startretries": "forever", "backoff_max": "60", "stopsignal": "TERM",
+    "stopwaitsecs": "10", "stopasgroup": "true", "killasgroup": "true",
+    "stdout_logfile": "syslog", "stderr_logfile": "",
+    "stdout_logfile_maxbytes": "10MB", "stdout_logfile_backups": "5",
+    "stderr_logfile_maxbytes": "", "stderr_logfile_backups": "",
+    "redirect_stderr": "false", "healthcheck": "",
+    "healthcheck_interval": "10", "healthcheck_timeout": "3",
+    "healthcheck_retries": "3", "priority": "999", "socket": "",
+    "socket_owner": "", "socket_mode": "0700",
+}
+
+GLOBAL_KEYS = ("state_dir", "syslog", "syslog_facility", "syslog_socket",
+               "log_file", "path")
+
+SERVICE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
+ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+#: Where fcgiwatch's own section lives; every other section is a service.
+OWN_SECTION = "fcgiwatch"
+
+TRUE_WORDS = ("true", "yes", "on", "1")
+FALSE_WORDS = ("false", "no", "off", "0")
+
+
+def to_bool(value):
+    """Parse a boolean the way supervisord does.
+
+    >>> to_bool("Yes"), to_bool("off")
+    (True, False)
+    """
+    word = value.strip().lower()
+    if word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS:
+        return False
+    raise ValueError("%r is not a boolean; use true or false" % value)
+
+
+def to_int(value, minimum=0):
+    """A whole number no smaller than minimum."""
+    try:
+        number = int(value.strip(), 10)
+    except ValueError:
+        raise ValueError("%r is not a whole number" % value)
+    if minimum is not None and number < minimum:
+        raise ValueError("%r is below %d" % (value, minimum))
+    return number
+
+
+def to_seconds(value):
+    """A duration in seconds, fractions allowed, never negative.
+
+    >>> to_seconds("1.5")
+    1.5
+    """
+    text = value.strip()
+    if text.endswith("s") and not text.endswith("ss"):
+        text = text[:-1].strip()
+    try:
+        number = float(text)
+    except ValueError:
+        raise ValueError("%r is not a number of seconds" % value)
+    if number != number or number in (float("inf"), float("-inf")):
+        raise ValueError("%r is not a number of seconds" % value)
+    if number < 0:
+        raise ValueError("%r is negative; durations are 0 or more seconds"
+                         % value)
+    return number
+
+
+def to_octal(value):
+    """An octal mode such as 022 or 0o750."""
+    text = value.strip().lower()
+    if text.startswith("0o"):
+        text = text[2:]
+    try:
+        number = int(text, 8)
+    except ValueError:
+        raise ValueError("%r is not an octal number such as 022" % value)
+    if not 0 <= number <= 0o7777:
+        raise ValueError("%r is out of range for a mode" % value)
+    return number
+
+
+def to_signal(value):
+    """A signal by name (TERM, SIGTERM, term) or number; returns its number.
+
+    >>> to_signal("hup") == to_signal("SIGHUP") == to_signal("1")
+    True
+    """
+    text = value.strip()
+    if text.isdigit():
+        number = int(text)
+        if 0 < number < signal.NSIG:
+            return number
+        raise ValueError("%r is not a signal number" % value)
+    name = text.upper()
+    if not name.startswith("SIG"):
+        name = "SIG" + name
+    number = getattr(signal, name, None)
+    if (isinstance(number, int) and not name.startswith("SIG_")
+            and 0 < int(number) < signal.NSIG):
+        return int(number)
+    raise ValueError("%r is not a signal name; use e.g. TERM, HUP, INT"
+                     % value)
+
+
+def signal_name(number):
+    """KILL for 9, and the number as text for a signal with no name."""
+    try:
+        return signal.Signals(number).name[3:]
+    except ValueError:
+        return str(number)
+
+
+def to_exitcodes(value):
+    """Comma-separated exit codes, each 0 to 255."""
+    codes = []
+    for part in value.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if not part.isdigit() or int(part) > 255:
+            raise ValueError("%r is not an exit code (0 to 255)" % part)
+        codes.append(int(part))
+    if not codes:
+        raise ValueError("no exit codes given; use e.g. 0 or 0,2")
+    return tuple(sorted(set(codes)))
+
+
+def to_byte_size(value):
+    """A size in bytes, with an optional KB, MB or GB (powers of 1024).
+
+    >>> to_byte_size("10MB"), to_byte_size("0"), to_byte_size("1 kb")
+    (10485760, 0, 1024)
+    """
+    text = value.strip().upper().replace(" ", "")
+    factor = 1
+    for suffix, size in (("KB", 1 << 10), ("MB", 1 << 20), ("GB", 1 << 30),
+                         ("K", 1 << 10), ("M", 1 << 20), ("G", 1 << 30),
+                         ("B", 1)):
+        if text.endswith(suffix):
+            text, factor = text[:-len(suffix)], size
+            break
+    if not text.isdigit():
+        raise ValueError("%r is not a size; use e.g. 10MB, 500KB or 0"
+                         % value)
+    return int(text) * factor
+
+
+def to_retries(value):
+    """A number of retries, or forever (None)."""
+    if value.strip().lower() in ("forever", "infinite", "unlimited"):
+        return None
+    return to_int(value)
+
+
+def to_autorestart(value):
+    """true, false, or unexpected."""
+    word = value.strip().lower()
+    if word == "unexpected":
+        return "unexpected"
+    try:
+        return "true" if to_bool(word) else "false"
+    except ValueError:
+        raise ValueError("%r is not one of true, false, unexpected" % value)
+
+
+def to_environment(value):
+    """KEY=value pairs, comma- or newline-separated; values may be quoted.
+
+    Returns a tuple of (key, value) pairs in the order given.
+
+    >>> to_environment('A=1, B="x, y"\\nC=')
+    (('A', '1'), ('B', 'x, y'), ('C', ''))
+    """
+    pairs, items, current, quote, quoted = [], [], [], None, False
+    for char in value + ",":
+        if quote:
+            if char == quote:
+                quote = None
+            else:
+                current.append(char)
+        elif char in "\"'":
+            quote, quoted = char, True
+        elif char in ",\n":
+            item = "".join(current).strip()
+            if item or quoted:
+                items.append(item)
+            current, quoted = [], False
+        else:
+            current.append(char)
+    if quote:
+        raise ValueError("unbalanced %s quote in %r" % (quote, value))
+    for item in items:
+        key, sep, val = item.partition("=")
+        key = key.strip()
+        if not sep or not ENV_NAME_RE.match(key):
+            raise ValueError("%r is not KEY=value" % item)
+        pairs.append((key, val.strip() if not quoted else val))
+    return tuple(pairs)
+
+
+def split_url(value, schemes):
+    """Split scheme://host:port/path or scheme:///unix/path.
+
+    Returns (scheme, host, port, path) with host None for a unix path.
+
+    >>> split_url("fcgi://127.0.0.1:4040/ping", ("fcgi",))
+    ('fcgi', '127.0.0.1', 4040, '/ping')
+    >>> split_url("unix:///run/app.sock", ("unix",))
+    ('unix', None, None, '/run/app.sock')
+    """
+    scheme, sep, rest = value.strip().partition("://")
+    scheme = scheme.lower()
+    if not sep or scheme not in schemes:
+        raise ValueError("%r must start with %s" % (value, " or ".join(
+            s + "://" for s in schemes)))
+    if rest.startswith("/"):
+        if len(rest) < 2:
+            raise ValueError("%r names no socket path" % value)
+        return scheme, None, None, rest
+    hostport, slash, path = rest.partition("/")
+    path = slash + path
+    if hostport.startswith("["):
+        host, bracket, port = hostport[1:].partition("]")
+        if not bracket or not port.startswith(":"):
+            raise ValueError("%r is not [IPv6]:PORT" % hostport)
+        port = port[1:]
+    else:
+        host, colon, port = hostport.rpartition(":")
+        if not colon:
+            raise ValueError("%r needs HOST:PORT" % value)
+    if not host:
+        raise ValueError("%r names no host" % value)
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("%r has no valid port (1 to 65535)" % value)
+    return scheme, host, int(port), path
+
+
+def resolve_address(host, port):
+    """(family, sockaddr) for a TCP host and port, without DNS for numbers."""
+    try:
+        infos = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise ValueError("cannot resolve host %r: %s" % (
+            host, getattr(exc, "strerror", None) or exc))
+    family, _type, _proto, _name, sockaddr = infos[0]
+    return family, sockaddr
+
+
+Endpoint = namedtuple("Endpoint", ["url", "scheme", "family", "address",
+                                   "path"])
+
+
+def to_endpoint(value, schemes):
+    """A socket endpoint: TCP host:port (resolved now) or a unix path."""
+    scheme, host, port, path = split_url(value, schemes)
+    if host is None:
+        return Endpoint(value.strip(), scheme, socket.AF_UNIX, path, "")
+    family, sockaddr = resolve_address(host, port)
+    return Endpoint(value.strip(), scheme, family, sockaddr, path)
+
+
+def to_healthcheck(value):
+    """tcp://, fcgi://, fcgi:/// or http:// as the contract lists them."""
+    endpoint = to_endpoint(value, ("tcp", "fcgi", "http"))
+    if endpoint.family == socket.AF_UNIX and endpoint.scheme != "fcgi":
+        raise ValueError("%r: only fcgi:/// takes a unix socket path" % value)
+    if endpoint.scheme == "http" and not endpoint.path:
+        endpoint = endpoint._replace(path="/")
+    return endpoint
+
+
+def to_socket(value):
+    """tcp://HOST:PORT or unix:///path for a supervisor-held listener."""
+    endpoint = to_endpoint(value, ("tcp", "unix"))
+    if endpoint.scheme == "unix" and endpoint.family != socket.AF_UNIX:
+        raise ValueError("%r: use unix:///absolute/path.sock" % value)
+    if endpoint.scheme == "tcp" and (endpoint.family == socket.AF_UNIX
+                                     or endpoint.path not in ("", "/")):
+        raise ValueError("%r: use tcp://HOST:PORT" % value)
+    return endpoint
+
+
+def to_syslog_socket(value):
+    """A unix datagram socket path, or udp://HOST:PORT."""
+    text = value.strip()
+    if text.lower().startswith("udp://"):
+        _scheme, host, port, path = split_url(text, ("udp",))
+        if host is None or path:
+            raise ValueError("%r: use udp://HOST:PORT" % value)
+        family, sockaddr = resolve_address(host, port)
+        return ("udp", family, sockaddr)
+    if not text.startswith("/"):
+        raise ValueError("%r: use an absolute socket path or udp://HOST:PORT"
+                         % value)
+    return ("unix", socket.AF_UNIX, text)
+
+
+def to_logfile(value, base_dir):
+    """syslog, null, inherit, or a file path (relative to the config)."""
+    text = value.strip()
+    word = text.lower()
+    if word in ("syslog", "null", "inherit"):
+        return word
+    if word == "none":  # supervisord's spelling of "discard"
+        return "null"
+    if not text:
+        raise ValueError("empty; use syslog, null, inherit or a file path")
+    path = os.path.normpath(os.path.join(base_dir, os.path.expanduser(text)))
+    parent = os.path.dirname(path)
+    if not os.path.isdir(parent):
+        raise ValueError("directory %s does not exist; create it first"
+                         % parent)
+    if os.path.isdir(path):
+        raise ValueError("%s is a directory; name a file" % path)
+    return path
+
+
+def to_command(value):
+    """Split a command like a POSIX shell does."""
+    import shlex
+    try:
+        argv = shlex.split(value)
+    except ValueError as exc:
+        raise ValueError("cannot split %r: %s" % (value, exc))
+    if not argv:
+        raise ValueError("empty; say what to run, e.g. command = "
+                         "/usr/bin/python3 app.py")
+    return tuple(argv)
+
+
+def lookup_user(name):
+    """A passwd entry by name or number, or ValueError."""
+    import pwd
+    try:
+        if name.isdigit():
+            return pwd.getpwuid(int(name))
+        return pwd.getpwnam(name)
+    except KeyError:
+        raise ValueError("no such user %r; create it or fix the name" % name)
+
+
+def lookup_group(name):
+    """A group number by name or number, or ValueError."""
+    import grp
+    try:
+        if name.isdigit():
+            return grp.getgrgid(int(name)).gr_gid
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise ValueError("no such group %r; create it or fix the name" % name)
+
+
+def current_user(euid):
+    """(name, uid, gid, home, shell) of the supervisor's own user."""
+    import pwd
+    try:
+        entry = pwd.getpwuid(euid)
+        return (entry.pw_name, entry.pw_uid, entry.pw_gid, entry.pw_dir,
+                entry.pw_shell or "/bin/sh")
+    except KeyError:  # a uid without a passwd entry, e.g. in a container
+        return (str(euid), euid, os.getegid(), os.environ.get("HOME", "/"),
+                "/bin/sh")
+
+
+def default_state_dir(euid):
+    """The contract's default: /run as root, else XDG_RUNTIME_DIR, else ~."""
+    if euid == 0:
+        return "/run/fcgiwatch"
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and os.path.isabs(runtime):
+        return os.path.join(runtime, "fcgiwatch")
+    return os.path.join(current_user(euid)[3], ".fcgiwatch")
+
+
+def read_config_file(filename):
+    """The config's text, or ConfigErrors naming why it cannot be read."""
+    try:
+        with open(filename, "rb") as handle:
+            data = handle.read()
+    except OSError as exc:
+        hint = {errno.ENOENT: "; give the right path with -c FILE",
+                errno.EACCES: "; make it readable by this user"}.get(
+                    exc.errno, "")
+        raise ConfigErrors([ConfigError(filename, None, None, "cannot read: "
+                                        + exc.strerror + hint)])
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigErrors([ConfigError(
+            filename, None, None, "not UTF-8 text (byte %d)" % exc.start)])
+
+
+def load_config(filename, euid=None):
+    """Read and parse a config file; raises ConfigErrors."""
+    filename = os.path.abspath(filename)
+    return parse_config(read_config_file(filename), filename, euid)
+
+
+def parse_config(text, filename, euid=None):
+    """Parse config text into a Config, or raise ConfigErrors listing every
+    problem found, each naming file, section and key.
+
+    Nothing here starts a process: --check, the supervisor and reload all
+    call this first and act only on a Config that came back whole.
+    """
+    import configparser
+    if euid is None:
+        euid = os.geteuid()
+    errors = []
+
+    def error(section, key, message):
+        errors.append(ConfigError(filename, section, key, message))
+
+    if not text.strip():
+        error(None, None, "the file is empty; add a [program:NAME] section "
+              "with a command = line")
+        raise ConfigErrors(errors)
+    # No DEFAULT magic: a [DEFAULT] section would silently add its keys to
+    # every service.  No interpolation: a % is a %.
+    parser = configparser.ConfigParser(
+        interpolation=None, strict=True, default_section="\0none",
+        delimiters=("=", ":"), comment_prefixes=("#", ";"))
+    try:
+        parser.read_string(text, filename)
+    except configparser.MissingSectionHeaderError as exc:
+        error(None, None, "line %d: text before the first [section]: %r; "
+              "is this an INI file?" % (exc.lineno, exc.line.strip()))
+    except configparser.DuplicateSectionError as exc:
+        error(exc.section, None, "line %s: the section appears twice; merge "
+              "them" % exc.lineno)
+    except configparser.DuplicateOptionError as exc:
+        error(exc.section, exc.option, "line %s: the key appears twice in "
+              "this section; keep one" % exc.lineno)
+    except configparser.ParsingError as exc:
+        for lineno, line in exc.errors:
+            error(None, None, "line %d: not a key = value line or [section]:"
+                  " %s" % (lineno, line.strip()))
+    except configparser.Error as exc:
+        error(None, None, str(exc).splitlines()[0])
+    if errors:
+        raise ConfigErrors(errors)
+
+    base_dir = os.path.dirname(os.path.abspath(filename))
+    globals_ = parse_globals(parser, filename, base_dir, euid, error)
+    services, seen = [], {}
+    for section in parser.sections():
+        if section == OWN_SECTION:
+            continue
+        name = section[len("program:"):] if section.startswith(
+            "program:") else section
+        if not SERVICE_NAME_RE.match(name):
+            error(section, None, "%r is not a service name; use [NAME] or "
+                  "[program:NAME] with letters, digits, '_', '.', '-'" % name)
+            continue
+        if name in seen:
+            error(section, None, "service %r is already defined in [%s]; "
+                  "keep one of them" % (name, seen[name]))
+            continue
+        seen[name] = section
+        config = parse_service(parser, section, name, globals_, base_dir,
+                               euid, error)
+        if config is not None:
+            services.append(config)
+    if not seen and not errors:
+        error(None, None, "no services defined; add a [program:NAME] "
+              "section with a command = line")
+    if errors:
+        raise ConfigErrors(errors)
+    services.sort(key=lambda s: (s.priority, s.name))
+    return Config(globals_, tuple(services))
+
+
+def parse_globals(parser, filename, base_dir, euid, error):
+    """The [fcgiwatch] section, with the contract's defaults."""
+    values = dict(parser.items(OWN_SECTION)) if parser.has_section(
+        OWN_SECTION) else {}
+    for key in values:
+        if key not in GLOBAL_KEYS:
+            error(OWN_SECTION, key, "unknown key; known keys are "
+                  + ", ".join(GLOBAL_KEYS))
+
+    def convert(key, function, default):
+        if key not in values:
+            return default
+        try:
+            return function(values[key])
+        except ValueError as exc:
+            error(OWN_SECTION, key, str(exc))
+            return default
+
+    def directory(value):
+        path = os.path.expanduser(value.strip())
+        if not path:
+            raise ValueError("empty; name a directory")
+        return os.path.normpath(os.path.join(base_dir, path))
+
+    def facility(value):
+        word = value.strip().lower()
+        if word.startswith("log_"):
+            word = word[4:]
+        if word not in SYSLOG_FACILITIES:
+            raise ValueError("%r is not a syslog facility; use e.g. daemon, "
+                             "user, local0" % value)
+        return SYSLOG_FACILITIES[word]
+
+    def log_file(value):
+        path = to_logfile(value, base_dir)
+        if path in ("syslog", "null", "inherit"):
+            raise ValueError("name a file path")
+        return path
+
+    def path_list(value):
+        text = value.strip()
+        if not text:
+            raise ValueError("empty; give directories separated by ':'")
+        return text
+
+    return GlobalConfig(
+        filename=filename,
+        state_dir=convert("state_dir", directory, default_state_dir(euid)),
+        syslog=convert("syslog", to_bool, True),
+        syslog_facility=convert("syslog_facility", facility, 3),
+        syslog_socket=convert("syslog_socket", to_syslog_socket,
+                              ("unix", socket.AF_UNIX, "/dev/log")),
+        log_file=convert("log_file", log_file, None),
+        path=convert("path", path_list, DEFAULT_PATH))
+
+
+def parse_service(parser, section, name, globals_, base_dir, euid, error):
+    """One service section; reports problems through error()."""
+    given = dict(parser.items(section))
+    bad = False
+    for key in given:
+        if key not in SERVICE_DEFAULTS:
+            error(section, key, "unknown key; see the config reference in "
+                  "README.md for the keys a service takes")
+            bad = True
+    raw = dict(SERVICE_DEFAULTS)
+    raw.update((k, v) for k, v in given.items() if k in SERVICE_DEFAULTS)
+    values = {}
+
+    def convert(key, function, *args):
+        try:
+            values[key] = function(raw[key], *args)
+        except ValueError as exc:
+            error(section, key, str(exc))
+            return False
+        return True
+
+    if raw["command"] is None:
+        error(section, "command", "missing; say what to run, e.g. command = "
+              "/usr/bin/python3 app.py")
+        bad = True
+    else:
+        bad |= not convert("command", to_command)
+    for key, function in (
+            ("umask", to_octal), ("autostart", to_bool),
+            ("autorestart", to_autorestart), ("exitcodes", to_exitcodes),
+            ("startsecs", to_seconds), ("startretries", to_retries),
+            ("backoff_max", to_seconds), ("stopsignal", to_signal),
+            ("stopwaitsecs", to_seconds), ("stopasgroup", to_bool),
+            ("killasgroup", to_bool), ("redirect_stderr", to_bool),
+            ("stdout_logfile_maxbytes", to_byte_size),
+            ("stdout_logfile_backups", to_int),
+            ("healthcheck_interval", to_seconds),
+            ("healthcheck_timeout", to_seconds),
+            ("healthcheck_retries", lambda v: to_int(v, 1)),
+            ("priority", lambda v: to_int(v, None)),
+            ("socket_mode", to_octal)):
+        bad |= not convert(key, function)
+    for key, function in (("healthcheck", to_healthcheck),
+                          ("socket", to_socket)):
+        if raw[key].strip():
+            bad |= not convert(key, function)
+        else:
+            values[key] = None
+    bad |= not convert("stdout_logfile", to_logfile, base_dir)
+    for stream_key, stdout_key in (
+            ("stderr_logfile", "stdout_logfile"),
+            ("stderr_logfile_maxbytes", "stdout_logfile_maxbytes"),
+            ("stderr_logfile_backups", "stdout_logfile_backups")):
+        if raw[stream_key].strip():
+            function = {"stderr_logfile": lambda v: to_logfile(v, base_dir),
+                        "stderr_logfile_maxbytes": to_byte_size,
+                        "stderr_logfile_backups": to_int}[stream_key]
+            bad |= not convert(stream_key, function)
+        else:
+            values[stream_key] = values.get(stdout_key)
+    if values.get("healthcheck_interval") == 0:
+        error(section, "healthcheck_interval", "must be more than 0 seconds")
+        bad = True
+
+    # The run user: only root may name somebody else (setuid would fail).
+    me = current_user(euid)
+    user_name, uid, gid, home, shell = me
+    change_user = False
+    if raw["user"].strip():
+        try:
+            entry = lookup_user(raw["user"].strip())
+            user_name, uid, gid = entry.pw_name, entry.pw_uid, entry.pw_gid
+            home, shell = entry.pw_dir, entry.pw_shell or "/bin/sh"
+            if euid != 0 and uid != euid:
+                error(section, "user", "only a root supervisor can run "
+                      "services as another user (%s); remove the key or "
+                      "start fcgiwatch as root" % user_name)
+                bad = True
+            change_user = euid == 0
+        except ValueError as exc:
+            error(section, "user", str(exc))
+            bad = True
+    if raw["group"].strip():
+        try:
+            gid = lookup_group(raw["group"].strip())
+            if euid != 0 and gid != os.getegid():
+                error(section, "group", "only a root supervisor can switch "
+                      "to group %s; remove the key or start fcgiwatch as "
+                      "root" % raw["group"].strip())
+                bad = True
+            change_user = change_user or euid == 0
+        except ValueError as exc:
+            error(section, "group", str(exc))
+            bad = True
+    groups = ()
+    if change_user and not bad:
+        try:
+            groups = tuple(sorted(set(os.getgrouplist(user_name, gid))))
+        except OSError:
+            groups = (gid,)
+
+    directory = base_dir
+    if raw["directory"].strip():
+        directory = os.path.normpath(os.path.join(
+            base_dir, os.path.expanduser(raw["directory"].strip())))
+        if not os.path.isdir(directory):
+            error(section, "directory", "%s does not exist or is not a "
+                  "directory; create it or fix the path" % directory)
+            bad = True
+    environment = ()
+    if raw["environment"].strip():
+        bad |= not convert("environment", to_environment)
+        environment = values.get("environment", ())
+
+    socket_owner = None
+    if raw["socket_owner"].strip():
+        owner, _colon, group = raw["socket_owner"].strip().partition(":")
+        try:
+            entry = lookup_user(owner)
+            socket_owner = (entry.pw_uid, lookup_group(group) if group
+                            else entry.pw_gid)
+            if euid != 0 and socket_owner[0] != euid:
+                raise ValueError("only a root supervisor can give a socket "
+                                 "to another user")
+        except ValueError as exc:
+            error(section, "socket_owner", str(exc))
+            bad = True
+    if bad:
+        return None
+
+    env = {"PATH": globals_.path, "HOME": home, "USER": user_name,
+           "LOGNAME": user_name, "SHELL": shell}
+    env.update(environment)
+    return ServiceConfig(
+        name=name, section=section, command=raw["command"].strip(),
+        argv=values["command"], user=user_name,
+        uid=uid if change_user else None, gid=gid if change_user else None,
+        groups=groups, home=home, shell=shell, directory=directory,
+        environment=environment, env=tuple(sorted(env.items())),
+        umask=values["umask"], autostart=values["autostart"],
+        autorestart=values["autorestart"], exitcodes=values["exitcodes"],
+        startsecs=values["startsecs"], startretries=values["startretries"],
+        backoff_max=values["backoff_max"], stopsignal=values["stopsignal"],
+        stopwaitsecs=values["stopwaitsecs"],
+        stopasgroup=values["stopasgroup"], killasgroup=values["killasgroup"],
+        stdout_logfile=values["stdout_logfile"],
+        stderr_logfile=values["stderr_logfile"],
+        stdout_logfile_maxbytes=values["stdout_logfile_maxbytes"],
+        stdout_logfile_backups=values["stdout_logfile_backups"],
+        stderr_logfile_maxbytes=values["stderr_logfile_maxbytes"],
+        stderr_logfile_backups=values["stderr_logfile_backups"],
+        redirect_stderr=values["redirect_stderr"],
+        healthcheck=values["healthcheck"],
+        healthcheck_interval=values["healthcheck_interval"],
+        healthcheck_timeout=values["healthcheck_timeout"],
+        healthcheck_retries=values["healthcheck_retries"],
+        priority=values["priority"], socket=values["socket"],
+        socket_owner=socket_owner, socket_mode=values["socket_mode"])
+
+
+def diff_configs(old, new):
+    """Compare two tuples of ServiceConfig for reload.
+
+    Returns (added, removed, changed, updated, unchanged) as lists of names:
+    changed services differ in a key that shapes the process (restart),
+    updated ones only in how they are supervised (no restart).
+    """
+    old_by_name = dict((s.name, s) for s in old)
+    new_by_name = dict((s.name, s) for s in new)
+    added = [n for n in new_by_name if n not in old_by_name]
+    removed = [n for n in old_by_name if n not in new_by_name]
+    changed, updated, unchanged = [], [], []
+    for name in new_by_name:
+        if name not in old_by_name:
+            continue
+        a, b = old_by_name[name], new_by_name[name]
+        if a == b:
+            unchanged.append(name)
+        elif any(getattr(a, k) != getattr(b, k) for k in PROCESS_KEYS):
+            changed.append(name)
+        else:
+            updated.append(name)
+    return added, removed, changed, updated, unchanged
+
+
+def insecure_config_reason(filename):
+    """Why a root supervisor must not trust this config, or None.
+
+    Like sshd's StrictModes: the file and every directory above it must be
+    owned by root and writable by nobody else, or anyone who can write them
+    can run commands as root.
+    """
+    path = os.path.abspath(filename)
+    while True:
+        try:
+            info = os.stat(path)
+        except OSError as exc:
+            return "cannot check %s: %s" % (path, exc.strerror)
+        writable = info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+        sticky_dir = stat.S_ISDIR(info.st_mode) and info.st_mode & stat.S_ISVTX
+        if info.st_uid != 0:
+            return ("%s is owned by uid %d, not root; a root supervisor only "
+                    "runs a config that only root can change (chown root)"
+                    % (path, info.st_uid))
+        if writable and not sticky_dir:
+            return ("%s is writable by %s; a root supervisor only runs a "
+                    "config that only root can change (chmod go-w %s)"
+                    % (path, "others" if info.st_mode & stat.S_IWOTH
+                       else "its group", path))
+        parent = os.path.dirname(path)
+        if parent == path:
+            return None
+        path = parent
+
+
+# ===========================================================================
+# Child process
+#
+# Everything that needs a lookup (argv, environment, uid, gids) was resolved
+# into the ServiceConfig by parse_config().  Between fork and exec the child
+# only makes system calls, in the order the contract gives, and reports the
+# first failure through a close-on-exec pipe so that the supervisor can say
+# "exec failed: No such file or directory" instead of "exited 127".
+# ===========================================================================
+
+#: Signals the supervisor handles; blocked around fork so that none of its
+#: handlers can run in a child before the child has reset them.
+HANDLED_SIGNALS = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT,
+                   signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
+
+
+def non_default_signals():
+    """Signals whose disposition is not SIG_DFL here: the child resets them.
+
+    Python itself ignores SIGPIPE and SIGXFSZ, and whoever started us may
+    have ignored more (nohup ignores HUP); an ignored signal stays ignored
+    across exec, so a child that inherited it would never see it.
+    """
+    found = []
+    for number in range(1, signal.NSIG):
+        if number in (signal.SIGKILL, signal.SIGSTOP):
+            continue
+        try:
+            if signal.getsignal(number) not in (signal.SIG_DFL, None):
+                found.append(number)
+        except (ValueError, OSError):
+            continue
+    return tuple(found)
+
+
+def spawn_child(config, stdin_fd, stdout_fd, stderr_fd, reset_signals):
+    """Fork and exec one run of a service.
+
+    Returns (pid, error_pipe_read_end).  The read end gives EOF when exec
+    succeeded, or a record "step:errno:path" when a step failed; reading it
+    never blocks for long, because the child either execs or exits at once.
+    Raises OSError when fork itself fails.
+    """
+    argv = list(config.argv)
+    env = dict(config.env)
+    err_read, err_write = os.pipe()  # both close-on-exec (PEP 446)
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
+    try:
+        pid = os.fork()
+        if pid == 0:
+            child_exec(config, argv, env, stdin_fd, stdout_fd, stderr_fd,
+                       err_write, reset_signals)  # never returns
+    except BaseException:
+        os.close(err_read)
+        raise
+    finally:
+        # Only the parent gets here: child_exec() ends in os._exit().
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        os.close(err_write)
+    return pid, err_read
+
+
+def child_exec(config, argv, env, stdin_fd, stdout_fd, stderr_fd, err_write,
+               reset_signals):
+    """The child between fork and exec.  System calls only; never returns.
+
+    A Python exception escaping from here would leave a second supervisor
+    running, so the whole body sits in try/finally ending in os._exit().
+    """
+    step, path = "setup", ""
+    try:
+        # The wake-up pipe belongs to the parent: detach from it before any
+        # signal can be unblocked, then reset dispositions and the mask.
+        signal.set_wakeup_fd(-1)
+        for number in reset_signals:
+            signal.signal(number, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, ())
+        step = "setsid"
+        os.setsid()
+        step = "stdio"
+        os.dup2(stdin_fd, 0)
+        os.dup2(stdout_fd, 1)
+        os.dup2(stderr_fd, 2)
+        # No other fd reaches the program: everything the supervisor opens
+        # is close-on-exec, and inherited fds were marked so at start-up.
+        step, path = "chdir", config.directory
+        os.chdir(config.directory)
+        os.umask(config.umask)
+        if config.uid is not None:
+            step, path = "setgroups", ""
+            os.setgroups(list(config.groups))
+            step = "setgid"
+            os.setgid(config.gid)
+            step = "setuid"
+            os.setuid(config.uid)
+            # Never exec as root when the config names somebody else.
+            step = "drop privileges"
+            if (os.getuid(), os.geteuid()) != (config.uid, config.uid) or (
+                    os.getgid(), os.getegid()) != (config.gid, config.gid):
+                raise OSError(errno.EPERM, "credentials did not change")
+            if config.uid != 0:
+                try:
+                    os.setuid(0)
+                except OSError:
+                    pass
+                else:
+                    raise OSError(errno.EPERM, "could regain root")
+        step, path = "exec", argv[0]
+        os.execvpe(argv[0], argv, env)
+    except OSError as exc:
+        record = "%s:%d:%s" % (step, exc.errno or 0, path)
+        try:
+            os.write(err_write, record.encode("utf-8", "replace")[:4000])
+        except OSError:
+            pass
+    except BaseException:
+        try:
+            os.write(err_write, ("%s:0:%s" % (step, path)).encode(
+                "utf-8", "replace")[:4000])
+        except BaseException:
+            pass
+    finally:
+        os._exit(127)
+
+
+def describe_spawn_error(record):
+    """Turn the child's "step:errno:path" record into words.
+
+    >>> describe_spawn_error(b"exec:2:sleepx")
+    'exec failed: No such file or directory (sleepx)'
+    """
+    text = record.decode("utf-8", "replace")
+    step, _sep, rest = text.partition(":")
+    number, _sep, path = rest.partition(":")
+    try:
+        reason = os.strerror(int(number)) if int(number) else "unknown error"
+    except ValueError:
+        reason = "unknown error"
+    words = "%s failed: %s" % (step, reason)
+    return words + (" (%s)" % path if path else "")
+
+
+def decode_wait_status(status):
+    """(code, signal name, words) for a wait status.
+
+    >>> decode_wait_status(256)
+    (1, None, 'exited 1')
+    >>> decode_wait_status(9)
+    (None, 'KILL', 'killed by signal KILL')
+    """
+    if os.WIFSIGNALED(status):
+        name = signal_name(os.WTERMSIG(status))
+        core = " (core dumped)" if os.WCOREDUMP(status) else ""
+        return None, name, "killed by signal %s%s" % (name, core)
+    if os.WIFEXITED(status):
+        code = os.WEXITSTATUS(status)
+        return code, None, "exited %d" % code
+    return None, None, "wait status %d" % status
+
+
+def process_start_time(pid):
+    """Field 22 of /proc/PID/stat (start time in clock ticks), or None.
+
+    Together with the pid it names one process for good: a recycled pid has
+    a later start time.
+    """
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as handle:
+            data = handle.read()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses.
+    fields = data[data.rfind(b")") + 2:].split()
+    try:
+        return int(fields[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def group_alive(pgid):
+    """Is any process left in this process group?"""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def format_seconds(seconds):
+    """Short human durations for log lines: 0.2 s, 12 s, 3 min 4 s."""
+    if seconds < 10:
+        return "%.1f s" % seconds
+    if seconds < 120:
+        return "%d s" % seconds
+    if seconds < 7200:
+        return "%d min %d s" % (seconds // 60, seconds % 60)
+    return "%d h %d min" % (seconds // 3600, seconds % 3600 // 60)
+
+
+# ===========================================================================
+# Output: log files and syslog
+#
+# Children write into pipes that the supervisor keeps for the whole life of
+# a service, across restarts: what a dying child wrote is still in the pipe
+# when it is reaped, and is written out before its exit is logged.  The
+# supervisor reads in its one loop; a destination that cannot keep up
+# (a full syslog socket) pauses reading, so the pipe throttles the child
+# instead of the supervisor's memory growing.
+# ===========================================================================
+
+MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep",
+          "Oct", "Nov", "Dec")
+
+
+def syslog_packet(priority, tag, pid, body, now=None):
+    """One RFC 3164 datagram, as glibc's syslog() writes it.
+
+    >>> syslog_packet(30, "webapp", 7, b"hi", 0)[:4]
+    b'<30>'
+    """
+    stamp = time.localtime(now)
+    header = "<%d>%s %2d %02d:%02d:%02d %s[%d]: " % (
+        priority, MONTHS[stamp.tm_mon - 1], stamp.tm_mday, stamp.tm_hour,
+        stamp.tm_min, stamp.tm_sec, tag, pid)
+    return header.encode("utf-8", "replace") + body
+
+
+def split_lines(buffered, data, limit=SYSLOG_LINE_MAX):
+    """Split buffered + data into whole lines (each at most limit bytes) and
+    the partial rest.
+
+    >>> split_lines(b"a", b"b\\ncd\\nef", 4)
+    ([b'ab', b'cd'], b'ef')
+    >>> split_lines(b"", b"123456789", 4)
+    ([b'1234', b'5678'], b'9')
+    """
+    text = buffered + data
+    lines = text.split(b"\n")
+    rest = lines.pop()
+    out = []
+    for line in lines:
+        line = line.rstrip(b"\r")
+        while len(line) > limit:
+            out.append(line[:limit])
+            line = line[limit:]
+        out.append(line)
+    while len(rest) > limit:
+        out.append(rest[:limit])
+        rest = rest[limit:]
+    return out, rest
+
+
+class SyslogSender:
+    """Datagrams to /dev/log or udp://; never blocks, never crashes.
+
+    A missing socket is one warning; we try again at most once a minute.
+    A full socket keeps messages in a bounded backlog and asks the loop to
+    tell us when it can take more.
+    """
+
+    RETRY = 60.0
+
+    def __init__(self, target, facility, on_warning):
+        self.target, self.facility = target, facility
+        self.on_warning = on_warning
+        self.sock = None
+        self.next_try = 0.0
+        self.warned = False
+        self.backlog = []
+        self.dropped = 0
+        self.on_backlog = None  # set by the supervisor: register for write
+        self.waiters = []      # output pipes paused while the backlog drains
+
+    def close(self):
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+    def connect(self):
+        now = time.monotonic()
+        if self.sock is not None or now < self.next_try:
+            return self.sock is not None
+        kind, family, address = self.target
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        sock.setblocking(False)
+        try:
+            sock.connect(address)
+        except OSError as exc:
+            sock.close()
+            self.next_try = now + self.RETRY
+            if not self.warned:
+                self.warned = True
+                self.on_warning("syslog: cannot connect to %s: %s; logging "
+                                "without syslog" % (
+                                    address if kind == "unix" else
+                                    "udp://%s:%d" % address[:2],
+                                    exc.strerror or exc))
+            return False
+        self.sock = sock
+        if self.warned:
+            self.warned = False
+        return True
+
+    def send(self, severity, tag, pid, body, facility=None):
+        """Queue or send one message; False when it had to be backlogged."""
+        if facility is None:
+            facility = self.facility
+        packet = syslog_packet(facility * 8 + severity, tag, pid, body)
+        if self.backlog:
+            self.queue(packet)
+            return False
+        if not self.connect():
+            return True  # nowhere to send: the warning was given
+        try:
+            self.sock.send(packet)
+        except (BlockingIOError, InterruptedError):
+            self.queue(packet)
+            return False
+        except OSError:
+            # The daemon went away (restarted rsyslog): reconnect next time.
+            self.close()
+            self.next_try = 0.0
+            if self.connect():
+                try:
+                    self.sock.send(packet)
+                except OSError:
+                    pass
+        return True
+
+    def queue(self, packet):
+        self.backlog.append(packet)
+        if len(self.backlog) > SYSLOG_BACKLOG_MAX:
+            del self.backlog[:len(self.backlog) - SYSLOG_BACKLOG_MAX]
+            self.dropped += 1
+        if self.on_backlog is not None:
+            self.on_backlog(True)
+
+    def flush(self):
+        """Send what the backlog holds; True when it is empty."""
+        while self.backlog and self.sock is not None:
+            try:
+                self.sock.send(self.backlog[0])
+            except (BlockingIOError, InterruptedError):
+                return False
+            except OSError:
+                self.close()
+                break
+            del self.backlog[0]
+        self.backlog = [] if self.sock is None else self.backlog
+        if not self.backlog and self.on_backlog is not None:
+            self.on_backlog(False)
+        return not self.backlog
+
+    def is_backlogged(self):
+        return bool(self.backlog)
+
+
+class LogFile:
+    """An append-only file rotated by size: FILE -> FILE.1 -> ... FILE.N.
+
+    Shared by every stream that names the same path.  Write errors (a full
+    disk) are warned about once and the data dropped: a child must never
+    stall because its log cannot be written.
+    """
+
+    def __init__(self, path, maxbytes, backups, on_warning):
+        self.path, self.maxbytes, self.backups = path, maxbytes, backups
+        self.on_warning = on_warning
+        self.fd = -1
+        self.size = 0
+        self.failing = False
+        self.users = 0
+
+    def open(self):
+        if self.fd >= 0:
+            return True
+        try:
+            self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND
+                              | os.O_CREAT | getattr(os, "O_CLOEXEC", 0),
+                              0o640)
+            self.size = os.fstat(self.fd).st_size
+        except OSError as exc:
+            self.fd = -1
+            self.warn("cannot open %s: %s" % (self.path, exc.strerror))
+            return False
+        return True
+
+    def close(self):
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def reopen(self):
+        """For logrotate: it renamed the file, now we start a fresh one."""
+        self.close()
+        self.failing = False
+        self.open()
+
+    def warn(self, message):
+        if not self.failing:
+            self.failing = True
+            self.on_warning("log file: " + message)
+
+    def write(self, data):
+        if not self.open():
+            return
+        view = memoryview(data)
+        while view:
+            chunk = view
+            if self.maxbytes:
+                room = self.maxbytes - self.size
+                if room <= 0:
+                    self.rotate()
+                    if self.fd < 0:
+                        return
+                    room = self.maxbytes
+                chunk = view[:room]
+            try:
+                written = os.write(self.fd, chunk)
+            except OSError as exc:
+                self.warn("cannot write %s: %s; output dropped"
+                          % (self.path, exc.strerror))
+                return
+            self.failing = False
+            self.size += written
+            view = view[written:]
+
+    def rotate(self):
+        self.close()
+        try:
+            if self.backups > 0:
+                for number in range(self.backups - 1, 0, -1):
+                    older = "%s.%d" % (self.path, number)
+                    if os.path.exists(older):
+                        os.rename(older, "%s.%d" % (self.path, number + 1))
+                os.rename(self.path, self.path + ".1")
+            else:
+                os.unlink(self.path)
+        except OSError as exc:
+            self.warn("cannot rotate %s: %s" % (self.path, exc.strerror))
+        self.open()
+
+
+class OutputPipe:
+    """One pipe from a service's stdout (and maybe stderr) to a destination.
+
+    dest is a LogFile, or "syslog".  The supervisor keeps both ends: the
+    write end is handed to every run of the child, so the pipe outlives any
+    one run and nothing a child wrote is lost when it dies.
+    """
+
+    def __init__(self, service, stream, dest):
+        self.service, self.stream, self.dest = service, stream, dest
+        self.read_fd, self.write_fd = os.pipe()
+        os.set_blocking(self.read_fd, False)
+        try:
+            fcntl.fcntl(self.read_fd, 1031, PIPE_CHUNK)  # F_SETPIPE_SZ
+        except OSError:
+            pass
+        self.partial = b""
+        self.paused = False
+
+    def close(self):
+        for fd in (self.read_fd, self.write_fd):
+            if fd >= 0:
+                os.close(fd)
+        self.read_fd = self.write_fd = -1
+
+    def read_once(self):
+        """Move one chunk to the destination; 0 when the pipe is empty."""
+        try:
+            data = os.read(self.read_fd, PIPE_CHUNK)
+        except (BlockingIOError, InterruptedError):
+            return 0
+        if data:
+            self.deliver(data)
+        return len(data)
+
+    def deliver(self, data):
+        if self.dest == "syslog":
+            lines, self.partial = split_lines(self.partial, data)
+            self.send_lines(lines)
+        else:
+            self.dest.write(data)
+
+    def send_lines(self, lines):
+        service = self.service
+        sender = service.supervisor.syslog
+        severity = LOG_ERR if self.stream == "stderr" else LOG_INFO
+        if sender is None:
+            return
+        for line in lines:
+            sender.send(severity, service.name, service.pid or
+                        service.supervisor.pid, line)
+
+    def drain(self, limit=16 << 20):
+        """Everything the pipe holds now (a dead child wrote its last)."""
+        moved, chunk = 0, 1
+        while chunk and moved < limit:
+            chunk = self.read_once()
+            moved += chunk
+        if self.partial and self.dest == "syslog":
+            lines, self.partial = [self.partial], b""
+            self.send_lines(lines)
+
+
+# ===========================================================================
+# Supervision state machine
+#
+# One Service per program.  What the operator wants (want: "up" or "down")
+# is kept apart from what the process is doing (state), as daemontools keeps
+# flagwantup apart from pid.  Events arrive as on_<event> methods that
+# branch on the state at their top; a pair not handled there is a
+# deliberate no-op.  change_state() is the one place a state changes.
+#
+#   event          starting      up          stopping      backoff   down/fatal
+#   spawned        -             -           -             starting  starting
+#   exited         backoff/up*   backoff/up* down|respawn  -         -
+#   deadline       up (startsecs) next probe SIGKILL/poll  spawn     -
+#   want_up        -             -           (respawn)     spawn     spawn
+#   want_down      stopping      stopping    (no respawn)  down      down
+#   probe_failed   (count)       stopping    -             -         -
+#
+#   * exited: restart at once after a good run, after a backoff delay after
+#     a quick one, or down/fatal as autorestart and startretries say.
+# ===========================================================================
+
+def backoff_delay(fails, backoff_max):
+    """Seconds to wait after the fails-th quick failure in a row.
+
+    >>> [backoff_delay(n, 10) for n in range(6)]
+    [0, 1, 2, 4, 8, 10]
+    """
+    if fails <= 0:
+        return 0
+    return min(backoff_max, 2 ** min(fails - 1, 30))
+
+
+def restart_decision(config, code, quick, fails):
+    """What to do after a run ends by itself: a pure function of the config.
+
+    code is the exit code (None for a signal or a failed spawn), quick says
+    the run was shorter than startsecs, fails counts quick failures in a row
+    including this one.  Returns ("restart", delay), ("down", expected) or
+    ("fatal", None).
+    """
+    expected = code is not None and code in config.exitcodes
+    if config.autorestart == "false" or (
+            config.autorestart == "unexpected" and expected):
+        return "down", expected
+    if quick and config.startretries is not None and (
+            fails > config.startretries):
+        return "fatal", None
+    return "restart", backoff_delay(fails, config.backoff_max) if quick else 0
+
+
+class Service:
+    """Everything about one supervised program (runit's struct svdir).
+
+    pid is 0 when no process runs.  deadline is the one monotonic time at
+    which the current state times out (end of startsecs, end of a backoff,
+    SIGKILL after stopwaitsecs), or None.
+    """
+
+    def __init__(self, supervisor, config):
+        self.supervisor = supervisor
+        self.config = config
+        self.name = config.name
+        self.state = DOWN
+        self.want = "down"
+        self.why = "not started"  # short reason shown in (...) when no pid
+        self.message = ""         # the last error, for --status
+        self.pid = 0
+        self.pgid = 0
+        self.proc_start = None    # /proc start time of pid, read lazily
+        self.started_at = 0.0     # monotonic time of this run's spawn
+        self.started_wall = 0.0
+        self.since = supervisor.clock()
+        self.since_wall = time.time()
+        self.deadline = None
+        self.kill_at = None
+        self.killed = False
+        self.good_start = False   # this run reached startsecs
+        self.fails = 0            # quick failures in a row
+        self.spawns = 0
+        self.restarts = 0
+        self.last_exit = None
+        self.spawn_error = None
+        self.exec_fd = -1
+        self.outputs = None       # (stdout OutputPipe or None, stderr ...)
+        self.pending_config = None
+        self.removing = False
+        self.health = "unknown" if config.healthcheck else "none"
+        self.health_fails = 0
+        self.probe = None
+        self.probe_due = None
+        self.listener = None
+        self.pidfd = None         # set for a taken-over leftover process
+
+    # -- bookkeeping -----------------------------------------------------
+
+    def log(self, words, severity=LOG_INFO):
+        self.supervisor.log("%s: %s" % (self.name, words), severity)
+
+    def change_state(self, state, why=None):
+        """The one place a state changes: stamp the time, mark status."""
+        if state != self.state:
+            self.state = state
+            self.since = self.supervisor.clock()
+            self.since_wall = time.time()
+        if why is not None:
+            self.why = why
+        self.supervisor.status_dirty = True
+
+    def next_wake(self):
+        """The earliest monotonic time this service needs the loop, or None."""
+        times = [t for t in (self.deadline, self.probe_due) if t is not None]
+        if self.probe is not None:
+            times.append(self.probe.deadline)
+        return min(times) if times else None
+
+    # -- events from the operator ------------------------------------------
+
+    def on_want_up(self, now):
+        """--start, autostart, or a reload that adds the service."""
+        self.want = "up"
+        if self.state in (DOWN, FATAL, BACKOFF):
+            # DOWN/FATAL/BACKOFF -> STARTING: the operator asked, so the
+            # count of quick failures starts again.
+            self.fails = 0
+            self.message = ""
+            self.deadline = None
+            self.spawn(now)
+        # STARTING/UP: already running.  STOPPING: respawns once gone.
+
+    def on_want_down(self, now, why="stopped"):
+        """--stop, shutdown, or a reload that removes the service."""
+        self.want = "down"
+        if self.state in (STARTING, UP):
+            self.begin_stop(now, why)  # STARTING/UP -> STOPPING
+        elif self.state in (BACKOFF, FATAL):
+            # BACKOFF/FATAL -> DOWN: no restart is pending any more.
+            self.deadline = None
+            self.change_state(DOWN, why)
+            self.finish_down()
+        elif self.state == DOWN:
+            self.finish_down()
+        # STOPPING: it goes down, and now stays down.
+
+    def on_restart(self, now):
+        """--restart: stop the running process, then start a fresh one."""
+        if self.state in (STARTING, UP):
+            self.want = "up"
+            self.fails = 0
+            self.begin_stop(now, "restart")  # -> STOPPING, respawn when gone
+        else:
+            self.on_want_up(now)
+
+    def send_signal(self, number):
+        """--signal: to the main process only, as svc -h does."""
+        if not self.pid:
+            return False
+        try:
+            os.kill(self.pid, number)
+        except ProcessLookupError:
+            return False  # it is exiting: the reaper will tell
+        return True
+
+    # -- events from the process -----------------------------------------
+
+    def spawn(self, now):
+        """Start one run.  Any state -> STARTING (or UP, or BACKOFF)."""
+        if self.pending_config is not None:
+            self.apply_config(self.pending_config)
+        supervisor, config = self.supervisor, self.config
+        try:
+            stdin_fd, stdout_fd, stderr_fd = self.child_fds()
+            pid, exec_fd = spawn_child(config, stdin_fd, stdout_fd, stderr_fd,
+                                       supervisor.reset_signals)
+        except OSError as exc:
+            # Fork failed (no memory, too many processes): warn and retry
+            # after a backoff, as supervise.c does; never give up the loop.
+            self.spawn_error = "fork failed: %s" % (exc.strerror or exc)
+            self.fails += 1
+            self.message = self.spawn_error
+            self.enter_backoff(now, "fork failed")
+            return
+        supervisor.children[pid] = self
+        self.pid = self.pgid = pid
+        self.proc_start = None
+        self.started_at, self.started_wall = now, time.time()
+        if self.spawns:
+            self.restarts += 1
+        self.spawns += 1
+        self.killed = self.good_start = False
+        self.spawn_error = None
+        self.exec_fd = exec_fd
+        supervisor.watch_exec_pipe(self)
+        self.health_fails = 0
+        if config.healthcheck:
+            self.health = "unknown"
+            self.probe_due = now + max(0.05, min(config.startsecs,
+                                                 config.healthcheck_interval))
+        if config.startsecs > 0 or config.healthcheck:
+            self.deadline = now + config.startsecs
+            self.change_state(STARTING, "")  # -> STARTING
+        else:
+            self.deadline = None
+            self.good_start = True
+            self.change_state(UP, "")  # -> UP: startsecs = 0 trusts at once
+        self.log("spawned: pid %d" % pid)
+
+    def child_fds(self):
+        """stdin, stdout, stderr for the next run (pipes made on first use)."""
+        supervisor = self.supervisor
+        if self.outputs is None:
+            self.outputs = supervisor.make_outputs(self)
+        stdout_pipe, stderr_pipe = self.outputs
+        config = self.config
+        stdout_fd = self.stream_fd(config.stdout_logfile, stdout_pipe, 1)
+        if config.redirect_stderr or (stderr_pipe is None and stdout_pipe
+                                      is not None and config.stderr_logfile
+                                      == config.stdout_logfile):
+            stderr_fd = stdout_fd
+        else:
+            stderr_fd = self.stream_fd(config.stderr_logfile, stderr_pipe, 2)
+        stdin_fd = (self.listener.fileno() if self.listener is not None
+                    else supervisor.devnull)
+        return stdin_fd, stdout_fd, stderr_fd
+
+    def stream_fd(self, dest, pipe, own_fd):
+        if dest == "inherit":
+            return own_fd
+        if dest == "null" or pipe is None:
+            return self.supervisor.devnull
+        return pipe.write_fd
+
+    def on_exec_report(self):
+        """The exec pipe is readable: EOF means exec succeeded."""
+        try:
+            data = os.read(self.exec_fd, 4096)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if data:
+            self.spawn_error = describe_spawn_error(data)
+            self.message = self.spawn_error
+        self.close_exec_pipe()
+
+    def close_exec_pipe(self):
+        if self.exec_fd >= 0:
+            self.supervisor.unwatch(self.exec_fd)
+            os.close(self.exec_fd)
+            self.exec_fd = -1
+
+    def on_exited(self, status, now):
+        """The reaper saw our process end."""
+        code, signame, words = decode_wait_status(status)
+        if self.exec_fd >= 0:
+            # The child is dead, so its report (if any) is in the pipe.
+            self.on_exec_report()
+        ran = now - self.started_at
+        self.pid = 0
+        self.drain_output()
+        self.last_exit = {"code": code, "signal": signame,
+                          "at": time.time(), "ran": round(ran, 3)}
+        if self.state == STOPPING:
+            self.after_stop(now, words, ran)
+        elif self.state in (STARTING, UP):
+            self.after_crash(now, code, words, ran)
+        else:
+            # Cannot happen: a process outside the running states.
+            self.log("exited in state %s (%s); ignored" % (self.state, words),
+                     LOG_WARNING)
+
+    def after_crash(self, now, code, words, ran):
+        """A run ended by itself: restart now, back off, or give up."""
+        config, supervisor = self.config, self.supervisor
+        self.cancel_probe()
+        quick = self.spawn_error is not None or (
+            not self.good_start and ran < config.startsecs) or (
+            ran < MIN_GOOD_RUN)
+        self.fails = self.fails + 1 if quick else 0
+        if self.spawn_error:
+            what = self.spawn_error
+            code = None
+        else:
+            what = "%s after %s" % (words, format_seconds(ran))
+        if supervisor.shutting_down:
+            self.want = "down"
+            self.change_state(DOWN, words)  # STARTING/UP -> DOWN
+            self.log("exited: %s" % what)
+            return
+        action, detail = restart_decision(config, code, quick, self.fails)
+        short = "exec failed" if self.spawn_error else (
+            "exited %d" % code if code is not None else
+            "signal %s" % self.last_exit["signal"])
+        if action == "restart" and detail == 0:
+            self.message = "" if not quick else what
+            self.spawn(now)  # STARTING/UP -> STARTING at once: fork first
+            self.log("exited: %s; restarted at once" % what)
+        elif action == "restart":
+            self.message = what
+            self.enter_backoff(now, short)  # -> BACKOFF
+            self.log("exited: %s; restarting in %s (%d quick failure%s in "
+                     "a row)" % (what, format_seconds(detail), self.fails,
+                                 "" if self.fails == 1 else "s"))
+        elif action == "fatal":
+            self.message = "gave up after %d quick failures in a row: %s" % (
+                self.fails, what)
+            self.change_state(FATAL, short)  # -> FATAL until started
+            self.log("gave up: %d quick failures in a row, the last: %s; "
+                     "start it again with --start %s" % (
+                         self.fails, what, self.name), LOG_ERR)
+        else:
+            self.message = "" if detail else what
+            if detail:
+                self.want = "down"  # it finished as designed
+            self.change_state(DOWN, short)  # -> DOWN: autorestart says so
+            self.log("exited: %s; not restarted (autorestart = %s)" % (
+                what, config.autorestart))
+        if (code == 0 and quick and not self.spawn_error
+                and config.startsecs > 0):
+            self.log("exited 0 after %s, sooner than startsecs (%s): if it "
+                     "puts itself in the background, make it run in the "
+                     "foreground (e.g. runfcgi daemonize=false)" % (
+                         format_seconds(ran), format_seconds(
+                             config.startsecs)), LOG_WARNING)
+
+    def enter_backoff(self, now, why):
+        delay = backoff_delay(max(self.fails, 1), self.config.backoff_max)
+        self.deadline = now + delay
+        self.change_state(BACKOFF, why)
+
+    def after_stop(self, now, words, ran):
+        """The main process of a stopping service is gone."""
+        self.log("stopped: %s after %s" % (words, format_seconds(ran)))
+        config = self.config
+        if (config.stopasgroup or config.killasgroup) and self.pgid and \
+                group_alive(self.pgid):
+            # Its group lives on (grandchildren): wait for it, polling,
+            # since they are not our children and send no SIGCHLD.
+            self.deadline = min(self.kill_at, now + GROUP_POLL)
+            self.supervisor.status_dirty = True
+            return
+        self.finish_stop(now)
+
+    def finish_stop(self, now):
+        """STOPPING -> DOWN, or -> STARTING when a restart is wanted."""
+        self.pgid = 0
+        self.deadline = self.kill_at = None
+        if self.want == "up" and not self.supervisor.shutting_down:
+            self.spawn(now)
+        else:
+            self.change_state(DOWN, "stopped")
+            self.finish_down()
+
+    def finish_down(self):
+        if self.removing:
+            self.supervisor.forget(self)
+        elif self.pending_config is not None:
+            self.apply_config(self.pending_config)
+
+    def begin_stop(self, now, why):
+        """STARTING/UP -> STOPPING: stop signal, then SIGKILL on deadline."""
+        config = self.config
+        self.cancel_probe()
+        self.probe_due = None
+        number = config.stopsignal
+        self.signal_run(number, config.stopasgroup)
+        if number not in (signal.SIGKILL, signal.SIGCONT):
+            # A stopped (SIGSTOP) process cannot act on TERM until resumed.
+            self.signal_run(signal.SIGCONT, config.stopasgroup)
+        self.killed = False
+        self.kill_at = now + config.stopwaitsecs
+        self.deadline = self.kill_at
+        self.change_state(STOPPING, why)
+        self.log("stopping (%s): %s to %s %d" % (
+            why, signal_name(number), "process group" if config.stopasgroup
+            else "pid", self.pgid if config.stopasgroup else self.pid))
+
+    def signal_run(self, number, as_group):
+        """Signal this run's process, or its group; never a stranger.
+
+        The pid stays ours until we reap it, and Linux never hands out a
+        pid that still names a process group, so neither can be recycled.
+        """
+        try:
+            if as_group and self.pgid:
+                os.killpg(self.pgid, number)
+            elif self.pid:
+                os.kill(self.pid, number)
+        except (ProcessLookupError, PermissionError):
+            pass  # already gone: the reaper brings the news
+
+    def on_deadline(self, now):
+        """The state's timer ran out."""
+        if self.deadline is None or now < self.deadline:
+            return
+        config = self.config
+        if self.state == STARTING:
+            # STARTING -> UP: it ran startsecs; with a health check it stays
+            # STARTING until a probe passes.
+            self.deadline = None
+            self.good_start = True
+            self.fails = 0
+            if not config.healthcheck:
+                self.change_state(UP)
+        elif self.state == STOPPING:
+            if not self.killed and now >= self.kill_at:
+                self.killed = True
+                self.signal_run(signal.SIGKILL, config.killasgroup)
+                self.log("killed: still running %s after the %s signal; "
+                         "sent KILL" % (format_seconds(config.stopwaitsecs),
+                                        signal_name(config.stopsignal)),
+                         LOG_WARNING)
+                self.kill_at = now + GROUP_KILL_GRACE
+            if self.pid:
+                # Still waiting for SIGCHLD.
+                self.deadline = self.kill_at if not self.killed or \
+                    now < self.kill_at else None
+                return
+            if not group_alive(self.pgid) or now >= self.kill_at:
+                if self.killed and now >= self.kill_at:
+                    self.log("process group %d outlived KILL; not waiting "
+                             "any longer" % self.pgid, LOG_WARNING)
+                self.finish_stop(now)  # STOPPING -> DOWN or STARTING
+            else:
+                self.deadline = min(self.kill_at, now + GROUP_POLL)
+        elif self.state == BACKOFF:
+            self.deadline = None
+            self.spawn(now)  # BACKOFF -> STARTING
+        else:
+            self.deadline = None
+
+    # -- output ----------------------------------------------------------
+
+    def drain_output(self):
+        if self.outputs:
+            for pipe in self.outputs:
+                if pipe is not None:
+                    pipe.drain()
+
+    def close_outputs(self):
+        if self.outputs:
+            for pipe in self.outputs:
+                if pipe is not None:
+                    pipe.drain()
+                    self.supervisor.release_output(pipe)
+        self.outputs = None
+
+    # -- config changes --------------------------------------------------
+
+    def apply_config(self, config):
+        """Take a new config: now for supervision keys, and for process keys
+        only while no process runs (the caller restarts it)."""
+        self.pending_config = None
+        old = self.config
+        self.config = config
+        if any(getattr(old, k) != getattr(config, k) for k in PROCESS_KEYS):
+            self.close_outputs()
+            self.supervisor.replace_listener(self, old, config)
+        if bool(old.healthcheck) != bool(config.healthcheck):
+            self.health = "unknown" if config.healthcheck else "none"
+            if not config.healthcheck:
+                self.cancel_probe()
+                self.probe_due = None
+                if self.state == STARTING and self.good_start:
+                    self.change_state(UP)
+
+    # -- health ----------------------------------------------------------
+
+    def cancel_probe(self):
+        if self.probe is not None:
+            self.probe.close()
+            self.probe = None
+
+    # -- status ----------------------------------------------------------
+
+    def status_entry(self, now, wall):
+        """What --status --json shows for this service."""
+        config = self.config
+        if self.pid and self.proc_start is None:
+            self.proc_start = process_start_time(self.pid)
+        entry = {
+            "name": self.name, "state": self.state,
+            "pid": self.pid or None, "since": round(self.since_wall, 3),
+            "seconds": round(max(0.0, now - self.since), 3),
+            "restarts": self.restarts, "want": self.want,
+            "last_exit": self.last_exit, "health": self.health,
+            "message": self.message, "why": self.why,
+            "logs": {"stdout": config.stdout_logfile,
+                     "stderr": config.stdout_logfile
+                     if config.redirect_stderr else config.stderr_logfile},
+            "pgid": self.pgid or None, "start_time": self.proc_start,
+            "priority": config.priority,
+        }
+        if self.state == BACKOFF and self.deadline is not None:
+            entry["retry_at"] = round(wall + self.deadline - now, 3)
+        if self.state == STOPPING and self.kill_at is not None \
+                and not self.killed:
+            entry["kill_at"] = round(wall + self.kill_at - now, 3)
+        if config.healthcheck:
+            entry["healthcheck"] = config.healthcheck.url
+        return entry
+
+
+# ===========================================================================
+# Health probes (see the Probe classes below the event loop)
+# ===========================================================================
+
+# ===========================================================================
+# Event loop
+#
+# All waiting happens in Supervisor.run(): find the earliest deadline, select
+# on the wake-up pipe, the control socket, output pipes and probe sockets,
+# then reap, serve, and fire due deadlines.  Signals arrive through
+# signal.set_wakeup_fd(), djb's self-pipe written in C, so a SIGCHLD wakes
+# select() at once.  When nothing is pending the timeout is None: an idle
+# supervisor never wakes up.
+# ===========================================================================
+
+def fill_standard_fds():
+    """Make sure fds 0, 1 and 2 are open (on /dev/null if need be).
+
+    Started from cron with stdin closed, the first pipe we made would
+    otherwise become fd 0 and be mistaken for a child's stdin.
+    """
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+
+
+def close_on_exec_inherited(keep=()):
+    """Mark every fd above 2 that we inherited close-on-exec, so a child
+    gets only 0, 1 and 2 without closing thousands of numbers per spawn."""
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:
+        return
+    for name in names:
+        fd = int(name)
+        if fd > 2 and fd not in keep:
+            try:
+                os.set_inheritable(fd, False)
+            except OSError:
+                pass
+
+
+class Supervisor:
+    """Owns the services, the pid map, the wake-up pipe and the control
+    socket, and runs the one loop."""
+
+    def __init__(self, config, foreground=True, clock=time.monotonic):
+        self.config = config
+        self.settings = config.globals
+        self.foreground = foreground
+        self.clock = clock
+        self.pid = os.getpid()
+        self.euid = os.geteuid()
+        self.services = {}        # name -> Service, in priority order
+        self.children = {}        # pid -> Service
+        self.helpers = {}         # pid -> callback(status): our own helpers
+        self.pending_signals = []
+        self.status_dirty = True
+        self.exit_code = None
+        self.shutting_down = False
+        self.shutdown_order = []
+        self.log_files = {}       # path -> LogFile, shared between streams
+        self.listeners = {}       # socket url -> listening socket
+        self.syslog = None
+        self.own_log = None
+        self.lock_fd = -1
+        self.control = None
+        self.devnull = -1
+        self.selector = None
+        self.wakeup_read = self.wakeup_write = -1
+        self.started_wall = time.time()
+        self.started = clock()
+        self.reset_signals = ()
+        self.status_path = os.path.join(self.settings.state_dir, STATUS_FILE)
+
+    # -- logging ---------------------------------------------------------
+
+    def log(self, message, severity=LOG_INFO):
+        """A supervisor event: stderr in the foreground, log_file, syslog."""
+        line = "%s fcgiwatch[%d]: %s\n" % (
+            time.strftime("%Y-%m-%d %H:%M:%S"), self.pid, message)
+        data = line.encode("utf-8", "replace")
+        if self.foreground:
+            try:
+                os.write(2, data)
+            except OSError:
+                pass
+        if self.own_log is not None:
+            self.own_log.write(data)
+        if self.syslog is not None and self.settings.syslog:
+            self.syslog.send(severity, "fcgiwatch", self.pid,
+                             message.encode("utf-8", "replace"))
+
+    def warn(self, message):
+        self.log(message, LOG_WARNING)
+
+    def open_logging(self):
+        settings = self.settings
+        if self.own_log is not None:
+            self.own_log.close()
+            self.own_log = None
+        if settings.log_file:
+            self.own_log = LogFile(settings.log_file, 0, 0, self.warn)
+            self.own_log.open()
+        if self.syslog is not None:
+            self.syslog.close()
+            if self.syslog.sock is not None:
+                self.selector.unregister(self.syslog.sock)
+            self.syslog = None
+        # Child output sent to syslog needs the sender even when the
+        # supervisor's own events do not go there.
+        needs = settings.syslog or any(
+            "syslog" in (s.config.stdout_logfile, s.config.stderr_logfile)
+            for s in self.services.values())
+        if needs or self.selector is None:
+            self.syslog = SyslogSender(settings.syslog_socket,
+                                       settings.syslog_facility, self.warn)
+            self.syslog.on_backlog = self.on_syslog_backlog
+
+    # -- start-up --------------------------------------------------------
+
+    def start(self):
+        """Everything before the loop.  Raises Failure (exit 1) before any
+        service has started; nothing is left behind when it does."""
+        fill_standard_fds()
+        close_on_exec_inherited()
+        self.devnull = os.open(os.devnull, os.O_RDWR)
+        self.make_state_dir()
+        self.take_lock()
+        self.selector = selectors.DefaultSelector()
+        self.open_logging()
+        self.control = ControlServer(self)
+        self.setup_signals()
+        now = self.clock()
+        for config in self.config.services:
+            self.services[config.name] = Service(self, config)
+        try:
+            for service in self.services.values():
+                self.replace_listener(service, None, service.config)
+        except Failure:
+            self.close_everything()
+            raise
+        self.log("started: pid %d, config %s, %d services" % (
+            self.pid, self.settings.filename, len(self.services)))
+        for service in self.services.values():
+            if service.config.autostart:
+                service.on_want_up(now)
+        self.write_status()
+
+    def make_state_dir(self):
+        path = self.settings.state_dir
+        try:
+            os.makedirs(path, 0o755)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise Failure("cannot create state_dir %s: %s; create it or set "
+                          "state_dir in [fcgiwatch]" % (path, exc.strerror))
+        info = os.lstat(path)
+        if not stat.S_ISDIR(info.st_mode):
+            raise Failure("state_dir %s is not a directory" % path)
+        if info.st_uid not in (self.euid, 0) or (
+                info.st_uid == 0 and self.euid != 0):
+            raise Failure("state_dir %s belongs to uid %d, not to us; "
+                          "choose another state_dir" % (path, info.st_uid))
+        if info.st_mode & 0o022:
+            raise Failure("state_dir %s is writable by others; chmod go-w %s"
+                          % (path, path))
+
+    def take_lock(self):
+        """One supervisor per state_dir: flock held for our whole life."""
+        path = os.path.join(self.settings.state_dir, LOCK_FILE)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        # A --status reader holds a shared lock for an instant: try a while.
+        deadline = time.monotonic() + 0.5
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    os.close(fd)
+                    raise Failure("cannot lock %s: %s" % (path, exc.strerror))
+                if time.monotonic() > deadline:
+                    pid = read_pid(fd)
+                    os.close(fd)
+                    raise AlreadyRunning(pid)
+                time.sleep(0.01)
+        os.ftruncate(fd, 0)
+        os.write(fd, b"%d\n" % self.pid)
+        os.fchmod(fd, 0o644)
+        self.lock_fd = fd
+
+    def setup_signals(self):
+        self.wakeup_read, self.wakeup_write = os.pipe()
+        os.set_blocking(self.wakeup_read, False)
+        os.set_blocking(self.wakeup_write, False)
+        self.selector.register(self.wakeup_read, selectors.EVENT_READ,
+                               self.on_wakeup)
+        signal.set_wakeup_fd(self.wakeup_write)
+        for number in HANDLED_SIGNALS:
+            signal.signal(number, self.on_signal)
+        self.reset_signals = non_default_signals()
+
+    def on_signal(self, number, _frame):
+        # Only note it: the loop acts on it (set_wakeup_fd woke it up).
+        self.pending_signals.append(number)
+
+    def on_wakeup(self, _mask):
+        try:
+            while os.read(self.wakeup_read, 512):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+
+    # -- the loop ----------------------------------------------------------
+
+    def run(self, once=False):
+        """The one loop.  Returns the exit code (None after one turn when
+        once is true, for tests that step it)."""
+        while True:
+            self.guarded(self.process_signals)
+            now = self.clock()
+            for service in list(self.services.values()):
+                wake = service.next_wake()
+                if wake is not None and wake <= now:
+                    self.guarded(self.on_service_timer, service, now)
+            if self.shutting_down:
+                self.guarded(self.advance_shutdown, now)
+            self.guarded(self.control.check, now)
+            if self.status_dirty:
+                self.write_status()
+            if self.exit_code is not None:
+                return self.finish()
+            if once:
+                return None
+            timeout = self.next_timeout(self.clock())
+            for key, mask in self.selector.select(timeout):
+                self.guarded(key.data, mask)
+
+    def guarded(self, function, *args):
+        """Run one step of the loop; a bug in it is logged, never fatal:
+        this is the process that keeps every service alive."""
+        try:
+            function(*args)
+        except Exception as exc:
+            import traceback
+            where = traceback.extract_tb(sys.exc_info()[2])[-1]
+            self.log("internal error, carrying on: %s: %s (line %d, in %s)"
+                     % (type(exc).__name__, exc, where[1], where[2]),
+                     LOG_ERR)
+
+    def next_timeout(self, now):
+        """Seconds until the earliest deadline, or None: sleep for good."""
+        times = [s.next_wake() for s in self.services.values()]
+        times.extend(self.control.deadlines())
+        times = [t for t in times if t is not None]
+        if self.pending_signals:
+            return 0
+        return max(0.0, min(times) - now) if times else None
+
+    def on_service_timer(self, service, now):
+        service.on_deadline(now)
+        probe = service.probe
+        if probe is not None and now >= probe.deadline:
+            probe.on_timeout(now)
+        if service.probe is None and service.probe_due is not None and \
+                now >= service.probe_due:
+            self.start_probe(service, now)
+
+    def process_signals(self):
+        while self.pending_signals:
+            numbers = set(self.pending_signals)
+            del self.pending_signals[:]
+            if signal.SIGCHLD in numbers:
+                self.reap()
+            if numbers & set((signal.SIGTERM, signal.SIGINT)):
+                self.begin_shutdown("signal %s" % "/".join(
+                    signal_name(n) for n in sorted(numbers) if n in (
+                        signal.SIGTERM, signal.SIGINT)))
+            if signal.SIGHUP in numbers:
+                self.reload("SIGHUP")
+            if signal.SIGUSR1 in numbers:
+                self.reopen_logs()
+            if signal.SIGUSR2 in numbers:
+                self.reexec("SIGUSR2")
+
+    def reap(self):
+        """Reap every exited child: several exits can share one SIGCHLD."""
+        now = self.clock()
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            except InterruptedError:
+                continue
+            if pid == 0:
+                return
+            service = self.children.pop(pid, None)
+            if service is not None:
+                service.on_exited(status, now)
+            elif pid in self.helpers:
+                self.helpers.pop(pid)(status)
+            else:
+                self.log("reaped pid %d, not a service of ours (%s)" % (
+                    pid, decode_wait_status(status)[2]))
+
+    # -- fds in the selector -----------------------------------------------
+
+    def watch(self, fd, events, callback):
+        try:
+            self.selector.register(fd, events, callback)
+        except KeyError:
+            self.selector.modify(fd, events, callback)
+
+    def unwatch(self, fd):
+        try:
+            self.selector.unregister(fd)
+        except (KeyError, ValueError):
+            pass
+
+    def watch_exec_pipe(self, service):
+        os.set_blocking(service.exec_fd, False)
+        self.watch(service.exec_fd, selectors.EVENT_READ,
+                   lambda _mask: service.on_exec_report())
+
+    # -- child output ------------------------------------------------------
+
+    def make_outputs(self, service):
+        """The pipes for a service's stdout and stderr, per its config."""
+        config = service.config
+        stdout = self.make_output(service, "stdout", config.stdout_logfile,
+                                  config.stdout_logfile_maxbytes,
+                                  config.stdout_logfile_backups)
+        if config.redirect_stderr or (
+                config.stderr_logfile == config.stdout_logfile):
+            stderr = None  # the child's fd 2 shares stdout's pipe
+        else:
+            stderr = self.make_output(service, "stderr",
+                                      config.stderr_logfile,
+                                      config.stderr_logfile_maxbytes,
+                                      config.stderr_logfile_backups)
+        return stdout, stderr
+
+    def make_output(self, service, stream, dest, maxbytes, backups):
+        if dest in ("null", "inherit"):
+            return None
+        if dest != "syslog":
+            log_file = self.log_files.get(dest)
+            if log_file is None:
+                log_file = LogFile(dest, maxbytes, backups, self.warn)
+                log_file.open()
+                self.log_files[dest] = log_file
+            log_file.users += 1
+            dest = log_file
+        elif self.syslog is None:
+            self.syslog = SyslogSender(self.settings.syslog_socket,
+                                       self.settings.syslog_facility,
+                                       self.warn)
+            self.syslog.on_backlog = self.on_syslog_backlog
+        pipe = OutputPipe(service, stream, dest)
+        self.watch(pipe.read_fd, selectors.EVENT_READ,
+                   lambda _mask: self.on_output(pipe))
+        return pipe
+
+    def release_output(self, pipe):
+        self.unwatch(pipe.read_fd)
+        pipe.close()
+        if isinstance(pipe.dest, LogFile):
+            pipe.dest.users -= 1
+            if pipe.dest.users <= 0:
+                pipe.dest.close()
+                self.log_files.pop(pipe.dest.path, None)
+
+    def on_output(self, pipe):
+        if pipe.dest == "syslog" and self.syslog.is_backlogged():
+            # The syslog socket is full: stop reading, let the pipe fill and
+            # the child wait, until the backlog drains.
+            self.unwatch(pipe.read_fd)
+            pipe.paused = True
+            self.syslog.waiters.append(pipe)
+            return
+        pipe.read_once()
+
+    def on_syslog_backlog(self, backlogged):
+        sender = self.syslog
+        if sender is None or sender.sock is None:
+            return
+        if backlogged:
+            self.watch(sender.sock.fileno(), selectors.EVENT_WRITE,
+                       lambda _mask: sender.flush())
+            return
+        self.unwatch(sender.sock.fileno())
+        waiters, sender.waiters = sender.waiters, []
+        for pipe in waiters:
+            if pipe.read_fd >= 0:
+                pipe.paused = False
+                self.watch(pipe.read_fd, selectors.EVENT_READ,
+                           lambda _mask, pipe=pipe: self.on_output(pipe))
+
+    def reopen_logs(self):
+        """SIGUSR1: logrotate renamed our files; open fresh ones."""
+        for log_file in self.log_files.values():
+            log_file.reopen()
+        if self.own_log is not None:
+            self.own_log.reopen()
+        self.log("reopened log files")
+
+    # -- held listening sockets --------------------------------------------
+
+    def replace_listener(self, service, old, new):
+        """Keep, open or close the listening socket a service gets as fd 0:
+        kept while its socket key is unchanged, so clients queue in the
+        backlog across restarts and reloads instead of being refused."""
+        if socket_key(new) == socket_key(old) and (
+                service.listener is not None or new.socket is None):
+            return
+        if service.listener is not None:
+            self.close_listener(service.listener, old.socket)
+            service.listener = None
+        if new.socket is not None:
+            service.listener = open_listener(new, self.euid)
+
+    def close_listener(self, sock, endpoint):
+        try:
+            if endpoint is not None and endpoint.family == socket.AF_UNIX:
+                os.unlink(endpoint.address)
+        except OSError:
+            pass
+        sock.close()
+
+    # -- status ------------------------------------------------------------
+
+    def status_document(self):
+        now, wall = self.clock(), time.time()
+        return {
+            "supervisor": {
+                "pid": self.pid, "uptime": round(now - self.started, 3),
+                "config": self.settings.filename, "version": VERSION,
+                "started": round(self.started_wall, 3),
+                "written": round(wall, 3), "euid": self.euid,
+                "state_dir": self.settings.state_dir,
+                "start_time": process_start_time(self.pid),
+                "stopped": self.exit_code is not None},
+            "services": [s.status_entry(now, wall)
+                         for s in self.services.values()],
+        }
+
+    def write_status(self):
+        """Replace the status file atomically; a failure is only a warning.
+
+        Done once per loop turn, after the turn's forks, so a burst of 200
+        exits costs one write and no restart waits for it.
+        """
+        import json
+        self.status_dirty = False
+        data = json.dumps(self.status_document(), separators=(",", ":"))
+        temporary = self.status_path + ".tmp"
+        try:
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
+                         0o644)
+            try:
+                os.write(fd, data.encode("utf-8") + b"\n")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(temporary, self.status_path)
+        except OSError as exc:
+            if not getattr(self, "status_warned", False):
+                self.status_warned = True
+                self.warn("cannot write %s: %s" % (self.status_path,
+                                                   exc.strerror))
+            return
+        self.status_warned = False
+
+    # -- reload --------------------------------------------------------------
+
+    def reload(self, cause):
+        """Re-read the config.  Returns (exit code, lines, waits).
+
+        An invalid file changes nothing.  Otherwise removed services stop,
+        new ones start, changed ones restart, the others keep their pid.
+        """
+        filename = self.settings.filename
+        try:
+            if self.euid == 0:
+                reason = insecure_config_reason(filename)
+                if reason:
+                    raise ConfigErrors([ConfigError(filename, None, None,
+                                                    reason)])
+            config = load_config(filename, self.euid)
+        except ConfigErrors as exc:
+            for line in exc.lines():
+                self.log("reload (%s) refused, nothing changed: %s" % (
+                    cause, line[len("fcgiwatch: "):]), LOG_ERR)
+            return EXIT_USAGE, exc.lines(), []
+        settings = config.globals
+        lines = []
+        if settings.state_dir != self.settings.state_dir:
+            lines.append("fcgiwatch: state_dir stays %s until fcgiwatch "
+                         "restarts" % self.settings.state_dir)
+            settings = settings._replace(state_dir=self.settings.state_dir)
+        added, removed, changed, updated, unchanged = diff_configs(
+            self.config.services, config.services)
+        new_by_name = dict((s.name, s) for s in config.services)
+        # Open new sockets first: if one cannot be bound, nothing changes.
+        opened = {}
+        try:
+            for name in added + changed:
+                new = new_by_name[name]
+                old = self.services[name].config if name in self.services \
+                    else None
+                if new.socket is not None and socket_key(new) != socket_key(
+                        old):
+                    opened[name] = open_listener(new, self.euid)
+        except Failure as exc:
+            for sock in opened.values():
+                sock.close()
+            self.log("reload (%s) refused, nothing changed: %s" % (cause, exc),
+                     LOG_ERR)
+            return EXIT_FAIL, ["fcgiwatch: reload refused: %s" % exc], []
+        self.config = config._replace(globals=settings)
+        if settings != self.settings:
+            self.settings = settings
+            self.open_logging()
+        now = self.clock()
+        waits = []
+        for name in removed:
+            service = self.services[name]
+            service.removing = True
+            lines.append("%s: removed%s" % (name, ", stopping" if
+                                              service.state in RUNNING_STATES
+                                              else ""))
+            waits.append((name, "gone", service.spawns))
+            service.on_want_down(now, "removed")
+        for name in updated:
+            self.services[name].apply_config(new_by_name[name])
+            lines.append("%s: updated without a restart" % name)
+        for name in changed:
+            service = self.services[name]
+            self.adopt_listener(service, opened.pop(name, None))
+            service.pending_config = new_by_name[name]
+            if service.state in RUNNING_STATES:
+                waits.append((name, "up", service.spawns))
+                lines.append("%s: changed, restarting" % name)
+                service.on_restart(now)
+            elif service.want == "up":
+                waits.append((name, "up", service.spawns))
+                lines.append("%s: changed, starting" % name)
+                service.on_want_up(now)
+            else:
+                service.apply_config(service.pending_config)
+                lines.append("%s: changed, stays down" % name)
+        for name in unchanged:
+            service = self.services[name]
+            lines.append("%s: unchanged%s" % (name, " (pid %d)" % service.pid
+                                                if service.pid else ""))
+        for name in added:
+            service = Service(self, new_by_name[name])
+            service.listener = opened.pop(name, None)
+            self.services[name] = service
+            if service.config.autostart:
+                lines.append("%s: added, starting" % name)
+                waits.append((name, "up", 0))
+                service.on_want_up(now)
+            else:
+                lines.append("%s: added, not started (autostart = false)"
+                             % name)
+        self.order_services()
+        self.log("reloaded (%s): %d added, %d removed, %d changed, "
+                 "%d updated, %d unchanged" % (
+                     cause, len(added), len(removed), len(changed),
+                     len(updated), len(unchanged)))
+        self.status_dirty = True
+        return EXIT_OK, lines, waits
+
+    def adopt_listener(self, service, sock):
+        """A changed service takes the socket opened for its new config."""
+        if sock is None:
+            return
+        if service.listener is not None:
+            self.close_listener(service.listener, service.config.socket)
+        service.listener = sock
+
+    def order_services(self):
+        ordered = sorted(self.services.values(),
+                         key=lambda s: (s.config.priority, s.name))
+        self.services = dict((s.name, s) for s in ordered)
+
+    def forget(self, service):
+        """A removed service is down: drop it and what it held."""
+        if self.services.get(service.name) is service:
+            del self.services[service.name]
+        service.close_outputs()
+        if service.listener is not None:
+            self.close_listener(service.listener, service.config.socket)
+            service.listener = None
+        self.status_dirty = True
+
+    # -- shutdown --------------------------------------------------------------
+
+    def begin_shutdown(self, cause):
+        if self.shutting_down:
+            self.log("already shutting down (%s)" % cause)
+            return
+        self.shutting_down = True
+        self.log("shutting down (%s)" % cause)
+        priorities = sorted(set(s.config.priority
+                                for s in self.services.values()), reverse=True)
+        self.shutdown_order = priorities
+        for service in self.services.values():
+            if service.state not in RUNNING_STATES:
+                service.on_want_down(self.clock(), "shutdown")
+
+    def advance_shutdown(self, now):
+        """Stop services in descending priority, a group at a time."""
+        while self.shutdown_order:
+            priority = self.shutdown_order[0]
+            group = [s for s in self.services.values()
+                     if s.config.priority == priority]
+            for service in group:
+                if service.want != "down" or service.state in (
+                        STARTING, UP, BACKOFF):
+                    service.on_want_down(now, "shutdown")
+            if any(s.state in RUNNING_STATES for s in group):
+                return
+            self.shutdown_order.pop(0)
+        if not any(s.state in RUNNING_STATES for s in self.services.values()):
+            self.exit_code = EXIT_OK
+
+    def finish(self):
+        """Leave nothing behind but the status file saying we stopped."""
+        self.log("stopped: every service is down")
+        self.write_status()
+        self.control.finish_all("fcgiwatch: stopped (pid %d)" % self.pid)
+        self.close_everything()
+        return self.exit_code
+
+    def close_everything(self):
+        for service in self.services.values():
+            service.close_outputs()
+            if service.listener is not None:
+                self.close_listener(service.listener, service.config.socket)
+                service.listener = None
+        if self.control is not None:
+            self.control.close()
+            self.control = None
+        try:
+            signal.set_wakeup_fd(-1)
+        except ValueError:
+            pass
+        if self.syslog is not None:
+            self.syslog.close()
+        if self.own_log is not None:
+            self.own_log.close()
+        if self.lock_fd >= 0:
+            os.close(self.lock_fd)
+            self.lock_fd = -1
+
+    # -- upgrade ----------------------------------------------------------
+
+    def reexec(self, cause):
+        self.warn("re-exec (%s) is not available in this version" % cause)
+        return EXIT_FAIL, ["fcgiwatch: --reexec is not available yet"]
+
+    def start_probe(self, service, now):
+        """Placeholder until probes exist: no probe ever runs."""
+        service.probe_due = None
+
+
+class AlreadyRunning(Failure):
+    def __init__(self, pid):
+        Failure.__init__(self, "already running (pid %s)" % (pid or "?"))
+        self.pid = pid
+
+
+def read_pid(fd):
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        return int(os.read(fd, 64).split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def socket_key(config):
+    """What identifies a held socket: reused across reloads when equal."""
+    if config is None or config.socket is None:
+        return None
+    return (config.socket.url, config.socket_owner, config.socket_mode,
+            config.uid)
+
+
+def open_listener(config, euid):
+    """Bind and listen once on a service's socket; raises Failure.
+
+    A unix socket file left by a dead program is replaced; one that still
+    answers belongs to a live program and is never taken over.
+    """
+    endpoint = config.socket
+    where = "[%s] socket %s" % (config.section, endpoint.url)
+    sock = socket.socket(endpoint.family, socket.SOCK_STREAM)
+    try:
+        if endpoint.family == socket.AF_UNIX:
+            path = endpoint.address
+            remove_stale_socket(path, where)
+            sock.bind(path)
+            owner = config.socket_owner or (
+                config.uid if config.uid is not None else euid,
+                config.gid if config.gid is not None else os.getegid())
+            os.chmod(path, config.socket_mode)
+            if euid == 0:
+                os.chown(path, owner[0], owner[1])
+        else:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(endpoint.address)
+        sock.listen(socket.SOMAXCONN)
+    except OSError as exc:
+        sock.close()
+        raise Failure("%s: cannot listen: %s" % (where, exc.strerror or exc))
+    # The socket stays blocking: its open file is shared with the child,
+    # which expects accept() to wait.
+    return sock
+
+
+def remove_stale_socket(path, where):
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(info.st_mode):
+        raise Failure("%s: %s exists and is not a socket; remove it or "
+                      "choose another path" % (where, path))
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except OSError:
+        os.unlink(path)  # nobody listens: a leftover from a dead program
+        return
+    finally:
+        probe.close()
+    raise Failure("%s: a running program listens on %s; stop it first"
+                  % (where, path))
+
+
+# ===========================================================================
+# Status
+#
+# --status reads the status file the supervisor replaces atomically on every
+# state change, and the lock, not a round trip: it answers at once, even
+# while the supervisor is busy, and anyone may read it.
+# ===========================================================================
+
+def plural(number, word):
+    return "%d %s" % (number, word if number == 1 else word + "s")
+
+
+def format_status_line(entry, now):
+    """One line a service, in daemontools' svstat style.
+
+    >>> format_status_line({"name": "web", "state": "up", "pid": 7,
+    ...     "since": 95.0, "restarts": 2, "want": "up", "health": "none",
+    ...     "last_exit": {"code": None, "signal": "KILL"}}, 100.0)
+    'web: up (pid 7) 5 seconds, restarts 2, last exit signal KILL'
+    """
+    state = entry["state"]
+    seconds = int(max(0.0, now - entry["since"]))
+    if entry.get("pid"):
+        head = " (pid %d)" % entry["pid"]
+    elif entry.get("why"):
+        head = " (%s)" % entry["why"]
+    else:
+        head = ""
+    parts = ["%s: %s%s %d seconds" % (entry["name"], state, head, seconds)]
+    if state == BACKOFF and entry.get("retry_at") is not None:
+        parts.append("retry in %d seconds" % max(0, math.ceil(
+            entry["retry_at"] - now)))
+    if state == STOPPING and entry.get("kill_at") is not None:
+        parts.append("kill in %d seconds" % max(0, math.ceil(
+            entry["kill_at"] - now)))
+    if state in (DOWN, FATAL) and entry.get("want") == "up":
+        parts.append("wanted up")
+    if entry.get("restarts"):
+        parts.append("restarts %d" % entry["restarts"])
+    last = entry.get("last_exit")
+    if last and state in RUNNING_STATES:
+        if last.get("signal"):
+            parts.append("last exit signal %s" % last["signal"])
+        elif last.get("code") is not None:
+            parts.append("last exit code %d" % last["code"])
+        else:
+            parts.append("last exit unknown")
+    health = entry.get("health", "none")
+    if health != "none":
+        parts.append("health %s" % health)
+    message, why = entry.get("message"), entry.get("why") or ""
+    if message and (state in (BACKOFF, FATAL, DOWN) or health == "failing") \
+            and message != why and not message.startswith(why + " after"):
+        parts.append(message)
+    return ", ".join(parts)
+
+
+def status_exit_code(entries):
+    """0 when every service that should be up is up, else 3."""
+    for entry in entries:
+        if entry.get("want") == "up" and entry["state"] != UP:
+            return EXIT_NOT_UP
+    return EXIT_OK
+
+
+def supervisor_pid(state_dir):
+    """The pid of the supervisor holding state_dir's lock, or None."""
+    path = os.path.join(state_dir, LOCK_FILE)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                return read_pid(fd) or -1
+            return None
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def read_status_file(state_dir):
+    import json
+    try:
+        with open(os.path.join(state_dir, STATUS_FILE), "rb") as handle:
+            return json.loads(handle.read().decode("utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def show_status(state_dir, names, as_json, out=None):
+    """--status: print and return the exit code."""
+    out = out or sys.stdout
+    pid = supervisor_pid(state_dir)
+    doc = read_status_file(state_dir)
+    if pid is None:
+        message = "fcgiwatch: not running (state_dir %s)" % state_dir
+        if doc is not None:
+            info = doc.get("supervisor", {})
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(
+                info.get("written", 0)))
+            if info.get("stopped"):
+                message += "; pid %s stopped at %s" % (info.get("pid"), when)
+            else:
+                message += "; pid %s died, last seen alive at %s" % (
+                    info.get("pid"), when)
+        sys.stderr.write(message + "\n")
+        return EXIT_FAIL
+    if doc is None:
+        sys.stderr.write("fcgiwatch: running (pid %d) but %s is missing or "
+                         "unreadable\n" % (pid, os.path.join(
+                             state_dir, STATUS_FILE)))
+        return EXIT_FAIL
+    entries = doc.get("services", [])
+    if names:
+        known = dict((e["name"], e) for e in entries)
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            sys.stderr.write("fcgiwatch: no such service: %s\n"
+                             % ", ".join(unknown))
+            return EXIT_USAGE
+        entries = [known[n] for n in names]
+    wall = time.time()
+    if as_json:
+        import json
+        info = doc["supervisor"]
+        info["uptime"] = round(wall - info.get("started", wall), 3)
+        for entry in entries:
+            entry["seconds"] = round(max(0.0, wall - entry["since"]), 3)
+        doc["services"] = entries
+        out.write(json.dumps(doc, indent=1) + "\n")
+    else:
+        out.write("".join(format_status_line(e, wall) + "\n"
+                          for e in entries))
+    return status_exit_code(entries)
+
+
+# ===========================================================================
+# Control protocol
+#
+# A unix stream socket in state_dir, open to everyone; the peer's uid
+# (SO_PEERCRED) decides: root or the supervisor's own user may control.
+# A request is one JSON line {"cmd": ..., "names": [...], "signal": ...};
+# the answer is JSON lines {"out": text} or {"err": text}, then
+# {"exit": code}.  Commands wait for their result (a bounded wait) before
+# answering, so "--restart web" prints the new pid.
+# ===========================================================================
+
+COMMANDS = ("start", "stop", "restart", "signal", "reload", "shutdown",
+            "reexec")
+
+
+class Connection:
+    """One control client: buffered, non-blocking, with a deadline for its
+    request so an idle client cannot hold a slot for ever."""
+
+    IDLE = 10.0
+    MAX_OPEN = 64
+
+    def __init__(self, server, sock, uid):
+        self.server, self.sock, self.uid = server, sock, uid
+        self.supervisor = supervisor = server.supervisor
+        self.inbuf = b""
+        self.outbuf = b""
+        self.closed = False
+        self.closing = False
+        self.deadline = supervisor.clock() + self.IDLE
+        sock.setblocking(False)
+        supervisor.watch(sock.fileno(), selectors.EVENT_READ, self.on_event)
+
+    def on_event(self, mask):
+        if mask & selectors.EVENT_WRITE:
+            self.flush()
+        if mask & selectors.EVENT_READ and not self.closed:
+            try:
+                data = self.sock.recv(4096)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                data = b""
+            if not data:
+                self.close()  # the client left; its request runs on
+                return
+            if self.deadline is None:
+                return  # one request a connection: ignore the rest
+            self.inbuf += data
+            if b"\n" in self.inbuf:
+                line = self.inbuf.split(b"\n", 1)[0]
+                self.inbuf = b""
+                self.deadline = None
+                self.server.handle(self, line)
+            elif len(self.inbuf) > CONTROL_REQUEST_MAX:
+                self.deadline = None
+                self.reply_error("request too long", EXIT_USAGE)
+
+    def send(self, message):
+        import json
+        if self.closed:
+            return
+        self.outbuf += json.dumps(message).encode("utf-8") + b"\n"
+        if len(self.outbuf) > 1 << 20:
+            self.close()  # a client that never reads
+            return
+        self.flush()
+
+    def flush(self):
+        while self.outbuf and not self.closed:
+            try:
+                sent = self.sock.send(self.outbuf)
+            except (BlockingIOError, InterruptedError):
+                self.supervisor.watch(self.sock.fileno(), selectors.EVENT_READ
+                                      | selectors.EVENT_WRITE, self.on_event)
+                return
+            except OSError:
+                self.close()
+                return
+            self.outbuf = self.outbuf[sent:]
+        if not self.closed:
+            if self.closing:
+                self.close()
+            else:
+                self.supervisor.watch(self.sock.fileno(),
+                                      selectors.EVENT_READ, self.on_event)
+
+    def reply_error(self, text, code):
+        self.send({"err": "fcgiwatch: " + text})
+        self.finish(code)
+
+    def finish(self, code):
+        self.send({"exit": code})
+        self.closing = True
+        self.flush()
+
+    def on_timeout(self):
+        self.deadline = None
+        self.reply_error("no request within %d seconds" % self.IDLE,
+                         EXIT_USAGE)
+
+    def close(self):
+        if self.closed:
+            return
+        self.closed = True
+        self.supervisor.unwatch(self.sock.fileno())
+        self.sock.close()
+        if self in self.server.connections:
+            self.server.connections.remove(self)
+
+
+class Request:
+    """A control command waiting for services to reach their goals.
+
+    waits: [name, goal, mark] with goal "up" (spawned after mark, and up),
+    "down", or "gone" (removed); mark is the service's spawn count when the
+    command was given, so an old run that is still up does not count.
+    """
+
+    def __init__(self, connection, verb, waits, bound, now):
+        self.connection, self.verb = connection, verb
+        self.waits = [list(w) for w in waits]
+        self.bound = bound
+        self.deadline = now + bound if bound is not None else None
+        self.code = EXIT_OK
+
+    def finish(self, server, line=None, code=None):
+        if line:
+            self.connection.send({"out": line})
+        self.connection.finish(self.code if code is None else code)
+        if self in server.requests:
+            server.requests.remove(self)
+
+
+def wait_time(config):
+    """A bound on how long a start or restart of this service may take."""
+    seconds = config.stopwaitsecs + GROUP_KILL_GRACE + config.startsecs + 5
+    if config.healthcheck:
+        seconds += config.healthcheck_interval + config.healthcheck_timeout
+    return seconds
+
+
+class ControlServer:
+    """The supervisor's side of the control socket: connections, the
+    commands, and the requests still waiting for their services."""
+
+    def __init__(self, supervisor):
+        self.supervisor = supervisor
+        self.path = os.path.join(supervisor.settings.state_dir,
+                                 CONTROL_SOCKET)
+        self.connections = []
+        self.requests = []
+        if len(self.path.encode()) > 100:
+            raise Failure("state_dir %s is too long for a unix socket path; "
+                          "choose a shorter state_dir"
+                          % supervisor.settings.state_dir)
+        try:
+            os.unlink(self.path)  # we hold the lock: an old socket is stale
+        except OSError:
+            pass
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(self.path)
+            os.chmod(self.path, 0o666)  # anyone connects; SO_PEERCRED decides
+            sock.listen(16)
+        except OSError as exc:
+            sock.close()
+            raise Failure("cannot listen on %s: %s" % (self.path,
+                                                       exc.strerror))
+        sock.setblocking(False)
+        self.sock = sock
+        supervisor.watch(sock.fileno(), selectors.EVENT_READ, self.on_accept)
+
+    def close(self):
+        for connection in list(self.connections):
+            connection.close()
+        self.supervisor.unwatch(self.sock.fileno())
+        self.sock.close()
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+
+    def deadlines(self):
+        times = [r.deadline for r in self.requests if r.deadline is not None]
+        times.extend(c.deadline for c in self.connections
+                     if c.deadline is not None)
+        return times
+
+    def on_accept(self, _mask):
+        try:
+            sock, _address = self.sock.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self.supervisor.warn("control socket: accept failed: %s"
+                                 % exc.strerror)
+            return
+        try:
+            creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                    struct.calcsize("3i"))
+            uid = struct.unpack("3i", creds)[1]
+        except OSError:
+            sock.close()
+            return
+        if len(self.connections) >= Connection.MAX_OPEN:
+            self.connections[0].close()
+        self.connections.append(Connection(self, sock, uid))
+
+    def handle(self, connection, line):
+        """Check and carry out one request line."""
+        import json
+        supervisor = self.supervisor
+        try:
+            request = json.loads(line.decode("utf-8"))
+            if not isinstance(request, dict):
+                raise ValueError("not a JSON object")
+            command = request.get("cmd")
+            names = request.get("names", [])
+            if command not in COMMANDS:
+                raise ValueError("unknown command %r" % (command,))
+            if not isinstance(names, list) or not all(
+                    isinstance(n, str) for n in names):
+                raise ValueError("names must be a list of strings")
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+            connection.reply_error("bad request: %s" % exc, EXIT_USAGE)
+            return
+        if connection.uid not in (0, supervisor.euid):
+            connection.reply_error(
+                "permission denied: only root or %s may control this "
+                "supervisor" % current_user(supervisor.euid)[0], EXIT_FAIL)
+            return
+        if supervisor.shutting_down:
+            connection.reply_error("shutting down; no more commands",
+                                   EXIT_FAIL)
+            return
+        try:
+            getattr(self, "command_" + command)(connection, request, names)
+        except UsageError as exc:
+            connection.reply_error(str(exc), EXIT_USAGE)
+
+    def select(self, names):
+        """The services named, in order; "all" means every one."""
+        services = self.supervisor.services
+        if not names:
+            raise UsageError("name at least one service, or all")
+        if names == ["all"]:
+            return list(services.values())
+        unknown = [n for n in names if n not in services]
+        if unknown:
+            raise UsageError("no such service: %s; nothing was done (known: "
+                             "%s)" % (", ".join(unknown),
+                                      ", ".join(services) or "none"))
+        chosen = []
+        for name in names:
+            if services[name] not in chosen:
+                chosen.append(services[name])
+        return chosen
+
+    # -- the commands ------------------------------------------------------
+
+    def command_start(self, connection, request, names):
+        now = self.supervisor.clock()
+        waits = []
+        for service in self.select(names):
+            if service.state == UP:
+                connection.send({"out": "%s: already up (pid %d)" % (
+                    service.name, service.pid)})
+                continue
+            mark = service.spawns - (1 if service.state == STARTING else 0)
+            service.on_want_up(now)
+            waits.append((service.name, "up", mark))
+        self.wait(connection, "start", waits)
+
+    def command_stop(self, connection, request, names):
+        now = self.supervisor.clock()
+        waits = []
+        for service in self.select(names):
+            was = service.state
+            service.on_want_down(now)
+            if was in (DOWN, FATAL, BACKOFF):
+                connection.send({"out": "%s: %s" % (
+                    service.name, "already stopped" if was == DOWN
+                    else "stopped (was %s)" % was)})
+            else:
+                waits.append((service.name, "down", service.spawns))
+        self.wait(connection, "stop", waits)
+
+    def command_restart(self, connection, request, names):
+        now = self.supervisor.clock()
+        waits = []
+        for service in self.select(names):
+            mark = service.spawns
+            service.on_restart(now)
+            waits.append((service.name, "up", mark))
+        self.wait(connection, "restart", waits)
+
+    def command_signal(self, connection, request, names):
+        try:
+            number = to_signal(str(request.get("signal", "")))
+        except ValueError as exc:
+            raise UsageError(str(exc))
+        code = EXIT_OK
+        for service in self.select(names):
+            pid = service.pid
+            if service.send_signal(number):
+                connection.send({"out": "%s: sent %s (pid %d)" % (
+                    service.name, signal_name(number), pid)})
+                service.log("sent %s to pid %d on request" % (
+                    signal_name(number), pid))
+            else:
+                connection.send({"err": "%s: not running, no signal sent"
+                                 % service.name})
+                code = EXIT_FAIL
+        connection.finish(code)
+
+    def command_reload(self, connection, request, names):
+        code, lines, waits = self.supervisor.reload("--reload")
+        for line in lines:
+            connection.send({"err" if code else "out": line})
+        if code:
+            connection.finish(code)
+        else:
+            self.wait(connection, "reload", waits)
+
+    def command_shutdown(self, connection, request, names):
+        supervisor = self.supervisor
+        connection.send({"out": "fcgiwatch: shutting down (pid %d)"
+                         % supervisor.pid})
+        supervisor.begin_shutdown("--shutdown")
+        # Answered by finish_all() when the last service is down.
+        self.requests.append(Request(connection, "shutdown", [], None,
+                                     supervisor.clock()))
+
+    def command_reexec(self, connection, request, names):
+        code, lines = self.supervisor.reexec("--reexec")
+        for line in lines:
+            connection.send({"err" if code else "out": line})
+        connection.finish(code)
+
+    # -- waiting for results -----------------------------------------------
+
+    def wait(self, connection, verb, waits):
+        if not waits:
+            connection.finish(EXIT_OK)
+            return
+        services = self.supervisor.services
+        bound = max([wait_time(services[name].config)
+                     for name, _goal, _mark in waits if name in services]
+                    + [5])
+        connection.send({"timeout": bound})
+        request = Request(connection, verb, waits, bound,
+                          self.supervisor.clock())
+        self.requests.append(request)
+        self.check_request(request, self.supervisor.clock())
+
+    def check(self, now):
+        for connection in list(self.connections):
+            if connection.deadline is not None and now >= connection.deadline:
+                connection.on_timeout()
+        for request in list(self.requests):
+            if request.waits:
+                self.check_request(request, now)
+
+    def check_request(self, request, now):
+        """Answer each service that reached its goal; at the deadline,
+        give up on the rest."""
+        for wait in list(request.waits):
+            ok, line = self.wait_result(request, wait, now)
+            if line is None:
+                continue
+            request.waits.remove(wait)
+            if not ok:
+                request.code = EXIT_FAIL
+            request.connection.send({"out" if ok else "err": line})
+        if not request.waits:
+            request.finish(self)
+
+    def wait_result(self, request, wait, now):
+        """(ok, line) once a wait is decided, else (None, None)."""
+        name, goal, mark = wait
+        service = self.supervisor.services.get(name)
+        if goal == "gone":
+            if service is None or not service.removing:
+                return True, "%s: removed" % name
+        elif service is None:
+            return False, "%s: removed meanwhile" % name
+        elif goal == "down":
+            if service.state in (DOWN, FATAL):
+                return True, "%s: stopped" % name
+        elif service.state == UP and service.spawns > mark:
+            return True, "%s: %s (pid %d)" % (name, {
+                "start": "started", "restart": "restarted",
+                "reload": "running"}[request.verb], service.pid)
+        elif service.state in (BACKOFF, FATAL, DOWN):
+            return False, "%s: did not start: %s" % (
+                name, service.message or service.why or service.state)
+        if now >= request.deadline:
+            state = service.state if service else "gone"
+            return False, "%s: still %s after %d seconds; see --status %s" % (
+                name, state, request.bound, name)
+        return None, None
+
+    def finish_all(self, line):
+        for request in list(self.requests):
+            request.finish(self, line, EXIT_OK)
+        for connection in list(self.connections):
+            connection.close()
+
+
+# -- client side ------------------------------------------------------------
+
+def send_command(state_dir, request, out=None, err=None):
+    """Send one request, print the answer as it comes; return the exit code."""
+    import json
+    out, err = out or sys.stdout, err or sys.stderr
+    path = os.path.join(state_dir, CONTROL_SOCKET)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(CONTROL_ANSWER_TIMEOUT)
+    try:
+        try:
+            sock.connect(path)
+        except (FileNotFoundError, ConnectionRefusedError):
+            pid = supervisor_pid(state_dir)
+            if pid is None:
+                err.write("fcgiwatch: not running (no supervisor holds %s)\n"
+                          % state_dir)
+            else:
+                err.write("fcgiwatch: supervisor (pid %d) has no control "
+                          "socket at %s\n" % (pid, path))
+            return EXIT_FAIL
+        except PermissionError:
+            err.write("fcgiwatch: permission denied: cannot connect to %s\n"
+                      % path)
+            return EXIT_FAIL
+        except socket.timeout:
+            err.write("fcgiwatch: the supervisor is not answering at %s\n"
+                      % path)
+            return EXIT_FAIL
+        sock.sendall(json.dumps(request).encode("utf-8") + b"\n")
+        handle = sock.makefile("rb")
+        while True:
+            try:
+                line = handle.readline()
+            except socket.timeout:
+                err.write("fcgiwatch: no answer from the supervisor within "
+                          "%d seconds\n" % sock.gettimeout())
+                return EXIT_FAIL
+            if not line:
+                if request.get("cmd") == "shutdown":
+                    out.write("fcgiwatch: stopped\n")
+                    return EXIT_OK
+                err.write("fcgiwatch: the supervisor closed the connection "
+                          "without an answer\n")
+                return EXIT_FAIL
+            try:
+                message = json.loads(line.decode("utf-8"))
+            except ValueError:
+                continue
+            if "timeout" in message:
+                sock.settimeout(float(message["timeout"]) + 10)
+            if "out" in message:
+                out.write(message["out"] + "\n")
+                out.flush()
+            if "err" in message:
+                err.write(message["err"] + "\n")
+                err.flush()
+            if "exit" in message:
+                return int(message["exit"])
+    except OSError as exc:
+        err.write("fcgiwatch: control socket %s: %s\n" % (
+            path, exc.strerror or exc))
+        return EXIT_FAIL
+    finally:
+        sock.close()
+
+
+# ===========================================================================
+# Command line
+#
+# Hand-parsed (argparse costs more to import than --status may take); every
+# mistake is one line and exit 2.
+# ===========================================================================
+
+Options = namedtuple("Options", ["action", "config", "names", "json",
+                                 "signal"])
+
+#: Options that choose what to do; the rest modify them.
+ACTIONS = {"--daemon": "daemon", "--check": "check", "--status": "status",
+           "--start": "start", "--stop": "stop", "--restart": "restart",
+           "--signal": "signal", "--reload": "reload",
+           "--shutdown": "shutdown", "--reexec": "reexec",
+           "--version": "version", "-V": "version", "--help": "help",
+           "-h": "help"}
+
+#: Actions that take service names, and whether they need at least one.
+NAMED_ACTIONS = {"status": False, "start": True, "stop": True,
+                 "restart": True, "signal": True}
+
+
+def parse_args(argv):
+    """The command line as Options; raises UsageError.
+
+    >>> parse_args(["-c", "x.conf", "--restart", "web"]).names
+    ['web']
+    """
+    action, config, names, as_json, sig = "run", None, [], False, None
+    args = list(argv)
+    while args:
+        arg = args.pop(0)
+        if arg in ("-c", "--config"):
+            if not args:
+                raise UsageError("%s needs a file name" % arg)
+            config = args.pop(0)
+        elif arg.startswith("--config="):
+            config = arg.split("=", 1)[1]
+        elif arg.startswith("-c") and len(arg) > 2:
+            config = arg[2:]
+        elif arg == "--json":
+            as_json = True
+        elif arg in ACTIONS:
+            if action != "run":
+                raise UsageError("%s and --%s cannot be combined; give one "
+                                 "action" % (arg, action))
+            action = ACTIONS[arg]
+            if action == "signal":
+                if not args or args[0].startswith("-"):
+                    raise UsageError("--signal needs a signal, e.g. "
+                                     "--signal HUP NAME")
+                sig = args.pop(0)
+                try:
+                    to_signal(sig)
+                except ValueError as exc:
+                    raise UsageError("--signal: %s" % exc)
+        elif arg == "--":
+            names.extend(args)
+            args = []
+        elif arg.startswith("-"):
+            raise UsageError("unknown option %s" % arg)
+        else:
+            names.append(arg)
+    if names and action not in NAMED_ACTIONS:
+        raise UsageError("%s takes no service names (got %s)" % (
+            "running the supervisor" if action == "run" else "--" + action,
+            " ".join(names)))
+    if NAMED_ACTIONS.get(action) and not names:
+        raise UsageError("--%s needs service names, or all" % action)
+    if as_json and action != "status":
+        raise UsageError("--json goes with --status")
+    for name in names:
+        if name != "all" and not SERVICE_NAME_RE.match(name):
+            raise UsageError("%r is not a service name" % name)
+    if "all" in names and (len(names) > 1 or action == "status"):
+        raise UsageError("all stands alone, and --status lists every "
+                         "service without it")
+    return Options(action, config, names, as_json, sig)
+
+
+def find_config(given):
+    """The config path: -c, $FCGIWATCH_CONFIG, beside us, /etc."""
+    if given:
+        return os.path.abspath(given)
+    tried = []
+    for candidate in (os.environ.get("FCGIWATCH_CONFIG"),
+                      os.path.join(os.path.dirname(os.path.abspath(
+                          __file__)), "fcgiwatch.conf"),
+                      "/etc/fcgiwatch.conf"):
+        if not candidate:
+            continue
+        if os.path.exists(candidate):
+            return os.path.abspath(candidate)
+        tried.append(candidate)
+    raise UsageError("no config file found (tried %s); give one with -c FILE"
+                     % ", ".join(tried))
+
+
+def find_state_dir(config_path):
+    """The state_dir a client should look in, without needing a valid
+    config (so --stop works while the file is being edited)."""
+    import configparser
+    parser = configparser.ConfigParser(interpolation=None, strict=False,
+                                       default_section="\0none")
+    try:
+        parser.read_string(read_config_file(config_path), config_path)
+    except configparser.Error as exc:
+        raise ConfigErrors([ConfigError(config_path, None, None, str(
+            exc).splitlines()[0])])
+    if parser.has_option(OWN_SECTION, "state_dir"):
+        value = os.path.expanduser(parser.get(OWN_SECTION, "state_dir")
+                                   .strip())
+        return os.path.normpath(os.path.join(os.path.dirname(config_path),
+                                             value))
+    # Unset: the default depends on the supervisor's user, which may not be
+    # ours (anyone may read --status): take the one serving this config.
+    euid = os.geteuid()
+    candidates = [default_state_dir(euid)]
+    if euid != 0:
+        candidates.append(default_state_dir(0))
+    for candidate in candidates:
+        doc = read_status_file(candidate)
+        if doc and doc.get("supervisor", {}).get("config") == config_path:
+            return candidate
+    return candidates[0]
+
+
+def describe_config(config):
+    """--check: each service as it would run."""
+    import shlex
+    lines = ["config %s: %d services; state_dir %s" % (
+        config.globals.filename, len(config.services),
+        config.globals.state_dir)]
+    for service in config.services:
+        env = dict(service.env)
+        program = service.argv[0]
+        found = program if "/" in program else next((
+            os.path.join(d, program) for d in env.get("PATH", "").split(":")
+            if d and os.access(os.path.join(d, program), os.X_OK)), None)
+        if service.uid is None:
+            who = "%s (the supervisor's user, unchanged)" % service.user
+        else:
+            who = "%s (uid %d, gid %d, groups %s)" % (
+                service.user, service.uid, service.gid,
+                ",".join(str(g) for g in service.groups) or "none")
+        lines.append("%s: %s" % (service.name, " ".join(
+            shlex.quote(a) for a in service.argv)))
+        lines.append("  argv      %r" % (list(service.argv),))
+        lines.append("  user      %s" % who)
+        lines.append("  directory %s" % service.directory)
+        lines.append("  output    stdout %s, stderr %s" % (
+            service.stdout_logfile, service.stdout_logfile
+            if service.redirect_stderr else service.stderr_logfile))
+        lines.append("  start     %s, priority %d, autorestart %s" % (
+            "at once" if service.autostart else "on request (autostart "
+            "false)", service.priority, service.autorestart))
+        if service.socket is not None:
+            lines.append("  socket    %s as fd 0" % service.socket.url)
+        if service.healthcheck is not None:
+            lines.append("  health    %s every %s" % (
+                service.healthcheck.url,
+                format_seconds(service.healthcheck_interval)))
+        if found is None:
+            lines.append("  warning   %s is not in PATH (%s)" % (
+                program, env.get("PATH", "")))
+        elif not os.path.exists(os.path.join(service.directory, found)):
+            lines.append("  warning   %s does not exist" % found)
+        elif not os.access(os.path.join(service.directory, found), os.X_OK):
+            lines.append("  warning   %s is not executable" % found)
+    return lines
+
+
+def run_foreground(config):
+    supervisor = Supervisor(config, foreground=True)
+    try:
+        supervisor.start()
+    except Failure as exc:
+        sys.stderr.write("fcgiwatch: %s\n" % exc)
+        return EXIT_FAIL
+    return supervisor.run()
+
+
+def run_daemon(config):
+    """--daemon: detach, and return once the supervisor runs (or failed).
+
+    The grandchild reports through a pipe: "ok PID", "running PID" when
+    another supervisor holds the state_dir, or "fail TEXT".
+    """
+    state_dir = config.globals.state_dir
+    pid = supervisor_pid(state_dir)
+    if pid is not None:
+        sys.stdout.write("fcgiwatch: already running (pid %d)\n" % pid)
+        return EXIT_OK
+    sys.stdout.flush()
+    sys.stderr.flush()
+    ready_read, ready_write = os.pipe()
+    first = os.fork()
+    if first == 0:
+        code = 1
+        try:
+            os.close(ready_read)
+            os.setsid()
+            if os.fork() == 0:
+                code = daemon_main(config, ready_write)
+            else:
+                code = 0
+        finally:
+            os._exit(code)
+    os.close(ready_write)
+    os.waitpid(first, 0)
+    data = b""
+    with os.fdopen(ready_read, "rb") as handle:
+        data = handle.read()
+    word, _sep, rest = data.decode("utf-8", "replace").strip().partition(" ")
+    if word == "ok":
+        sys.stdout.write("fcgiwatch: started (pid %s)\n" % rest)
+        return EXIT_OK
+    if word == "running":
+        sys.stdout.write("fcgiwatch: already running (pid %s)\n" % rest)
+        return EXIT_OK
+    sys.stderr.write("fcgiwatch: %s\n" % (
+        rest or "the supervisor exited during start-up; see syslog"))
+    return EXIT_FAIL
+
+
+def daemon_main(config, ready_write):
+    """The detached supervisor: cwd /, stdio on /dev/null."""
+    def report(text):
+        try:
+            os.write(ready_write, text.encode("utf-8", "replace"))
+        except OSError:
+            pass
+        os.close(ready_write)
+
+    try:
+        os.chdir("/")
+        os.umask(0o022)
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        os.close(null)
+        supervisor = Supervisor(config, foreground=False)
+        try:
+            supervisor.start()
+        except AlreadyRunning as exc:
+            report("running %s" % exc.pid)
+            return EXIT_OK
+        except Failure as exc:
+            report("fail %s" % exc)
+            return EXIT_FAIL
+        report("ok %d" % supervisor.pid)
+        return supervisor.run()
+    except BaseException as exc:  # never let a daemon die silently
+        report("fail internal error: %r" % exc)
+        return EXIT_FAIL
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        options = parse_args(argv)
+    except UsageError as exc:
+        sys.stderr.write("fcgiwatch: %s; see --help\n" % exc)
+        return EXIT_USAGE
+    if options.action == "help":
+        sys.stdout.write(__doc__.split("\nMap of this file")[0].strip() + "\n")
+        return EXIT_OK
+    if options.action == "version":
+        sys.stdout.write("fcgiwatch %s\n" % VERSION)
+        return EXIT_OK
+    try:
+        config_path = find_config(options.config)
+        if options.action in ("run", "daemon", "check"):
+            euid = os.geteuid()
+            if euid == 0:
+                reason = insecure_config_reason(config_path)
+                if reason and os.path.exists(config_path):
+                    raise ConfigErrors([ConfigError(config_path, None, None,
+                                                    reason)])
+            config = load_config(config_path, euid)
+            if options.action == "check":
+                sys.stdout.write("\n".join(describe_config(config)) + "\n")
+                return EXIT_OK
+            if options.action == "daemon":
+                return run_daemon(config)
+            return run_foreground(config)
+        state_dir = find_state_dir(config_path)
+        if options.action == "status":
+            return show_status(state_dir, options.names, options.json)
+        request = {"cmd": options.action, "names": options.names}
+        if options.signal is not None:
+            request["signal"] = options.signal
+        return send_command(state_dir, request)
+    except UsageError as exc:
+        sys.stderr.write("fcgiwatch: %s\n" % exc)
+        return EXIT_USAGE
+    except ConfigErrors as exc:
+        sys.stderr.write("\n".join(exc.lines()) + "\n")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
