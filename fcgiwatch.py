@@ -1722,6 +1722,8 @@ class Service:
         """A run ended by itself: restart now, back off, or give up."""
         config, supervisor = self.config, self.supervisor
         self.cancel_probe()
+        self.probe_due = None
+        old_group, self.pgid = self.pgid, 0
         quick = self.spawn_error is not None or (
             not self.good_start and ran < config.startsecs) or (
             ran < MIN_GOOD_RUN)
@@ -1764,6 +1766,8 @@ class Service:
             self.change_state(DOWN, short)  # -> DOWN: autorestart says so
             self.log("exited: %s; not restarted (autorestart = %s)" % (
                 what, config.autorestart))
+        if config.killasgroup and old_group:
+            self.kill_leftovers(old_group)
         if (code == 0 and quick and not self.spawn_error
                 and config.startsecs > 0):
             self.log("exited 0 after %s, sooner than startsecs (%s): if it "
@@ -1771,6 +1775,18 @@ class Service:
                      "foreground (e.g. runfcgi daemonize=false)" % (
                          format_seconds(ran), format_seconds(
                              config.startsecs)), LOG_WARNING)
+
+    def kill_leftovers(self, pgid):
+        """A run is over but processes of its group live on (workers of a
+        dead master, a job it put in the background): kill them, so that
+        no duplicate of the service holds its port beside the next run.
+        Called after the next run is forked, off the restart path."""
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            return
+        self.log("killed what was left of process group %d" % pgid,
+                 LOG_WARNING)
 
     def enter_backoff(self, now, why):
         delay = backoff_delay(max(self.fails, 1), self.config.backoff_max)
@@ -1843,9 +1859,10 @@ class Service:
         if self.deadline is None or now < self.deadline:
             return
         config = self.config
-        if self.state == STARTING:
-            # STARTING -> UP: it ran startsecs; with a health check it stays
-            # STARTING until a probe passes.
+        if self.state in (STARTING, UP):
+            # STARTING -> UP: it ran startsecs, a good start.  With a health
+            # check it stays STARTING until a probe passes (or is UP
+            # already, when a probe passed first).
             self.deadline = None
             self.good_start = True
             self.fails = 0
@@ -1920,6 +1937,46 @@ class Service:
             self.probe.close()
             self.probe = None
 
+    def on_probe_result(self, ok, why, now):
+        """A probe finished.  STARTING -> UP on the first pass; after
+        healthcheck_retries failures in a row, restart (-> STOPPING)."""
+        config = self.config
+        if self.state not in (STARTING, UP) or not config.healthcheck:
+            return
+        interval = config.healthcheck_interval
+        if self.state == STARTING and not ok:
+            # Until it first answers, look again soon, not an interval later.
+            self.probe_due = now + min(interval, 0.5)
+        else:
+            self.probe_due = now + interval
+        if ok:
+            if self.health != "ok" and self.health_fails:
+                self.log("health ok again: %s" % config.healthcheck.url)
+            self.health, self.health_fails = "ok", 0
+            if self.message.startswith("health: "):
+                self.message = ""
+            if self.state == STARTING:
+                self.change_state(UP)  # STARTING -> UP: it answers
+            self.supervisor.status_dirty = True
+            return
+        if self.state == STARTING and now - self.started_at < \
+                config.startsecs:
+            return  # still starting up: failures do not count yet
+        reason = "%s: %s" % (config.healthcheck.url, why)
+        self.health_fails += 1
+        self.health = "failing"
+        self.message = "health: " + reason
+        self.supervisor.status_dirty = True
+        retries = config.healthcheck_retries
+        if self.health_fails < retries:
+            self.log("health failed (%d of %d): %s" % (
+                self.health_fails, retries, reason), LOG_WARNING)
+            return
+        self.log("health failed %d times in a row, restarting: %s" % (
+            self.health_fails, reason), LOG_ERR)
+        self.want = "up"
+        self.begin_stop(now, "health")  # STARTING/UP -> STOPPING -> respawn
+
     # -- status ----------------------------------------------------------
 
     def status_entry(self, now, wall):
@@ -1950,9 +2007,298 @@ class Service:
         return entry
 
 
+
 # ===========================================================================
-# Health probes (see the Probe classes below the event loop)
+# Health probes
+#
+# A process that is alive but no longer answers is the outage that
+# daemontools, runit and supervisord miss.  A probe is one non-blocking
+# socket in the supervisor's select(), with a deadline: it can be slow or
+# stuck without ever delaying anything else.  The protocol parts are pure
+# functions: bytes to send, and a judge of the bytes received.
 # ===========================================================================
+
+FCGI_BEGIN_REQUEST, FCGI_END_REQUEST, FCGI_PARAMS, FCGI_STDIN = 1, 3, 4, 5
+FCGI_STDOUT, FCGI_STDERR = 6, 7
+FCGI_GET_VALUES, FCGI_GET_VALUES_RESULT, FCGI_UNKNOWN_TYPE = 9, 10, 11
+FCGI_RESPONDER = 1
+
+#: Largest answer a probe reads before judging it.
+PROBE_READ_MAX = 65536
+
+
+def fcgi_record(kind, request_id, content=b""):
+    """One FastCGI record: 8-byte header, content, padding to 8 bytes."""
+    padding = -len(content) % 8
+    return struct.pack("!BBHHBx", 1, kind, request_id, len(content),
+                       padding) + content + b"\0" * padding
+
+
+def fcgi_pairs(pairs):
+    """FastCGI name-value pairs: 1-byte lengths up to 127, else 4 bytes.
+
+    >>> fcgi_pairs([(b"A", b"")])
+    b'\\x01\\x00A'
+    """
+    out = []
+    for name, value in pairs:
+        for length in (len(name), len(value)):
+            out.append(struct.pack("!B", length) if length < 128
+                       else struct.pack("!I", length | 0x80000000))
+        out.append(name + value)
+    return b"".join(out)
+
+
+def parse_fcgi_pairs(data):
+    """Inverse of fcgi_pairs; raises ValueError on a malformed body."""
+    pairs, at = [], 0
+    while at < len(data):
+        lengths = []
+        for _ in range(2):
+            if at >= len(data):
+                raise ValueError("truncated name-value pair")
+            if data[at] < 128:
+                lengths.append(data[at])
+                at += 1
+            else:
+                if at + 4 > len(data):
+                    raise ValueError("truncated length")
+                lengths.append(struct.unpack("!I", data[at:at + 4])[0]
+                               & 0x7fffffff)
+                at += 4
+        end = at + lengths[0] + lengths[1]
+        if end > len(data):
+            raise ValueError("truncated name-value pair")
+        pairs.append((data[at:at + lengths[0]], data[at + lengths[0]:end]))
+        at = end
+    return pairs
+
+
+def parse_fcgi_records(data):
+    """Split bytes into complete records [(type, id, content)] and the rest.
+    Raises ValueError when the bytes are not FastCGI version 1."""
+    records, at = [], 0
+    while len(data) - at >= 8:
+        version, kind, request_id, length, padding = struct.unpack(
+            "!BBHHBx", data[at:at + 8])
+        if version != 1:
+            raise ValueError("not FastCGI (version byte %d)" % version)
+        end = at + 8 + length + padding
+        if end > len(data):
+            break
+        records.append((kind, request_id, data[at + 8:at + 8 + length]))
+        at = end
+    return records, data[at:]
+
+
+def fcgi_values_request():
+    """FCGI_GET_VALUES for the three variables the spec defines."""
+    return fcgi_record(FCGI_GET_VALUES, 0, fcgi_pairs(
+        [(b"FCGI_MAX_CONNS", b""), (b"FCGI_MAX_REQS", b""),
+         (b"FCGI_MPXS_CONNS", b"")]))
+
+
+def judge_fcgi_values(data, eof):
+    """(True, ""), (False, why), or None while more bytes may come.
+
+    >>> judge_fcgi_values(fcgi_record(10, 0, fcgi_pairs([(b"A", b"1")])),
+    ...                   False)
+    (True, '')
+    """
+    try:
+        records, _rest = parse_fcgi_records(data)
+    except ValueError as exc:
+        return False, str(exc)
+    for kind, request_id, content in records:
+        if kind == FCGI_GET_VALUES_RESULT and request_id == 0:
+            try:
+                parse_fcgi_pairs(content)
+            except ValueError as exc:
+                return False, "malformed FCGI_GET_VALUES_RESULT: %s" % exc
+            return True, ""
+        if kind == FCGI_UNKNOWN_TYPE and request_id == 0:
+            return True, ""  # it speaks FastCGI, just not this record
+    if eof:
+        return False, "closed the connection without answering" if not \
+            data else "answered no FCGI_GET_VALUES_RESULT"
+    return None
+
+
+def fcgi_get_request(endpoint):
+    """A responder GET of the endpoint's path, as a web server sends it."""
+    path = endpoint.path or "/"
+    script, _sep, query = path.partition("?")
+    if endpoint.family == socket.AF_UNIX:
+        host, port = "localhost", "80"
+    else:
+        host, port = str(endpoint.address[0]), str(endpoint.address[1])
+    params = [("GATEWAY_INTERFACE", "CGI/1.1"), ("REQUEST_METHOD", "GET"),
+              ("SCRIPT_NAME", ""), ("PATH_INFO", script),
+              ("REQUEST_URI", path), ("QUERY_STRING", query),
+              ("SERVER_NAME", host), ("SERVER_PORT", port),
+              ("SERVER_PROTOCOL", "HTTP/1.0"), ("SERVER_SOFTWARE",
+                                                "fcgiwatch/" + VERSION),
+              ("REMOTE_ADDR", "127.0.0.1"), ("HTTP_HOST", host),
+              ("HTTP_USER_AGENT", "fcgiwatch health check")]
+    body = fcgi_pairs([(k.encode(), v.encode("utf-8")) for k, v in params])
+    return (fcgi_record(FCGI_BEGIN_REQUEST, 1, struct.pack(
+        "!HB5x", FCGI_RESPONDER, 0)) + fcgi_record(FCGI_PARAMS, 1, body)
+        + fcgi_record(FCGI_PARAMS, 1) + fcgi_record(FCGI_STDIN, 1))
+
+
+def status_of_headers(head):
+    """The status a CGI response's headers give (no Status: means 200)."""
+    for line in head.split(b"\n"):
+        name, _sep, value = line.partition(b":")
+        if name.strip().lower() == b"status":
+            digits = value.strip()[:3]
+            return int(digits) if digits.isdigit() else 0
+    return 200
+
+
+def judge_fcgi_response(data, eof):
+    """Judge the STDOUT of a responder request by its Status header.
+
+    >>> judge_fcgi_response(fcgi_record(6, 1, b"Status: 500 Oops\\r\\n\\r\\n"),
+    ...                     False)
+    (False, 'answered Status 500')
+    """
+    try:
+        records, _rest = parse_fcgi_records(data)
+    except ValueError as exc:
+        return False, str(exc)
+    stdout = b"".join(c for k, i, c in records if k == FCGI_STDOUT and i == 1)
+    ended = any(k == FCGI_END_REQUEST and i == 1 for k, i, c in records)
+    for separator in (b"\r\n\r\n", b"\n\n"):
+        if separator in stdout:
+            status = status_of_headers(stdout.split(separator, 1)[0])
+            if 200 <= status < 400:
+                return True, ""
+            return False, "answered Status %d" % status
+    if ended or eof:
+        return False, "ended the request without a response header"
+    return None
+
+
+def http_request(endpoint):
+    host = endpoint.address[0]
+    if ":" in str(host):
+        host = "[%s]" % host
+    return ("GET %s HTTP/1.0\r\nHost: %s:%d\r\nUser-Agent: fcgiwatch health "
+            "check\r\nConnection: close\r\n\r\n" % (
+                endpoint.path or "/", host, endpoint.address[1])).encode(
+                    "utf-8")
+
+
+def judge_http(data, eof):
+    """Judge an HTTP status line.
+
+    >>> judge_http(b"HTTP/1.0 302 Found\\r\\n", False)
+    (True, '')
+    """
+    if b"\n" not in data:
+        return (False, "closed the connection without answering") if eof \
+            else None
+    parts = data.split(b"\n", 1)[0].split()
+    if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or \
+            not parts[1].isdigit():
+        return False, "not an HTTP answer"
+    status = int(parts[1])
+    if 200 <= status < 400:
+        return True, ""
+    return False, "answered %d" % status
+
+
+def probe_plan(endpoint):
+    """(bytes to send, judge) for a health check endpoint; None, None for
+    tcp://, where a connection is the whole test."""
+    if endpoint.scheme == "tcp":
+        return None, None
+    if endpoint.scheme == "http":
+        return http_request(endpoint), judge_http
+    if endpoint.path and endpoint.family != socket.AF_UNIX:
+        return fcgi_get_request(endpoint), judge_fcgi_response
+    return fcgi_values_request(), judge_fcgi_values
+
+
+class Probe:
+    """One health check in flight, driven by the loop's select()."""
+
+    def __init__(self, supervisor, service, now):
+        config = service.config
+        self.supervisor, self.service = supervisor, service
+        self.endpoint = config.healthcheck
+        self.timeout = config.healthcheck_timeout
+        self.deadline = now + self.timeout
+        self.outbuf, self.judge = probe_plan(self.endpoint)
+        self.inbuf = b""
+        self.connected = False
+        self.sock = socket.socket(self.endpoint.family, socket.SOCK_STREAM)
+        self.sock.setblocking(False)
+        try:
+            self.sock.connect(self.endpoint.address)
+        except (BlockingIOError, InterruptedError):
+            pass  # EINPROGRESS: writable once connected
+        except OSError as exc:
+            self.done(False, "connect: %s" % (exc.strerror or exc))
+            return
+        supervisor.watch(self.sock.fileno(), selectors.EVENT_WRITE,
+                         self.on_event)
+
+    def on_event(self, mask):
+        if self.sock is None:
+            return
+        if not self.connected:
+            error = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if error:
+                self.done(False, "connect: %s" % os.strerror(error))
+                return
+            self.connected = True
+            if self.judge is None:
+                self.done(True, "")
+                return
+        if self.outbuf:
+            try:
+                sent = self.sock.send(self.outbuf)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self.done(False, "send: %s" % (exc.strerror or exc))
+                return
+            self.outbuf = self.outbuf[sent:]
+            if not self.outbuf:
+                self.supervisor.watch(self.sock.fileno(),
+                                      selectors.EVENT_READ, self.on_event)
+            return
+        try:
+            data = self.sock.recv(PROBE_READ_MAX)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self.done(False, "receive: %s" % (exc.strerror or exc))
+            return
+        self.inbuf += data
+        verdict = self.judge(self.inbuf, not data or
+                             len(self.inbuf) >= PROBE_READ_MAX)
+        if verdict is not None:
+            self.done(*verdict)
+
+    def on_timeout(self, now):
+        self.done(False, "timed out after %s" % format_seconds(self.timeout)
+                  .replace(".0 s", " s"))
+
+    def done(self, ok, why):
+        self.close()
+        if self.service.probe is self:
+            self.service.probe = None
+        self.service.on_probe_result(ok, why, self.supervisor.clock())
+
+    def close(self):
+        if self.sock is not None:
+            self.supervisor.unwatch(self.sock.fileno())
+            self.sock.close()
+            self.sock = None
+
 
 # ===========================================================================
 # Event loop
@@ -2622,8 +2968,10 @@ class Supervisor:
         return EXIT_FAIL, ["fcgiwatch: --reexec is not available yet"]
 
     def start_probe(self, service, now):
-        """Placeholder until probes exist: no probe ever runs."""
         service.probe_due = None
+        probe = Probe(self, service, now)
+        if probe.sock is not None:
+            service.probe = probe
 
 
 class AlreadyRunning(Failure):
@@ -2870,6 +3218,7 @@ class Connection:
         self.outbuf = b""
         self.closed = False
         self.closing = False
+        self.lingering = False
         self.deadline = supervisor.clock() + self.IDLE
         sock.setblocking(False)
         supervisor.watch(sock.fileno(), selectors.EVENT_READ, self.on_event)
@@ -2887,8 +3236,8 @@ class Connection:
             if not data:
                 self.close()  # the client left; its request runs on
                 return
-            if self.deadline is None:
-                return  # one request a connection: ignore the rest
+            if self.deadline is None or self.lingering:
+                return  # one request a connection: discard the rest
             self.inbuf += data
             if b"\n" in self.inbuf:
                 line = self.inbuf.split(b"\n", 1)[0]
@@ -2923,10 +3272,19 @@ class Connection:
             self.outbuf = self.outbuf[sent:]
         if not self.closed:
             if self.closing:
-                self.close()
-            else:
-                self.supervisor.watch(self.sock.fileno(),
-                                      selectors.EVENT_READ, self.on_event)
+                # Half-close and wait for the client's EOF: closing with its
+                # unread input pending would reset the connection and lose
+                # our answer.  The deadline bounds the wait.
+                try:
+                    self.sock.shutdown(socket.SHUT_WR)
+                except OSError:
+                    self.close()
+                    return
+                self.closing = False
+                self.lingering = True
+                self.deadline = self.supervisor.clock() + self.IDLE
+            self.supervisor.watch(self.sock.fileno(),
+                                  selectors.EVENT_READ, self.on_event)
 
     def reply_error(self, text, code):
         self.send({"err": "fcgiwatch: " + text})
@@ -2939,6 +3297,9 @@ class Connection:
 
     def on_timeout(self):
         self.deadline = None
+        if self.lingering:
+            self.close()
+            return
         self.reply_error("no request within %d seconds" % self.IDLE,
                          EXIT_USAGE)
 

@@ -81,10 +81,13 @@ def wait_for(predicate, timeout=5.0, what="condition", interval=0.005):
         time.sleep(interval)
 
 
-def py(code):
-    """A service command running Python code (dedented)."""
-    return "%s -c %s" % (shlex.quote(PY), shlex.quote(
-        textwrap.dedent(code).strip()))
+def read_text(path):
+    """A file's text, or "" when it does not exist (yet)."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
 
 
 def proc_status(pid):
@@ -471,7 +474,12 @@ class SupervisorCase(unittest.TestCase):
 
     def cleanup(self):
         self.stop_supervisor()
-        # Anything the test started must be gone by now.
+        # Anything the test started must be gone (give a process killed a
+        # moment ago the time to be reaped).
+        try:
+            wait_for(lambda: not processes_with(self.tmp), 3, "no leftovers")
+        except AssertionError:
+            pass
         left = processes_with(self.tmp)
         for pid in left:
             try:
@@ -484,6 +492,15 @@ class SupervisorCase(unittest.TestCase):
             pass
         if left and not getattr(self, "_outcome_failed", False):
             self.fail("processes left behind: %r" % left)
+
+    def py(self, code):
+        """A service command running this Python code from a script file
+        in the test's directory (dedented)."""
+        self.scripts = getattr(self, "scripts", 0) + 1
+        path = os.path.join(self.tmp, "script%d.py" % self.scripts)
+        with open(path, "w") as handle:
+            handle.write(textwrap.dedent(code).strip() + "\n")
+        return "%s %s" % (shlex.quote(PY), shlex.quote(path))
 
     def write_config(self, services, settings=None, raw=""):
         """services: {name: {key: value}}, or raw INI appended as is."""
@@ -689,6 +706,890 @@ class CommandLineTests(SupervisorCase):
         self.assertEqual(code, 2)
         self.assertIn("writable by others", err)
         self.assertFalse(os.path.exists(self.state_dir))
+
+
+
+class CoreTests(SupervisorCase):
+    """Issue 2: supervise, restart, drop privileges."""
+
+    def test_sigkilled_child_is_back_fast(self):
+        self.start({"web": {"command": "sleep 1000"}})
+        for _round in range(3):
+            old = self.kill_service("web")
+            killed = time.monotonic()
+            entry = wait_for(lambda: self.entry("web")["pid"] not in (
+                None, old) and self.entry("web"), 5, "a new pid")
+            elapsed = time.monotonic() - killed
+            self.assertTrue(is_alive(entry["pid"]))
+            # Generous for a loaded CI machine; make bench measures ms.
+            self.assertLess(elapsed, 0.5)
+            self.wait_state("web", "up")
+        self.assertEqual(self.entry("web")["restarts"], 3)
+        self.assertEqual(self.entry("web")["last_exit"]["signal"], "KILL")
+
+    def test_crash_loop_backs_off(self):
+        started = time.monotonic()
+        self.start({"bad": {"command": "false", "startsecs": "1"}},
+                   wait_up=False)
+        wait_for(lambda: time.monotonic() - started > 10, 11, "10 s",
+                 interval=0.2)
+        starts = self.log_text().count("bad: spawned")
+        # 1, 2, 4 s apart: starts at 0, 1, 3, 7 s.
+        self.assertGreaterEqual(starts, 3)
+        self.assertLessEqual(starts, 6)
+        with open("/proc/%d/stat" % self.proc.pid) as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+        cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        self.assertLess(cpu, 1.0)
+        entry = self.entry("bad")
+        self.assertEqual(entry["state"], "backoff")
+        self.assertIn("restarting in", self.log_text())
+
+    def test_exec_failure_reason(self):
+        self.start({"ghost": {"command": "/no/such/program --flag"}},
+                   wait_up=False)
+        entry = wait_for(lambda: self.entry("ghost")["message"] and
+                         self.entry("ghost"), 5, "a message")
+        self.assertEqual(entry["message"], "exec failed: No such file or "
+                         "directory (/no/such/program)")
+        self.assertEqual(entry["state"], "backoff")
+        self.assertIn("exec failed: No such file or directory",
+                      self.log_text())
+        self.assertNotIn("exited 127", self.log_text())
+        code, out, err = self.cli("--status")
+        self.assertIn("exec failed: No such file or directory", out)
+
+    def test_chdir_failure_names_the_step(self):
+        gone = os.path.join(self.tmp, "gone")
+        os.mkdir(gone)
+        self.start({"lost": {"command": "sleep 100", "directory": gone}})
+        os.rmdir(gone)
+        self.kill_service("lost")
+        entry = wait_for(lambda: self.entry("lost")["message"] and
+                         self.entry("lost"), 5, "a message")
+        self.assertEqual(entry["message"], "chdir failed: No such file or "
+                         "directory (%s)" % gone)
+
+    @unittest.skipUnless(IS_ROOT, "switching users needs root")
+    def test_child_process_environment(self):
+        """Session, fds, signals, environment, uid, gid, groups, cwd, umask."""
+        workdir = os.path.join(self.tmp, "work")
+        os.mkdir(workdir)
+        self.start({"kid": {"command": "sleep 1000", "user": "nobody",
+                            "directory": workdir, "umask": "027",
+                            "environment": "GREETING='hello, world'"}})
+        pid = self.entry("kid")["pid"]
+        status = proc_status(pid)
+        uid, gid = NOBODY.pw_uid, NOBODY.pw_gid
+        self.assertEqual(status["Uid"].split(), [str(uid)] * 4)
+        self.assertEqual(status["Gid"].split(), [str(gid)] * 4)
+        expected_groups = sorted(set(os.getgrouplist("nobody", gid)))
+        self.assertEqual(sorted(int(g) for g in status["Groups"].split()),
+                         expected_groups)
+        self.assertEqual(status["SigBlk"], "0" * 16)
+        self.assertEqual(status["SigIgn"], "0" * 16)
+        self.assertEqual(status["Umask"], "0027")
+        fields = proc_stat(pid)
+        self.assertEqual(int(fields[2]), pid, "own process group")
+        self.assertEqual(int(fields[3]), pid, "own session")
+        self.assertEqual(int(fields[1]), self.proc.pid, "our child")
+        self.assertEqual(sorted(os.listdir("/proc/%d/fd" % pid)),
+                         ["0", "1", "2"])
+        self.assertEqual(os.readlink("/proc/%d/fd/0" % pid), "/dev/null")
+        self.assertEqual(os.readlink("/proc/%d/cwd" % pid), workdir)
+        with open("/proc/%d/environ" % pid, "rb") as handle:
+            env = dict(item.split(b"=", 1) for item in
+                       handle.read().split(b"\0") if item)
+        self.assertEqual(env[b"GREETING"], b"hello, world")
+        self.assertEqual(env[b"USER"], b"nobody")
+        self.assertEqual(env[b"LOGNAME"], b"nobody")
+        self.assertEqual(env[b"HOME"], NOBODY.pw_dir.encode())
+        self.assertEqual(env[b"PATH"], fcgiwatch.DEFAULT_PATH.encode())
+        self.assertEqual(set(env), {b"GREETING", b"USER", b"LOGNAME",
+                                    b"HOME", b"PATH", b"SHELL",
+                                    b"FWTEST_MARK"})
+
+    def test_environment_not_inherited_from_starter(self):
+        self.write_config({"env": {"command": "sleep 1000"}})
+        os.environ["FWTEST_LEAK"] = "leaked"
+        try:
+            self.start(wait_up=False)
+        finally:
+            del os.environ["FWTEST_LEAK"]
+        entry = self.wait_state("env", "up")
+        with open("/proc/%d/environ" % entry["pid"], "rb") as handle:
+            self.assertNotIn(b"FWTEST_LEAK", handle.read())
+
+    def test_inherited_fds_do_not_reach_children(self):
+        self.write_config({"fds": {"command": "sleep 1000"}})
+        leak_r, leak_w = os.pipe()
+        os.set_inheritable(leak_w, True)
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([PY, PROGRAM, "-c", self.conf],
+                                     stdout=log, stderr=log, close_fds=False)
+        log.close()
+        os.close(leak_w)
+        os.close(leak_r)
+        entry = self.wait_state("fds", "up")
+        self.assertEqual(sorted(os.listdir("/proc/%d/fd" % entry["pid"])),
+                         ["0", "1", "2"])
+
+    def test_hundred_children_killed_at_once(self):
+        services = dict(("s%03d" % i, {"command": "sleep 1000"})
+                        for i in range(100))
+        self.start(services)
+        doc = self.doc()
+        old = dict((e["name"], e["pid"]) for e in doc["services"])
+        for pid in old.values():
+            os.kill(pid, signal.SIGKILL)
+
+        def all_back():
+            entries = self.doc()["services"]
+            return all(e["pid"] and e["pid"] != old[e["name"]] and
+                       is_alive(e["pid"]) for e in entries)
+        wait_for(all_back, 10, "all 100 back with new pids")
+        self.assertEqual(self.zombies(), [])
+        self.assertEqual(len([p for p, st in children_of(self.proc.pid)]),
+                         100)
+
+    def test_term_stops_everything_grandchildren_too(self):
+        self.start({
+            "family": {"command": "sh -c 'sleep 1000 & sleep 1000 & wait'"},
+            "single": {"command": "sleep 1000"},
+            "stubborn": {"command": "sh -c 'trap \"\" TERM; sleep 1000 & "
+                         "while :; do sleep 0.05; done'",
+                         "stopwaitsecs": "0.5"},
+        })
+        wait_for(lambda: len(processes_with(self.tmp)) >= 7, 5,
+                 "grandchildren")
+        began = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        self.assertEqual(self.proc.wait(20), 0)
+        self.assertLess(time.monotonic() - began, 10)
+        self.assertEqual(processes_with(self.tmp), [])
+        self.assertIn("stubborn: killed", self.log_text())
+        doc = self.doc()
+        self.assertTrue(doc["supervisor"]["stopped"])
+        self.assertTrue(all(e["state"] == "down" for e in doc["services"]))
+        self.assertFalse(os.path.exists(os.path.join(self.state_dir,
+                                                     "control.sock")))
+
+    def test_stop_order_follows_priority(self):
+        order = os.path.join(self.tmp, "order")
+        services = {}
+        for name, priority in (("db", "1"), ("app", "50"), ("web", "100")):
+            services[name] = {
+                "command": "sh -c 'trap \"echo %s >> %s; exit 0\" TERM; "
+                           "while :; do sleep 0.05; done'" % (name, order),
+                "priority": priority}
+        self.start(services)
+        self.proc.send_signal(signal.SIGINT)
+        self.assertEqual(self.proc.wait(20), 0)
+        with open(order) as handle:
+            self.assertEqual(handle.read().split(), ["web", "app", "db"])
+        starts = [line.split(": ")[1] for line in self.log_text().splitlines()
+                  if ": spawned:" in line]
+        self.assertEqual(starts, ["db", "app", "web"])
+
+    def test_second_foreground_run_exits_1(self):
+        self.start({"a": {"command": "sleep 1000"}})
+        code, out, err = self.cli(timeout=20)
+        self.assertEqual(code, 1)
+        self.assertEqual(err.strip(), "fcgiwatch: already running (pid %d)"
+                         % self.proc.pid)
+        # The lock is not inherited: the child does not hold it.
+        pid = self.entry("a")["pid"]
+        self.assertEqual(sorted(os.listdir("/proc/%d/fd" % pid)),
+                         ["0", "1", "2"])
+
+    def test_state_dir_and_status_file(self):
+        self.start({"a": {"command": "sleep 1000"}})
+        info = os.stat(self.state_dir)
+        self.assertEqual(stat.S_IMODE(info.st_mode) & 0o022, 0)
+        with open(os.path.join(self.state_dir, "pid")) as handle:
+            self.assertEqual(int(handle.read()), self.proc.pid)
+        status_path = os.path.join(self.state_dir, "status.json")
+        self.assertEqual(stat.S_IMODE(os.stat(status_path).st_mode), 0o644)
+        doc = self.doc()
+        self.assertEqual(doc["supervisor"]["config"], self.conf)
+        self.assertEqual(doc["supervisor"]["version"], fcgiwatch.VERSION)
+        entry = doc["services"][0]
+        for key in ("name", "state", "pid", "since", "seconds", "restarts",
+                    "want", "last_exit", "health", "message"):
+            self.assertIn(key, entry)
+        self.assertEqual(entry["health"], "none")
+        self.assertFalse(os.path.exists(status_path + ".tmp"))
+
+    def test_idle_supervisor_does_not_wake(self):
+        services = dict(("s%d" % i, {"command": "sleep 1000"})
+                        for i in range(5))
+        self.start(services)
+
+        def switches():
+            with open("/proc/%d/status" % self.proc.pid) as handle:
+                text = handle.read()
+            return sum(int(line.split()[1]) for line in text.splitlines()
+                       if "ctxt_switches" in line)
+        first = switches()
+        time.sleep(1.5)  # not a wait for a condition: idleness takes time
+        self.assertLessEqual(switches() - first, 1)
+
+    def test_autorestart_false_and_unexpected(self):
+        self.start({
+            "once": {"command": "sh -c 'exit 0'", "autorestart": "false",
+                     "startsecs": "0"},
+            "fussy": {"command": "sh -c 'exit 2'", "autorestart":
+                      "unexpected", "exitcodes": "0,2", "startsecs": "0"},
+            "other": {"command": "sh -c 'sleep 0.2; exit 3'",
+                      "autorestart": "unexpected", "startsecs": "0"},
+        }, wait_up=False)
+        once = self.wait_state("once", "down")
+        self.assertEqual(once["want"], "down")
+        fussy = self.wait_state("fussy", "down")
+        self.assertEqual(fussy["last_exit"]["code"], 2)
+        wait_for(lambda: self.entry("other")["restarts"] >= 1, 5,
+                 "a restart of other")
+        self.assertEqual(self.log_text().count("once: spawned"), 1)
+
+    def test_startretries_then_fatal(self):
+        self.start({"bad": {"command": "false", "startretries": "1",
+                            "backoff_max": "0.1", "startsecs": "1"}},
+                   wait_up=False)
+        entry = self.wait_state("bad", "fatal")
+        self.assertIn("gave up after 2 quick failures", entry["message"])
+        self.assertEqual(self.log_text().count("bad: spawned"), 2)
+        code, out, err = self.cli("--status")
+        self.assertEqual(code, 3)
+        self.assertIn("bad: fatal", out)
+
+    def test_daemonize_hint(self):
+        self.start({"forks": {"command": "sh -c 'sleep 1000 & exit 0'",
+                              "startsecs": "1", "backoff_max": "5"}},
+                   wait_up=False)
+        wait_for(lambda: "run in the foreground" in self.log_text(), 5,
+                 "the hint")
+        self.assertIn("runfcgi daemonize=false", self.log_text())
+
+    def test_crashed_run_takes_its_group_along(self):
+        """Workers of a dead master must not serve beside the next run."""
+        self.start({"master": {"command": "sh -c 'sleep 1000 & sleep 1000 "
+                               "& wait'"}})
+        first = self.entry("master")["pid"]
+        wait_for(lambda: len(processes_with(self.tmp)) >= 4, 5, "workers")
+        os.kill(first, signal.SIGKILL)
+        entry = self.wait_state("master", "up", pid_not=first)
+        wait_for(lambda: [p for p in processes_with(self.tmp)
+                          if proc_stat(p) and int(proc_stat(p)[2]) == first]
+                 == [], 5, "the old group gone")
+        self.assertTrue(is_alive(entry["pid"]))
+
+    def test_startsecs_zero_never_hot_loops(self):
+        self.start({"quick": {"command": "true", "startsecs": "0"}},
+                   wait_up=False)
+        wait_for(lambda: self.entry("quick")["state"] == "backoff", 5,
+                 "backoff")
+        time.sleep(0.5)  # a hot loop would spawn hundreds meanwhile
+        self.assertLessEqual(self.log_text().count("quick: spawned"), 2)
+
+
+class LoggingTests(SupervisorCase):
+    def syslog_server(self):
+        path = os.path.join(self.tmp, "log.sock")
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        server.bind(path)
+        server.settimeout(5)
+        self.addCleanup(server.close)
+        return server, path
+
+    def receive(self, server, predicate, timeout=5):
+        got = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                data = server.recv(65536).decode("utf-8", "replace")
+            except socket.timeout:
+                break
+            got.append(data)
+            if predicate(data):
+                return data, got
+        self.fail("no matching syslog message; got %r" % got)
+
+    def test_events_go_to_syslog(self):
+        server, path = self.syslog_server()
+        self.start({"web": {"command": "sleep 1000"}},
+                   {"syslog": "yes", "syslog_socket": path,
+                    "syslog_facility": "local3"})
+        data, got = self.receive(server, lambda d: "web: spawned" in d)
+        # local3 (19) * 8 + info (6) = 158; ident fcgiwatch[pid].
+        self.assertTrue(data.startswith("<158>"), data)
+        self.assertIn(" fcgiwatch[%d]: web: spawned: pid " % self.proc.pid,
+                      data)
+        self.kill_service("web")
+        data, got = self.receive(server, lambda d: "web: exited" in d)
+        self.assertIn("killed by signal KILL after", data)
+
+    def test_missing_syslog_socket_is_one_warning(self):
+        self.start({"a": {"command": "sleep 1000"}},
+                   {"syslog": "yes", "syslog_socket":
+                    os.path.join(self.tmp, "nothing-here")})
+        for _round in range(3):
+            old = self.kill_service("a")
+            self.wait_state("a", "up", pid_not=old)
+        self.assertEqual(self.log_text().count("syslog: cannot connect"), 1)
+
+    def test_log_file(self):
+        log_file = os.path.join(self.tmp, "events.log")
+        self.start({"a": {"command": "sleep 1000"}}, {"log_file": log_file})
+        wait_for(lambda: "a: spawned" in read_text(log_file), 5,
+                 "the event in log_file")
+
+
+
+class StatusTests(SupervisorCase):
+    """Issue 3: --status like svstat, --json, exit codes."""
+
+    def test_status_text_and_json_in_each_state(self):
+        self.start({
+            "web": {"command": "sleep 1000"},
+            "crashy": {"command": "sh -c 'exit 1'", "startsecs": "1",
+                       "backoff_max": "30"},
+            "idle": {"command": "sleep 1000", "autostart": "false"},
+            "doomed": {"command": "false", "startretries": "0",
+                       "startsecs": "1"},
+            "slow": {"command": "sleep 1000", "startsecs": "60"},
+        }, wait_up=False)
+        self.wait_state("web", "up")
+        self.wait_state("doomed", "fatal")
+        self.wait_state("crashy", "backoff")
+        self.wait_state("slow", "starting")
+        code, out, err = self.cli("--status")
+        self.assertEqual(code, 3, err)
+        lines = dict(line.split(":", 1) for line in out.splitlines())
+        normal = dict((k, " ".join(
+            "N" if w.isdigit() else w for w in v.replace("(", "( ").replace(
+                ")", " )").split())) for k, v in lines.items())
+        self.assertEqual(normal["web"], "up ( pid N ) N seconds")
+        self.assertRegex(normal["crashy"], r"^backoff \( exited N \) N "
+                         r"seconds, retry in N seconds")
+        self.assertEqual(normal["idle"], "down ( not started ) N seconds")
+        self.assertRegex(normal["doomed"], r"^fatal \( exited N \) N "
+                         r"seconds, wanted up, gave up after N quick")
+        self.assertEqual(normal["slow"], "starting ( pid N ) N seconds")
+        code, out, err = self.cli("--status", "--json")
+        self.assertEqual(code, 3)
+        doc = json.loads(out)
+        self.assertEqual(doc["supervisor"]["pid"], self.proc.pid)
+        self.assertEqual(doc["supervisor"]["config"], self.conf)
+        self.assertGreaterEqual(doc["supervisor"]["uptime"], 0)
+        states = dict((e["name"], e["state"]) for e in doc["services"])
+        self.assertEqual(states, {"web": "up", "crashy": "backoff",
+                                  "idle": "down", "doomed": "fatal",
+                                  "slow": "starting"})
+        crashy = [e for e in doc["services"] if e["name"] == "crashy"][0]
+        self.assertEqual(crashy["last_exit"]["code"], 1)
+        self.assertIsNone(crashy["last_exit"]["signal"])
+        self.assertIsNone(crashy["pid"])
+        self.assertAlmostEqual(crashy["seconds"],
+                               time.time() - crashy["since"], delta=1)
+
+    def test_exit_codes_0_3_1(self):
+        self.start({"web": {"command": "sleep 1000"},
+                    "off": {"command": "sleep 1000", "autostart": "false"}})
+        code, out, err = self.cli("--status")
+        self.assertEqual(code, 0, out + err)  # off is not wanted up
+        code, out, err = self.cli("--status", "web")
+        self.assertEqual((code, out.count("\n")), (0, 1))
+        code, out, err = self.cli("--status", "nosuch")
+        self.assertEqual(code, 2)
+        self.assertIn("no such service: nosuch", err)
+        self.cli("--stop", "web")
+        code, out, err = self.cli("--status")
+        self.assertEqual(code, 0, out)  # stopped on purpose
+        os.kill(self.proc.pid, signal.SIGSTOP)  # the supervisor is busy...
+        try:
+            code, out, err = self.cli("--status", timeout=10)
+            self.assertEqual(code, 0)  # ...and status still answers
+        finally:
+            os.kill(self.proc.pid, signal.SIGCONT)
+        self.stop_supervisor()
+        code, out, err = self.cli("--status")
+        self.assertEqual(code, 1)
+        self.assertIn("not running", err)
+        self.assertIn("stopped at", err)
+
+    def test_status_after_supervisor_died(self):
+        self.start({"web": {"command": "sleep 1000"}})
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+        code, out, err = self.cli("--status")
+        self.assertEqual(code, 1)
+        self.assertIn("pid %d died" % self.proc.pid, err)
+        os.killpg(self.entry("web")["pid"], signal.SIGKILL)
+
+    def test_status_of_fifty_services_is_fast(self):
+        self.start(dict(("s%02d" % i, {"command": "sleep 1000"})
+                        for i in range(50)))
+        began = time.monotonic()
+        code, out, err = self.cli("--status")
+        elapsed = time.monotonic() - began
+        self.assertEqual((code, len(out.splitlines())), (0, 50))
+        self.assertLess(elapsed, 1.0)
+
+    @unittest.skipUnless(IS_ROOT, "needs a second user")
+    def test_anyone_may_read_status(self):
+        self.start({"web": {"command": "sleep 1000"}})
+        code, out, err = self.cli("--status", user=NOBODY)
+        self.assertEqual(code, 0, err)
+        self.assertIn("web: up", out)
+
+
+class ControlTests(SupervisorCase):
+    """Issue 3: start, stop, restart, signal, shutdown."""
+
+    def test_restart_gives_a_new_pid(self):
+        self.start({"web": {"command": "sleep 1000"}})
+        old = self.entry("web")["pid"]
+        code, out, err = self.cli("--restart", "web")
+        self.assertEqual(code, 0, err)
+        new = self.entry("web")["pid"]
+        self.assertNotEqual(new, old)
+        self.assertEqual(out.strip(), "web: restarted (pid %d)" % new)
+        self.assertTrue(is_alive(new))
+        wait_for(lambda: not is_alive(old), 5, "the old process gone")
+
+    def test_stop_and_start(self):
+        self.start({"web": {"command": "sleep 1000"},
+                    "other": {"command": "sleep 1000"}})
+        pid = self.entry("web")["pid"]
+        other = self.entry("other")["pid"]
+        code, out, err = self.cli("--stop", "web")
+        self.assertEqual((code, out.strip()), (0, "web: stopped"), err)
+        self.assertFalse(is_alive(pid))
+        entry = self.entry("web")
+        self.assertEqual((entry["state"], entry["want"]), ("down", "down"))
+        code, out, err = self.cli("--stop", "web")
+        self.assertEqual((code, out.strip()), (0, "web: already stopped"))
+        code, out, err = self.cli("--start", "web")
+        self.assertEqual(code, 0, err)
+        self.assertRegex(out.strip(), r"^web: started \(pid \d+\)$")
+        self.assertTrue(is_alive(self.entry("web")["pid"]))
+        code, out, err = self.cli("--start", "web")
+        self.assertIn("already up", out)
+        self.assertEqual(self.entry("other")["pid"], other)
+
+    def test_stopped_service_stays_down(self):
+        self.start({"web": {"command": "sleep 1000"}})
+        self.cli("--stop", "web")
+        self.assertEqual(self.cli("--reload")[0], 0)
+        time.sleep(0.3)  # give a wrong restart the chance to happen
+        self.assertEqual(self.entry("web")["state"], "down")
+        self.assertEqual(self.log_text().count("web: spawned"), 1)
+
+    def test_all_and_unknown_names(self):
+        self.start({"a": {"command": "sleep 1000"},
+                    "b": {"command": "sleep 1000"}})
+        pids = (self.entry("a")["pid"], self.entry("b")["pid"])
+        code, out, err = self.cli("--stop", "a", "nosuch")
+        self.assertEqual(code, 2)
+        self.assertIn("no such service: nosuch", err)
+        self.assertEqual((self.entry("a")["pid"], self.entry("b")["pid"]),
+                         pids, "nothing was done")
+        code, out, err = self.cli("--restart", "all")
+        self.assertEqual(code, 0, err)
+        self.assertEqual(len(out.splitlines()), 2)
+        self.assertNotIn(self.entry("a")["pid"], pids)
+
+    def test_signal_reaches_the_child(self):
+        got = os.path.join(self.tmp, "got")
+        self.start({"trap": {"command": "sh -c 'trap \"echo HUP >> %s\" HUP;"
+                             " while :; do sleep 0.05; done'" % got}})
+        code, out, err = self.cli("--signal", "SIGHUP", "trap")
+        self.assertEqual(code, 0, err)
+        self.assertEqual(out.strip(), "trap: sent HUP (pid %d)"
+                         % self.entry("trap")["pid"])
+        wait_for(lambda: read_text(got) == "HUP\n", 5, "the trap")
+        code, out, err = self.cli("--signal", "1", "trap")
+        wait_for(lambda: read_text(got) == "HUP\nHUP\n", 5, "the trap")
+        self.cli("--stop", "trap")
+        code, out, err = self.cli("--signal", "HUP", "trap")
+        self.assertEqual(code, 1)
+        self.assertIn("not running", err)
+        code, out, err = self.cli("--signal", "NOPE", "trap")
+        self.assertEqual(code, 2)
+
+    def test_start_that_fails_says_why(self):
+        self.start({"bad": {"command": "/no/such/thing", "autostart":
+                            "false"}})
+        code, out, err = self.cli("--start", "bad")
+        self.assertEqual(code, 1)
+        self.assertIn("bad: did not start: exec failed: No such file", err)
+
+    def test_shutdown(self):
+        self.start({"a": {"command": "sleep 1000"}})
+        pid = self.entry("a")["pid"]
+        code, out, err = self.cli("--shutdown")
+        self.assertEqual(code, 0, err)
+        self.assertIn("shutting down (pid %d)" % self.proc.pid, out)
+        self.assertIn("stopped", out)
+        self.assertEqual(self.proc.wait(10), 0)
+        self.assertFalse(is_alive(pid))
+
+    def test_not_running(self):
+        self.write_config({"a": {"command": "true"}})
+        code, out, err = self.cli("--restart", "a")
+        self.assertEqual(code, 1)
+        self.assertIn("not running", err)
+
+    @unittest.skipUnless(IS_ROOT, "needs a second user")
+    def test_control_refused_for_other_users(self):
+        self.start({"web": {"command": "sleep 1000"}})
+        pid = self.entry("web")["pid"]
+        code, out, err = self.cli("--restart", "web", user=NOBODY)
+        self.assertEqual(code, 1)
+        self.assertIn("permission denied", err)
+        self.assertEqual(self.entry("web")["pid"], pid)
+
+    def test_garbage_on_the_control_socket(self):
+        self.start({"web": {"command": "sleep 1000"}})
+        path = os.path.join(self.state_dir, "control.sock")
+        for junk in (b"\xff\xfe\n", b"[1,2]\n", b'{"cmd": "rm -rf"}\n',
+                     b'{"cmd": "stop", "names": [1]}\n', b"x" * 70000,
+                     b'{"cmd": "stop", "names": ["../x"]}\n'):
+            client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            client.settimeout(5)
+            client.connect(path)
+            try:
+                client.sendall(junk)
+                answer = client.makefile("rb").read()
+            except OSError:
+                answer = b""
+            client.close()
+            self.assertIn(b'"exit"', answer)
+        code, out, err = self.cli("--restart", "web")
+        self.assertEqual(code, 0, err)
+
+
+class ReloadTests(SupervisorCase):
+    """Issue 3: reload keeps what did not change."""
+
+    def services(self):
+        return {"keep": {"command": "sleep 1000"},
+                "tune": {"command": "sleep 1000"},
+                "change": {"command": "sleep 1000"},
+                "drop": {"command": "sleep 1000"}}
+
+    def test_reload_cases(self):
+        self.start(self.services())
+        before = dict((e["name"], e["pid"]) for e in self.doc()["services"])
+        services = self.services()
+        del services["drop"]
+        services["tune"]["startsecs"] = "0.3"
+        services["tune"]["stopwaitsecs"] = "3"
+        services["tune"]["priority"] = "5"
+        services["change"]["command"] = "sleep 999"
+        services["fresh"] = {"command": "sleep 1000"}
+        self.write_config(services)
+        code, out, err = self.cli("--reload")
+        self.assertEqual(code, 0, err)
+        self.assertIn("keep: unchanged (pid %d)" % before["keep"], out)
+        self.assertIn("tune: updated without a restart", out)
+        self.assertIn("change: changed, restarting", out)
+        self.assertIn("drop: removed", out)
+        self.assertIn("fresh: added, starting", out)
+        self.assertRegex(out, r"change: running \(pid \d+\)")
+        after = dict((e["name"], e["pid"]) for e in self.doc()["services"])
+        self.assertEqual(after["keep"], before["keep"])
+        self.assertEqual(after["tune"], before["tune"])
+        self.assertNotEqual(after["change"], before["change"])
+        self.assertNotIn("drop", after)
+        self.assertTrue(is_alive(after["fresh"]))
+        self.assertFalse(is_alive(before["drop"]))
+        with open("/proc/%d/cmdline" % after["change"], "rb") as handle:
+            self.assertEqual(handle.read(), b"sleep\x00999\x00")
+        tune = self.entry("tune")
+        self.assertEqual(tune["priority"], 5)
+
+    def test_invalid_reload_changes_nothing(self):
+        self.start(self.services())
+        before = dict((e["name"], e["pid"]) for e in self.doc()["services"])
+        with open(self.conf, "a") as handle:
+            handle.write("\n[program:broken]\nstartsecs = never\n")
+        code, out, err = self.cli("--reload")
+        self.assertEqual(code, 2)
+        self.assertIn("[program:broken] command: missing", err)
+        self.assertIn("[program:broken] startsecs", err)
+        after = dict((e["name"], e["pid"]) for e in self.doc()["services"])
+        self.assertEqual(after, before)
+        self.assertIn("reload (--reload) refused, nothing changed",
+                      self.log_text())
+        # SIGHUP with the same bad file: logged, nothing changes.
+        self.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "reload (SIGHUP) refused" in self.log_text(), 5,
+                 "the refusal logged")
+        self.assertEqual(dict((e["name"], e["pid"])
+                              for e in self.doc()["services"]), before)
+
+    def test_sighup_reloads(self):
+        self.start({"a": {"command": "sleep 1000"}})
+        self.write_config({"a": {"command": "sleep 1000"},
+                           "b": {"command": "sleep 1000"}})
+        self.proc.send_signal(signal.SIGHUP)
+        self.wait_state("b", "up")
+
+
+class DaemonTests(SupervisorCase):
+    """Issue 3: --daemon for cron."""
+
+    def daemon(self, env=None, stdin=subprocess.DEVNULL):
+        code, out, err = self.cli("--daemon", env=env, stdin=stdin)
+        pid = fcgiwatch.supervisor_pid(self.state_dir)
+        if pid:
+            self.addCleanup(self.kill_daemon, pid)
+        return code, out, err, pid
+
+    def kill_daemon(self, pid):
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        wait_for(lambda: not is_alive(pid), 20, "the daemon to stop")
+
+    def test_daemon_twice_gives_one_supervisor(self):
+        self.write_config({"web": {"command": "sleep 1000"}})
+        code, out, err, pid = self.daemon()
+        self.assertEqual(code, 0, err)
+        self.assertEqual(out.strip(), "fcgiwatch: started (pid %d)" % pid)
+        # It returned only once the service was started.
+        self.assertTrue(self.entry("web")["pid"])
+        code, out, err, again = self.daemon()
+        self.assertEqual((code, again), (0, pid))
+        self.assertEqual(out.strip(), "fcgiwatch: already running (pid %d)"
+                         % pid)
+        fields = proc_stat(pid)
+        self.assertEqual(int(fields[1]), 1, "reparented: detached")
+        self.assertEqual(os.readlink("/proc/%d/cwd" % pid), "/")
+        for fd in ("0", "1", "2"):
+            self.assertEqual(os.readlink("/proc/%d/fd/%s" % (pid, fd)),
+                             "/dev/null")
+        self.assertNotEqual(int(fields[3]), os.getsid(0), "own session")
+
+    def test_daemon_bad_config_exits_2(self):
+        self.write_config({"web": {"command": "sleep 1000",
+                                   "stopsignal": "NOPE"}})
+        code, out, err, pid = self.daemon()
+        self.assertEqual(code, 2)
+        self.assertIn("[program:web] stopsignal", err)
+        self.assertIsNone(pid)
+
+    def test_daemon_from_cron_world(self):
+        self.write_config({"web": {"command": "sleep 1000"}})
+        env = {"PATH": "/usr/bin:/bin"}
+        code, out, err, pid = self.daemon(env=env, stdin=subprocess.DEVNULL)
+        self.assertEqual(code, 0, err)
+        entry = self.wait_state("web", "up")
+        with open("/proc/%d/environ" % entry["pid"], "rb") as handle:
+            env = handle.read()
+        self.assertIn(b"PATH=" + fcgiwatch.DEFAULT_PATH.encode(), env)
+
+    def test_daemon_with_stdin_closed(self):
+        self.write_config({"web": {"command": "sleep 1000"}})
+        result = subprocess.run(
+            "exec 0<&- 1>%s 2>&1; env -i PATH=/usr/bin:/bin %s %s -c %s "
+            "--daemon" % (shlex.quote(os.path.join(self.tmp, "cron.out")),
+                          shlex.quote(PY), shlex.quote(PROGRAM),
+                          shlex.quote(self.conf)), shell=True, timeout=60)
+        pid = fcgiwatch.supervisor_pid(self.state_dir)
+        if pid:
+            self.addCleanup(self.kill_daemon, pid)
+        self.assertEqual(result.returncode, 0,
+                         read_text(os.path.join(self.tmp, "cron.out")))
+        entry = self.wait_state("web", "up")
+        self.assertEqual(os.readlink("/proc/%d/fd/0" % entry["pid"]),
+                         "/dev/null")
+
+
+class InstallTests(unittest.TestCase):
+    def test_make_install(self):
+        if not shutil.which("make"):
+            self.skipTest("make is not installed")
+        prefix = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, prefix)
+        etc = os.path.join(prefix, "etc")
+        run = lambda: subprocess.run(  # noqa: E731
+            ["make", "-s", "-C", HERE, "install", "PREFIX=" + prefix,
+             "SYSCONFDIR=" + etc], stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, universal_newlines=True)
+        result = run()
+        self.assertEqual(result.returncode, 0, result.stdout)
+        binary = os.path.join(prefix, "bin", "fcgiwatch")
+        with open(binary) as handle:
+            self.assertTrue(handle.readline().startswith("#!"))
+        self.assertTrue(os.access(binary, os.X_OK))
+        version = subprocess.run([binary, "--version"],
+                                 stdout=subprocess.PIPE,
+                                 universal_newlines=True)
+        self.assertIn(fcgiwatch.VERSION, version.stdout)
+        config = os.path.join(etc, "fcgiwatch.conf")
+        with open(config, "w") as handle:
+            handle.write("# mine\n")
+        self.assertEqual(run().returncode, 0)
+        with open(config) as handle:
+            self.assertEqual(handle.read(), "# mine\n")
+
+
+
+class OutputTests(SupervisorCase):
+    """Issue 4: child output to syslog, files, null, inherit."""
+
+    def test_file_destination_keeps_the_last_lines(self):
+        log = os.path.join(self.tmp, "app.log")
+        self.start({"app": {"command": self.py("""
+            import sys, time
+            print("starting", flush=True)
+            sys.stdout.write("partial line without newline")
+            try:
+                1 / 0
+            except ZeroDivisionError:
+                import traceback; traceback.print_exc()
+            sys.exit(1)
+            """), "stdout_logfile": log, "startsecs": "1",
+            "backoff_max": "60"}}, wait_up=False)
+        self.wait_state("app", "backoff")
+        text = read_text(log)
+        self.assertIn("starting\n", text)
+        self.assertIn("partial line without newline", text)
+        self.assertIn("ZeroDivisionError: division by zero", text)
+        self.assertEqual(stat.S_IMODE(os.stat(log).st_mode), 0o640)
+        self.assertEqual(os.stat(log).st_uid, os.geteuid())
+        # The exit is logged after the output was written.
+        self.assertIn("app: exited: exited 1", self.log_text())
+
+    def test_restart_appends_to_the_same_file(self):
+        log = os.path.join(self.tmp, "app.log")
+        self.start({"app": {"command": "sh -c 'echo run $$; exec sleep 1000'",
+                            "stdout_logfile": log}})
+        old = self.kill_service("app")
+        self.wait_state("app", "up", pid_not=old)
+        wait_for(lambda: read_text(log).count("run ") == 2, 5, "two runs")
+
+    def test_separate_stderr_and_null(self):
+        out = os.path.join(self.tmp, "out.log")
+        err = os.path.join(self.tmp, "err.log")
+        self.start({
+            "two": {"command": "sh -c 'echo to-out; echo to-err >&2; "
+                    "exec sleep 1000'", "stdout_logfile": out,
+                    "stderr_logfile": err},
+            "quiet": {"command": "sh -c 'echo nothing; exec sleep 1000'",
+                      "stdout_logfile": "null"},
+        })
+        wait_for(lambda: read_text(out) == "to-out\n" and
+                 read_text(err) == "to-err\n", 5, "both files")
+        pid = self.entry("quiet")["pid"]
+        self.assertEqual(os.readlink("/proc/%d/fd/1" % pid), "/dev/null")
+        code, text, _err = self.cli("--status", "--json")
+        two = [e for e in json.loads(text)["services"]
+               if e["name"] == "two"][0]
+        self.assertEqual(two["logs"], {"stdout": out, "stderr": err})
+
+    def test_inherit(self):
+        self.start({"loud": {"command": "sh -c 'echo inherited-line; "
+                             "exec sleep 1000'", "stdout_logfile":
+                             "inherit"}})
+        wait_for(lambda: "inherited-line" in self.log_text(), 5,
+                 "the line on the supervisor's stdout")
+
+    def test_rotation_keeps_n_backups(self):
+        log = os.path.join(self.tmp, "rot.log")
+        self.start({"chatty": {"command": self.py("""
+            import sys
+            for i in range(60):
+                sys.stdout.write("%04d " % i + "x" * 94 + "\\n")
+            sys.stdout.flush()
+            import time; time.sleep(1000)
+            """), "stdout_logfile": log, "stdout_logfile_maxbytes": "1KB",
+            "stdout_logfile_backups": "3"}})
+        wait_for(lambda: "0059" in read_text(log), 5, "the last line")
+        names = sorted(n for n in os.listdir(self.tmp)
+                       if n.startswith("rot.log"))
+        self.assertEqual(names, ["rot.log", "rot.log.1", "rot.log.2",
+                                 "rot.log.3"])
+        for name in names:
+            self.assertLessEqual(os.path.getsize(os.path.join(self.tmp,
+                                                              name)), 1024)
+        self.assertIn("0050", read_text(log + ".1"))
+
+    def test_sigusr1_reopens_after_logrotate_rename(self):
+        log = os.path.join(self.tmp, "app.log")
+        flag = os.path.join(self.tmp, "more")
+        self.start({"app": {"command": "sh -c 'echo before; while [ ! -e %s"
+                            " ]; do sleep 0.02; done; echo after; exec "
+                            "sleep 1000'" % flag, "stdout_logfile": log}})
+        wait_for(lambda: read_text(log) == "before\n", 5, "first line")
+        os.rename(log, log + ".old")
+        self.proc.send_signal(signal.SIGUSR1)
+        wait_for(lambda: "reopened log files" in self.log_text(), 5,
+                 "the reopen")
+        with open(flag, "w"):
+            pass
+        wait_for(lambda: read_text(log) == "after\n", 5, "a fresh file")
+        self.assertEqual(read_text(log + ".old"), "before\n")
+
+    def test_fifty_megabytes_arrive_whole(self):
+        log = os.path.join(self.tmp, "big.log")
+        size = 50 * 1024 * 1024
+        self.start({
+            "big": {"command": self.py("""
+                import os, sys
+                block = bytes(range(256)) * 4096
+                left = %d
+                while left:
+                    left -= os.write(1, block[:min(left, len(block))])
+                """ % size), "stdout_logfile": log,
+                "stdout_logfile_maxbytes": "0", "autorestart": "false",
+                "startsecs": "0"},
+            "victim": {"command": "sleep 1000"},
+        }, wait_up=False)
+        victim = self.wait_state("victim", "up")["pid"]
+        # While the big writer runs, another service still restarts fast.
+        os.kill(victim, signal.SIGKILL)
+        killed = time.monotonic()
+        self.wait_state("victim", "up", pid_not=victim, timeout=5)
+        self.assertLess(time.monotonic() - killed, 1.0)
+        self.wait_state("big", "down", timeout=60)
+        self.assertEqual(os.path.getsize(log), size)
+        block = bytes(range(256)) * 4096
+        expected = hashlib.sha256()
+        left = size
+        while left:
+            chunk = block[:min(left, len(block))]
+            expected.update(chunk)
+            left -= len(chunk)
+        with open(log, "rb") as handle:
+            actual = hashlib.sha256(handle.read()).hexdigest()
+        self.assertEqual(actual, expected.hexdigest())
+
+    def test_syslog_lines_tagged_with_the_service(self):
+        path = os.path.join(self.tmp, "log.sock")
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        server.bind(path)
+        server.settimeout(5)
+        self.addCleanup(server.close)
+        long_line = "L" * 3000
+        self.start({"chat": {"command": "sh -c 'echo hello; echo oops >&2; "
+                             "echo %s; exec sleep 1000'" % long_line,
+                             "stdout_logfile": "syslog"}},
+                   {"syslog_socket": path, "syslog_facility": "user"})
+        got = []
+        while sum(len(g) for g in got if "chat[" in g) < 3100:
+            got.append(server.recv(65536).decode())
+        mine = [g for g in got if "chat[" in g]
+        pid = self.entry("chat")["pid"]
+        self.assertTrue(any(g.endswith(" chat[%d]: hello" % pid)
+                            for g in mine), mine)
+        self.assertTrue(any(g.endswith(": oops") for g in mine), mine)
+        pieces = [g.split(": ", 1)[1] for g in mine if "LLL" in g]
+        self.assertEqual("".join(pieces), long_line)
+        self.assertTrue(all(len(p) <= 1024 for p in pieces))
 
 
 if __name__ == "__main__":

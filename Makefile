@@ -1,0 +1,42 @@
+# fcgiwatch: make test | make check-all-pythons | make install | make bench
+PYTHON ?= python3
+PREFIX ?= /usr/local
+SYSCONFDIR ?= /etc
+DESTDIR ?=
+
+.PHONY: test check-all-pythons install bench
+
+# The README's test command; runs as root (tests switch to user nobody).
+test:
+	$(PYTHON) test_fcgiwatch.py
+
+# The whole suite on every CPython 3.x that pyenv has on this machine.
+check-all-pythons:
+	@root=$$(pyenv root 2>/dev/null || echo "$$HOME/.pyenv"); \
+	found=0; failed=""; \
+	for py in "$$root"/versions/3.*/bin/python3; do \
+	  [ -x "$$py" ] || continue; \
+	  found=$$((found + 1)); \
+	  echo "== $$("$$py" --version 2>&1) ($$py)"; \
+	  "$$py" test_fcgiwatch.py || failed="$$failed $$py"; \
+	done; \
+	if [ "$$found" = 0 ]; then \
+	  echo "check-all-pythons: no interpreters under $$root/versions"; \
+	  exit 1; \
+	fi; \
+	if [ -n "$$failed" ]; then echo "FAILED on:$$failed"; exit 1; fi; \
+	echo "check-all-pythons: all $$found interpreters passed"
+
+# Installs bin/fcgiwatch; the example config only where none exists yet.
+install:
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(SYSCONFDIR)
+	install -m 755 fcgiwatch.py $(DESTDIR)$(PREFIX)/bin/fcgiwatch
+	@if [ -e $(DESTDIR)$(SYSCONFDIR)/fcgiwatch.conf ]; then \
+	  echo "kept the existing $(DESTDIR)$(SYSCONFDIR)/fcgiwatch.conf"; \
+	else \
+	  install -m 644 fcgiwatch.conf.example \
+	    $(DESTDIR)$(SYSCONFDIR)/fcgiwatch.conf; \
+	fi
+
+bench:
+	$(PYTHON) bench/bench.py
