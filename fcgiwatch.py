@@ -961,7 +961,10 @@ def non_default_signals():
 
     Python itself ignores SIGPIPE and SIGXFSZ, and whoever started us may
     have ignored more (nohup ignores HUP); an ignored signal stays ignored
-    across exec, so a child that inherited it would never see it.
+    across exec, so a child that inherited it would never see it.  The one
+    exception is glibc's internal pair (32, 33): its sigaction() refuses
+    them, so Python can neither see nor reset them, and glibc programs set
+    their own handlers there.
     """
     found = []
     for number in range(1, signal.NSIG):
@@ -985,13 +988,14 @@ def spawn_child(config, stdin_fd, stdout_fd, stderr_fd, reset_signals):
     """
     argv = list(config.argv)
     env = dict(config.env)
+    programs = program_candidates(argv[0], env.get("PATH", DEFAULT_PATH))
     err_read, err_write = os.pipe()  # both close-on-exec (PEP 446)
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
     try:
         pid = os.fork()
         if pid == 0:
-            child_exec(config, argv, env, stdin_fd, stdout_fd, stderr_fd,
-                       err_write, reset_signals)  # never returns
+            child_exec(config, programs, argv, env, stdin_fd, stdout_fd,
+                       stderr_fd, err_write, reset_signals)  # never returns
     except BaseException:
         os.close(err_read)
         raise
@@ -1002,8 +1006,25 @@ def spawn_child(config, stdin_fd, stdout_fd, stderr_fd, reset_signals):
     return pid, err_read
 
 
-def child_exec(config, argv, env, stdin_fd, stdout_fd, stderr_fd, err_write,
-               reset_signals):
+def program_candidates(name, path):
+    """The paths execvp would try for name, in order.
+
+    Computed in the parent: os.execvpe() in the child would import modules
+    (3.13 imports warnings there), which fails once the child has dropped
+    to a user who cannot read our Python's directory.
+
+    >>> program_candidates("sleep", "/usr/bin:/bin")
+    ['/usr/bin/sleep', '/bin/sleep']
+    >>> program_candidates("./app", "/bin")
+    ['./app']
+    """
+    if "/" in name:
+        return [name]
+    return [os.path.join(d or ".", name) for d in path.split(os.pathsep)]
+
+
+def child_exec(config, programs, argv, env, stdin_fd, stdout_fd, stderr_fd,
+               err_write, reset_signals):
     """The child between fork and exec.  System calls only; never returns.
 
     A Python exception escaping from here would leave a second supervisor
@@ -1048,17 +1069,29 @@ def child_exec(config, argv, env, stdin_fd, stdout_fd, stderr_fd, err_write,
                 else:
                     raise OSError(errno.EPERM, "could regain root")
         step, path = "exec", argv[0]
-        os.execvpe(argv[0], argv, env)
+        # As execvp(3): try each directory of PATH; report the first error
+        # that is not "not here" (EACCES beats ENOENT), else the last.
+        first = None
+        for program in programs:
+            try:
+                os.execve(program, argv, env)
+            except OSError as exc:
+                if first is None and exc.errno not in (errno.ENOENT,
+                                                       errno.ENOTDIR):
+                    first = exc
+                last = exc
+        raise first or last
     except OSError as exc:
         record = "%s:%d:%s" % (step, exc.errno or 0, path)
         try:
             os.write(err_write, record.encode("utf-8", "replace")[:4000])
         except OSError:
             pass
-    except BaseException:
+    except BaseException as exc:
         try:
-            os.write(err_write, ("%s:0:%s" % (step, path)).encode(
-                "utf-8", "replace")[:4000])
+            os.write(err_write, ("%s:0:%s (%s)" % (
+                step, path, type(exc).__name__)).encode(
+                    "utf-8", "replace")[:4000])
         except BaseException:
             pass
     finally:
