@@ -1502,6 +1502,12 @@ class OutputPipe:
 #     a quick one, or down/fatal as autorestart and startretries say.
 # ===========================================================================
 
+#: How a stop's cause reads in the log.
+STOP_REASONS = {"stopped": "on request", "restart": "for a restart",
+                "health": "health check failed", "shutdown": "shutdown",
+                "removed": "removed from the config"}
+
+
 def backoff_delay(fails, backoff_max):
     """Seconds to wait after the fails-th quick failure in a row.
 
@@ -1645,8 +1651,12 @@ class Service:
 
     # -- events from the process -----------------------------------------
 
-    def spawn(self, now):
-        """Start one run.  Any state -> STARTING (or UP, or BACKOFF)."""
+    def spawn(self, now, before=None):
+        """Start one run.  Any state -> STARTING (or UP, or BACKOFF).
+
+        before is a log line about what led here (an exit): written after
+        the fork, so logging is never on the restart path, but ahead of
+        the "spawned" line it explains."""
         if self.pending_config is not None:
             self.apply_config(self.pending_config)
         supervisor, config = self.supervisor, self.config
@@ -1661,6 +1671,10 @@ class Service:
             self.fails += 1
             self.message = self.spawn_error
             self.enter_backoff(now, "fork failed")
+            if before:
+                self.log(before)
+            self.log("%s; retrying in %s" % (self.spawn_error, format_seconds(
+                self.deadline - now)), LOG_ERR)
             return
         supervisor.children[pid] = self
         self.pid = self.pgid = pid
@@ -1685,6 +1699,8 @@ class Service:
             self.deadline = None
             self.good_start = True
             self.change_state(UP, "")  # -> UP: startsecs = 0 trusts at once
+        if before:
+            self.log(before)
         self.log("spawned: pid %d" % pid)
 
     def child_fds(self):
@@ -1777,8 +1793,8 @@ class Service:
             "signal %s" % self.last_exit["signal"])
         if action == "restart" and detail == 0:
             self.message = "" if not quick else what
-            self.spawn(now)  # STARTING/UP -> STARTING at once: fork first
-            self.log("exited: %s; restarted at once" % what)
+            # STARTING/UP -> STARTING at once: fork first, then log.
+            self.spawn(now, "exited: %s; restarting at once" % what)
         elif action == "restart":
             self.message = what
             self.enter_backoff(now, short)  # -> BACKOFF
@@ -1870,8 +1886,9 @@ class Service:
         self.deadline = self.kill_at
         self.change_state(STOPPING, why)
         self.log("stopping (%s): %s to %s %d" % (
-            why, signal_name(number), "process group" if config.stopasgroup
-            else "pid", self.pgid if config.stopasgroup else self.pid))
+            STOP_REASONS.get(why, why), signal_name(number),
+            "process group" if config.stopasgroup else "pid",
+            self.pgid if config.stopasgroup else self.pid))
 
     def signal_run(self, number, as_group):
         """Signal this run's process, or its group; never a stranger.
