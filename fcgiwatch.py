@@ -1970,8 +1970,7 @@ class Service:
         old = self.config
         self.config = config
         if any(getattr(old, k) != getattr(config, k) for k in PROCESS_KEYS):
-            self.close_outputs()
-            self.supervisor.replace_listener(self, old, config)
+            self.close_outputs()  # the next run gets pipes for the new one
         if bool(old.healthcheck) != bool(config.healthcheck):
             self.health = "unknown" if config.healthcheck else "none"
             if not config.healthcheck:
@@ -2455,20 +2454,21 @@ class Supervisor:
         if settings.log_file:
             self.own_log = LogFile(settings.log_file, 0, 0, self.warn)
             self.own_log.open()
-        if self.syslog is not None:
-            self.syslog.close()
-            if self.syslog.sock is not None:
-                self.selector.unregister(self.syslog.sock)
-            self.syslog = None
-        # Child output sent to syslog needs the sender even when the
-        # supervisor's own events do not go there.
-        needs = settings.syslog or any(
-            "syslog" in (s.config.stdout_logfile, s.config.stderr_logfile)
-            for s in self.services.values())
-        if needs or self.selector is None:
-            self.syslog = SyslogSender(settings.syslog_socket,
-                                       settings.syslog_facility, self.warn)
-            self.syslog.on_backlog = self.on_syslog_backlog
+        old = self.syslog
+        if old is not None and (old.target, old.facility) == (
+                settings.syslog_socket, settings.syslog_facility):
+            return
+        # One sender for our events and for child output sent to syslog.
+        self.syslog = SyslogSender(settings.syslog_socket,
+                                   settings.syslog_facility, self.warn)
+        self.syslog.on_backlog = self.on_syslog_backlog
+        if old is not None:
+            if old.sock is not None:
+                self.unwatch(old.sock.fileno())
+            old.close()
+            # Pipes paused on the old sender's backlog read again.
+            self.syslog.waiters = old.waiters
+            self.on_syslog_backlog(False)
 
     # -- start-up --------------------------------------------------------
 
@@ -2487,12 +2487,7 @@ class Supervisor:
         now = self.clock()
         for config in self.config.services:
             self.services[config.name] = Service(self, config)
-        try:
-            for service in self.services.values():
-                self.replace_listener(service, None, service.config)
-        except Failure:
-            self.close_everything()
-            raise
+        self.open_listeners()
         self.log("started: pid %d, config %s, %d services" % (
             self.pid, self.settings.filename, len(self.services)))
         for service in self.services.values():
@@ -2707,11 +2702,6 @@ class Supervisor:
                 self.log_files[dest] = log_file
             log_file.users += 1
             dest = log_file
-        elif self.syslog is None:
-            self.syslog = SyslogSender(self.settings.syslog_socket,
-                                       self.settings.syslog_facility,
-                                       self.warn)
-            self.syslog.on_backlog = self.on_syslog_backlog
         pipe = OutputPipe(service, stream, dest)
         self.watch(pipe.read_fd, selectors.EVENT_READ,
                    lambda _mask: self.on_output(pipe))
@@ -2738,13 +2728,13 @@ class Supervisor:
 
     def on_syslog_backlog(self, backlogged):
         sender = self.syslog
-        if sender is None or sender.sock is None:
-            return
         if backlogged:
-            self.watch(sender.sock.fileno(), selectors.EVENT_WRITE,
-                       lambda _mask: sender.flush())
+            if sender.sock is not None:
+                self.watch(sender.sock.fileno(), selectors.EVENT_WRITE,
+                           lambda _mask: sender.flush())
             return
-        self.unwatch(sender.sock.fileno())
+        if sender.sock is not None:
+            self.unwatch(sender.sock.fileno())
         waiters, sender.waiters = sender.waiters, []
         for pipe in waiters:
             if pipe.read_fd >= 0:
@@ -2762,18 +2752,19 @@ class Supervisor:
 
     # -- held listening sockets --------------------------------------------
 
-    def replace_listener(self, service, old, new):
-        """Keep, open or close the listening socket a service gets as fd 0:
-        kept while its socket key is unchanged, so clients queue in the
-        backlog across restarts and reloads instead of being refused."""
-        if socket_key(new) == socket_key(old) and (
-                service.listener is not None or new.socket is None):
-            return
-        if service.listener is not None:
-            self.close_listener(service.listener, old.socket)
-            service.listener = None
-        if new.socket is not None:
-            service.listener = open_listener(new, self.euid)
+    def open_listeners(self):
+        """Bind every service's socket before the first start: a port in
+        use fails the start-up with nothing started.  The socket is kept
+        while its key is unchanged, so clients queue in the backlog across
+        restarts and reloads instead of being refused."""
+        try:
+            for service in self.services.values():
+                if service.config.socket is not None:
+                    service.listener = open_listener(service.config,
+                                                     self.euid)
+        except Failure:
+            self.close_everything()
+            raise
 
     def close_listener(self, sock, endpoint):
         try:
@@ -2892,7 +2883,13 @@ class Supervisor:
             lines.append("%s: updated without a restart" % name)
         for name in changed:
             service = self.services[name]
-            self.adopt_listener(service, opened.pop(name, None))
+            if socket_key(service.config) != socket_key(new_by_name[name]):
+                # The running process keeps its own copy as fd 0; the next
+                # run gets the new socket (or /dev/null without one).
+                if service.listener is not None:
+                    self.close_listener(service.listener,
+                                        service.config.socket)
+                service.listener = opened.pop(name, None)
             service.pending_config = new_by_name[name]
             if service.state in RUNNING_STATES:
                 waits.append((name, "up", service.spawns))
@@ -2927,14 +2924,6 @@ class Supervisor:
                      len(updated), len(unchanged)))
         self.status_dirty = True
         return EXIT_OK, lines, waits
-
-    def adopt_listener(self, service, sock):
-        """A changed service takes the socket opened for its new config."""
-        if sock is None:
-            return
-        if service.listener is not None:
-            self.close_listener(service.listener, service.config.socket)
-        service.listener = sock
 
     def order_services(self):
         ordered = sorted(self.services.values(),

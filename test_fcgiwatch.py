@@ -1952,6 +1952,15 @@ class HeldSocketTests(SupervisorCase):
         with self.assertRaises(OSError):
             socket.create_connection(("127.0.0.1", port), 1).close()
         socket.create_connection(("127.0.0.1", port2), 1).close()
+        # Without the key, the next run gets /dev/null and the port closes.
+        self.write_config({"app": {"command": "sleep 1000"},
+                           "other": {"command": "sleep 999"}})
+        code, out, err = self.cli("--reload")
+        self.assertEqual(code, 0, err)
+        self.assertEqual(os.readlink("/proc/%d/fd/0" % self.entry(
+            "app")["pid"]), "/dev/null")
+        with self.assertRaises(OSError):
+            socket.create_connection(("127.0.0.1", port2), 1).close()
 
 
 

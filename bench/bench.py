@@ -1,0 +1,467 @@
+#!/usr/bin/env python3
+"""make bench: the figures that make fcgiwatch worth choosing.
+
+Runs fcgiwatch on generated configs and prints a table, then writes the
+figures as JSON (bench/results.json, not kept in git).  Standard library
+only.  Services are /bin/sh scripts that announce themselves on a FIFO and
+exec sleep, as in ../shared/PEERS.md, so the figures compare with the
+daemontools, runit, s6 and supervisord figures measured the same way.
+
+    python3 bench/bench.py                 # everything (about 3 minutes)
+    python3 bench/bench.py restart output  # some figures
+    BENCH_QUICK=1 python3 bench/bench.py   # shorter runs, rougher figures
+
+Not a test: nothing here asserts a time.
+"""
+
+import json
+import os
+import platform
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PROGRAM = os.path.join(os.path.dirname(HERE), "fcgiwatch.py")
+PY = sys.executable
+QUICK = bool(os.environ.get("BENCH_QUICK"))
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def median(values):
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    if len(ordered) % 2:
+        return ordered[middle]
+    return (ordered[middle - 1] + ordered[middle]) / 2.0
+
+
+def percentile(values, fraction):
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def proc_stat(pid):
+    with open("/proc/%d/stat" % pid) as handle:
+        return handle.read().rsplit(")", 1)[1].split()
+
+
+def cpu_seconds(pid):
+    fields = proc_stat(pid)
+    return (int(fields[11]) + int(fields[12])) / float(TICK)
+
+
+def context_switches(pid):
+    total = 0
+    with open("/proc/%d/status" % pid) as handle:
+        for line in handle:
+            if "ctxt_switches" in line:
+                total += int(line.split()[1])
+    return total
+
+
+def memory(pid):
+    """(RSS MiB, PSS MiB) of one process."""
+    values = {}
+    with open("/proc/%d/smaps_rollup" % pid) as handle:
+        for line in handle:
+            parts = line.split()
+            if parts and parts[0] in ("Rss:", "Pss:"):
+                values[parts[0]] = int(parts[1]) / 1024.0
+    return values["Rss:"], values["Pss:"]
+
+
+class Bench:
+    """One supervisor on one generated config, in a temporary directory.
+
+    services(bench) returns [(name, {key: value})]; it is given the bench so
+    that commands can name its FIFO and directory.
+    """
+
+    def __init__(self, services):
+        self.tmp = tempfile.mkdtemp(prefix="fwbench")
+        os.chmod(self.tmp, 0o755)
+        self.fifo = os.path.join(self.tmp, "announce")
+        os.mkfifo(self.fifo)
+        # O_RDWR: the FIFO never reports EOF between writers.
+        self.fifo_fd = os.open(self.fifo, os.O_RDWR | os.O_NONBLOCK)
+        self.buffer = b""
+        self.conf = os.path.join(self.tmp, "bench.conf")
+        with open(self.conf, "w") as handle:
+            handle.write("[fcgiwatch]\nstate_dir = %s/state\nsyslog = no\n"
+                         % self.tmp)
+            for name, keys in services(self):
+                handle.write("\n[%s]\n" % name)
+                keys.setdefault("stdout_logfile", "null")
+                for key, value in keys.items():
+                    handle.write("%s = %s\n" % (key, value))
+        self.proc = None
+
+    def announce(self):
+        """A service that announces its pid on the FIFO, then sleeps."""
+        return "sh -c 'echo $$ > %s; exec sleep 100000'" % self.fifo
+
+    def all_up(self):
+        doc = self.status()
+        return doc is not None and all(e["state"] == "up"
+                                       for e in doc["services"])
+
+    def start(self):
+        self.log = open(os.path.join(self.tmp, "supervisor.log"), "wb")
+        self.began = time.monotonic()
+        self.proc = subprocess.Popen([PY, PROGRAM, "-c", self.conf],
+                                     stdout=self.log, stderr=self.log)
+        return self.proc
+
+    def read_announcements(self, count, timeout=30.0):
+        """Wait (select, no polling) for count pids on the FIFO."""
+        pids = []
+        deadline = time.monotonic() + timeout
+        while len(pids) < count:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise RuntimeError("only %d of %d announcements" % (
+                    len(pids), count))
+            ready, _w, _x = select.select([self.fifo_fd], [], [], left)
+            if not ready:
+                continue
+            self.buffer += os.read(self.fifo_fd, 65536)
+            *lines, self.buffer = self.buffer.split(b"\n")
+            pids.extend(int(line) for line in lines if line.strip())
+        return pids
+
+    def status(self):
+        path = os.path.join(self.tmp, "state", "status.json")
+        try:
+            with open(path) as handle:
+                return json.load(handle)
+        except (OSError, ValueError):
+            return None
+
+    def children(self):
+        kids = []
+        for name in os.listdir("/proc"):
+            if name.isdigit():
+                try:
+                    fields = proc_stat(int(name))
+                except OSError:
+                    continue
+                if int(fields[1]) == self.proc.pid:
+                    kids.append((int(name), fields[0]))
+        return kids
+
+    def stop(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        os.close(self.fifo_fd)
+        self.log.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def wait_until(predicate, timeout=30.0, step=0.01):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise RuntimeError("timed out")
+        time.sleep(step)
+
+
+# -- the figures -------------------------------------------------------------
+
+def bench_restart():
+    """SIGKILL a child that has been up longer than startsecs; time until its
+    replacement has exec'd and announced itself."""
+    bench = Bench(lambda b: [("svc", {"command": b.announce(),
+                                      "startsecs": "0.05"})])
+    bench.start()
+    pid = bench.read_announcements(1)[0]
+    trials = []
+    for _trial in range(20 if QUICK else 50):
+        time.sleep(0.1)  # up longer than startsecs
+        began = time.monotonic()
+        os.kill(pid, signal.SIGKILL)
+        pid = bench.read_announcements(1)[0]
+        trials.append((time.monotonic() - began) * 1000)
+    bench.stop()
+    return {"trials": len(trials), "min_ms": min(trials),
+            "median_ms": median(trials), "p90_ms": percentile(trials, 0.9),
+            "p99_ms": percentile(trials, 0.99), "max_ms": max(trials)}
+
+
+def bench_crash_loop():
+    seconds = 8 if QUICK else 20
+    bench = Bench(lambda b: [("false", {"command": "/bin/false",
+                                        "startsecs": "1"})])
+    proc = bench.start()
+    time.sleep(seconds)  # the figure is what happens in this time
+    with open(os.path.join(bench.tmp, "supervisor.log")) as handle:
+        starts = sum(1 for line in handle if "false: spawned" in line)
+    cpu = cpu_seconds(proc.pid)
+    bench.stop()
+    return {"seconds": seconds, "starts": starts, "supervisor_cpu_s": cpu}
+
+
+def idle_figures(bench, seconds):
+    pid = bench.proc.pid
+    cpu0, switches0 = cpu_seconds(pid), context_switches(pid)
+    time.sleep(seconds)
+    return {"seconds": seconds,
+            "cpu_ticks": round((cpu_seconds(pid) - cpu0) * TICK),
+            "wakeups_per_s": (context_switches(pid) - switches0) /
+            float(seconds)}
+
+
+def free_ports(count):
+    import socket
+    sockets, ports = [], []
+    for _ in range(count):
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        sockets.append(probe)
+        ports.append(probe.getsockname()[1])
+    for probe in sockets:
+        probe.close()
+    return ports
+
+
+def bench_idle():
+    seconds = 10 if QUICK else 30
+    result = {}
+    bench = Bench(lambda b: [("s%02d" % i, {"command": b.announce()})
+                             for i in range(20)])
+    bench.start()
+    bench.read_announcements(20)
+    wait_until(bench.all_up)  # past startsecs: nothing is pending any more
+    result["plain"] = idle_figures(bench, seconds)
+    bench.stop()
+    # The same with a tcp health check each, every 10 s, against a socket
+    # the supervisor itself holds (the kernel accepts into its backlog).
+    ports = free_ports(20)
+    bench = Bench(lambda b: [("s%02d" % i, {
+        "command": b.announce(), "socket": "tcp://127.0.0.1:%d" % port,
+        "healthcheck": "tcp://127.0.0.1:%d" % port,
+        "healthcheck_interval": "10"}) for i, port in enumerate(ports)])
+    bench.start()
+    bench.read_announcements(20)
+    wait_until(bench.all_up)
+    result["healthcheck_every_10s"] = idle_figures(bench, seconds)
+    bench.stop()
+    return result
+
+
+def many(count):
+    return Bench(lambda b: [("s%03d" % i, {"command": b.announce()})
+                            for i in range(count)])
+
+
+def bench_memory():
+    result = {}
+    for count in (20, 200):
+        bench = many(count)
+        bench.start()
+        bench.read_announcements(count)
+        wait_until(bench.all_up)
+        rss, pss = memory(bench.proc.pid)
+        result["services_%d" % count] = {"rss_mib": rss, "pss_mib": pss}
+        bench.stop()
+    return result
+
+
+def bench_status():
+    bench = many(200)
+    bench.start()
+    bench.read_announcements(200)
+    wait_until(bench.all_up)
+    times, bare = [], []
+    for _ in range(10):
+        began = time.monotonic()
+        subprocess.run([PY, "-c", "pass"])
+        bare.append((time.monotonic() - began) * 1000)
+        began = time.monotonic()
+        subprocess.run([PY, PROGRAM, "-c", bench.conf, "--status"],
+                       stdout=subprocess.DEVNULL)
+        times.append((time.monotonic() - began) * 1000)
+    bench.stop()
+    return {"services": 200, "status_median_ms": median(times),
+            "python_c_pass_median_ms": median(bare),
+            "over_bare_start_ms": median(times) - median(bare)}
+
+
+def bench_mass_death_and_startup():
+    bench = many(200)
+    began = time.monotonic()
+    bench.start()
+    pids = bench.read_announcements(200)
+    startup = (time.monotonic() - began) * 1000
+    wait_until(bench.all_up)
+    began = time.monotonic()
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    bench.read_announcements(200)
+    back = (time.monotonic() - began) * 1000
+    wait_until(bench.all_up)
+    zombies = sum(1 for _pid, state in bench.children() if state == "Z")
+    began = time.monotonic()
+    bench.proc.send_signal(signal.SIGTERM)
+    bench.proc.wait(60)
+    shutdown = (time.monotonic() - began) * 1000
+    bench.stop()
+    return {"startup_200_ms": startup, "mass_death_200_back_ms": back,
+            "zombies_after": zombies, "shutdown_200_ms": shutdown}
+
+
+WRITER = """import os
+block = b"x" * (1 << 20)
+left = %d
+while left:
+    left -= os.write(1, block[:left])
+"""
+
+
+def bench_output():
+    size = (100 if QUICK else 400) * 1024 * 1024
+
+    def services(bench):
+        writer = os.path.join(bench.tmp, "writer.py")
+        with open(writer, "w") as handle:
+            handle.write(WRITER % size)
+        return [("writer", {"command": "%s %s" % (PY, writer),
+                            "stdout_logfile": os.path.join(bench.tmp,
+                                                           "out.log"),
+                            "stdout_logfile_maxbytes": "0",
+                            "autorestart": "false", "startsecs": "0",
+                            "autostart": "false"})]
+    bench = Bench(services)
+    target = os.path.join(bench.tmp, "out.log")
+    bench.start()
+    wait_until(lambda: bench.status() is not None)
+    cpu0 = cpu_seconds(bench.proc.pid)
+    began = time.monotonic()
+    subprocess.run([PY, PROGRAM, "-c", bench.conf, "--start", "writer"],
+                   stdout=subprocess.DEVNULL)
+    wait_until(lambda: os.path.exists(target) and
+               os.path.getsize(target) >= size, timeout=120, step=0.005)
+    elapsed = time.monotonic() - began
+    cpu = cpu_seconds(bench.proc.pid) - cpu0
+    bench.stop()
+    return {"megabytes": size >> 20, "mb_per_s": (size >> 20) / elapsed,
+            "supervisor_cpu_s": cpu,
+            "supervisor_cpu_per_100mb_s": cpu * 100.0 / (size >> 20)}
+
+
+FIGURES = [
+    ("restart", bench_restart),
+    ("crash_loop", bench_crash_loop),
+    ("idle", bench_idle),
+    ("memory", bench_memory),
+    ("status", bench_status),
+    ("mass", bench_mass_death_and_startup),
+    ("output", bench_output),
+]
+
+
+def machine():
+    with open("/proc/cpuinfo") as handle:
+        model = next((line.split(":", 1)[1].strip() for line in handle
+                      if line.startswith("model name")), "?")
+    return {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+            "cores": os.cpu_count(), "cpu": model,
+            "kernel": platform.release(),
+            "python": platform.python_version(), "interpreter": PY}
+
+
+def report(results):
+    rows = []
+
+    def row(what, value, target):
+        rows.append((what, value, target))
+
+    if "restart" in results:
+        r = results["restart"]
+        row("restart latency after SIGKILL, median ms",
+            "%.2f (min %.2f, p90 %.2f, p99 %.2f, max %.2f, n=%d)" % (
+                r["median_ms"], r["min_ms"], r["p90_ms"], r["p99_ms"],
+                r["max_ms"], r["trials"]),
+            "<= daemontools 2.8-3.3; p99 < 10")
+    if "crash_loop" in results:
+        r = results["crash_loop"]
+        row("crash loop (/bin/false) for %d s: starts, supervisor CPU s"
+            % r["seconds"], "%d, %.2f" % (r["starts"], r["supervisor_cpu_s"]),
+            "backed off 1, 2, 4 ... s; never given up")
+    if "idle" in results:
+        r = results["idle"]
+        row("idle, 20 services: wake-ups/s, CPU ticks in %d s"
+            % r["plain"]["seconds"], "%.2f, %d" % (
+                r["plain"]["wakeups_per_s"], r["plain"]["cpu_ticks"]), "0")
+        h = r["healthcheck_every_10s"]
+        row("idle, 20 services with a tcp check every 10 s: wake-ups/s",
+            "%.2f, %d ticks" % (h["wakeups_per_s"], h["cpu_ticks"]),
+            "about 20 probes / 10 s")
+    if "memory" in results:
+        for count in (20, 200):
+            r = results["memory"]["services_%d" % count]
+            row("memory, %d services: RSS, PSS MiB" % count,
+                "%.1f, %.1f" % (r["rss_mib"], r["pss_mib"]),
+                "PSS < 12 at 200" if count == 200 else "")
+    if "status" in results:
+        r = results["status"]
+        row("--status of 200 services, median ms",
+            "%.1f (python3 -c pass: %.1f; over it: %.1f)" % (
+                r["status_median_ms"], r["python_c_pass_median_ms"],
+                r["over_bare_start_ms"]), "within 10 of the bare start")
+    if "mass" in results:
+        r = results["mass"]
+        row("200 SIGKILLed at once: all back, ms (zombies after)",
+            "%.0f (%d)" % (r["mass_death_200_back_ms"], r["zombies_after"]),
+            "< 250 (daemontools 338-370)")
+        row("start-up of 200: all running, ms", "%.0f" % r["startup_200_ms"],
+            "< 400 (daemontools 443-611)")
+        row("shutdown of 200 (SIGTERM to all gone), ms",
+            "%.0f" % r["shutdown_200_ms"], "")
+    if "output" in results:
+        r = results["output"]
+        row("output through the supervisor to a file, MB/s",
+            "%.0f (%d MB; supervisor CPU %.2f s per 100 MB)" % (
+                r["mb_per_s"], r["megabytes"],
+                r["supervisor_cpu_per_100mb_s"]), ">= 100")
+    width = max(len(r[0]) for r in rows)
+    info = results["machine"]
+    print("fcgiwatch bench, %s; %d cores (%s), kernel %s, Python %s" % (
+        info["date"], info["cores"], info["cpu"], info["kernel"],
+        info["python"]))
+    for what, value, target in rows:
+        print("  %-*s  %s%s" % (width, what, value,
+                                "   [goal: %s]" % target if target else ""))
+
+
+def main(argv):
+    chosen = [name for name, _f in FIGURES if not argv or name in argv]
+    unknown = [a for a in argv if a not in dict(FIGURES)]
+    if unknown:
+        sys.stderr.write("unknown figure(s): %s; choose from %s\n" % (
+            " ".join(unknown), " ".join(n for n, _f in FIGURES)))
+        return 2
+    results = {"machine": machine()}
+    for name, function in FIGURES:
+        if name in chosen:
+            sys.stderr.write("bench: %s...\n" % name)
+            results[name] = function()
+    report(results)
+    path = os.path.join(HERE, "results.json")
+    with open(path, "w") as handle:
+        json.dump(results, handle, indent=1)
+    print("figures written to %s" % path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
