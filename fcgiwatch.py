@@ -73,6 +73,11 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 LOCK_FILE = "pid"
 STATUS_FILE = "status.json"
 CONTROL_SOCKET = "control.sock"
+REEXEC_FILE = "reexec.json"
+REEXEC_CHECK_FILE = "reexec-check.out"
+
+#: This file, for --reexec: the daemon's cwd is /, so resolve it now.
+PROGRAM_PATH = os.path.abspath(__file__)
 
 #: A run shorter than this is a quick failure even with startsecs = 0, so
 #: that a program that exits at once can never make us restart it in a loop.
@@ -910,6 +915,32 @@ def diff_configs(old, new):
     return added, removed, changed, updated, unchanged
 
 
+def config_to_json(config):
+    """A ServiceConfig as JSON-able values (for --reexec's hand-over)."""
+    return list(config)
+
+
+def config_from_json(values):
+    """Inverse of config_to_json: JSON lists back into tuples.
+
+    >>> c = parse_config("[a]\\ncommand = sleep 1\\n", "/x.conf").services[0]
+    >>> import json; config_from_json(json.loads(json.dumps(config_to_json(c)))) == c
+    True
+    """
+    def tuples(value):
+        if isinstance(value, list):
+            return tuple(tuples(item) for item in value)
+        return value
+    fields = dict(zip(ServiceConfig._fields, values))
+    for key in ("argv", "groups", "environment", "env", "exitcodes",
+                "socket_owner"):
+        fields[key] = tuples(fields[key])
+    for key in ("healthcheck", "socket"):
+        if fields[key] is not None:
+            fields[key] = Endpoint(*tuples(fields[key]))
+    return ServiceConfig(**fields)
+
+
 def insecure_config_reason(filename):
     """Why a root supervisor must not trust this config, or None.
 
@@ -954,6 +985,12 @@ def insecure_config_reason(filename):
 #: handlers can run in a child before the child has reset them.
 HANDLED_SIGNALS = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT,
                    signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
+
+
+#: What spawn_child needs of a program that is not a service (the --check
+#: run before --reexec).
+Helper = namedtuple("Helper", ["argv", "env", "directory", "umask", "uid",
+                               "gid", "groups"])
 
 
 def non_default_signals():
@@ -1161,6 +1198,40 @@ def group_alive(pgid):
     except PermissionError:
         return True
     return True
+
+
+def config_fingerprint(config):
+    """A stable digest of the keys that shape a service's process: a
+    leftover run is only taken over when it was started the same way."""
+    import zlib
+    shape = repr(tuple(getattr(config, k) for k in PROCESS_KEYS))
+    return zlib.crc32(shape.encode("utf-8", "replace")) & 0xffffffff
+
+
+def open_pidfd(pid):
+    """A pidfd for pid (Python 3.9+, Linux 5.3+), or None where there is
+    none: then a leftover cannot be watched and is stopped instead."""
+    opener = getattr(os, "pidfd_open", None)
+    if opener is None:
+        return None
+    try:
+        return opener(pid)
+    except OSError:
+        return None
+
+
+def is_same_process(pid, start_time):
+    """Is pid still the process that started at start_time (not a zombie)?"""
+    if not pid or start_time is None:
+        return False
+    if process_start_time(pid) != start_time:
+        return False
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as handle:
+            data = handle.read()
+        return data[data.rfind(b")") + 2:].split()[0] != b"Z"
+    except OSError:
+        return False
 
 
 def format_seconds(seconds):
@@ -1426,14 +1497,17 @@ class OutputPipe:
     one run and nothing a child wrote is lost when it dies.
     """
 
-    def __init__(self, service, stream, dest):
+    def __init__(self, service, stream, dest, fds=None):
         self.service, self.stream, self.dest = service, stream, dest
-        self.read_fd, self.write_fd = os.pipe()
+        if fds is not None:  # handed over by --reexec
+            self.read_fd, self.write_fd = fds
+        else:
+            self.read_fd, self.write_fd = os.pipe()
+            try:
+                fcntl.fcntl(self.read_fd, 1031, PIPE_CHUNK)  # F_SETPIPE_SZ
+            except OSError:
+                pass
         os.set_blocking(self.read_fd, False)
-        try:
-            fcntl.fcntl(self.read_fd, 1031, PIPE_CHUNK)  # F_SETPIPE_SZ
-        except OSError:
-            pass
         self.partial = b""
         self.paused = False
 
@@ -1644,7 +1718,10 @@ class Service:
         if not self.pid:
             return False
         try:
-            os.kill(self.pid, number)
+            if self.pidfd is not None:
+                signal.pidfd_send_signal(self.pidfd, number)
+            else:
+                os.kill(self.pid, number)
         except ProcessLookupError:
             return False  # it is exiting: the reaper will tell
         return True
@@ -1748,8 +1825,13 @@ class Service:
             self.exec_fd = -1
 
     def on_exited(self, status, now):
-        """The reaper saw our process end."""
-        code, signame, words = decode_wait_status(status)
+        """The reaper saw our process end (status None: a taken-over
+        process, not our child, whose exit status nobody can know)."""
+        if status is None:
+            code, signame, words = None, None, "exited (status unknown)"
+        else:
+            code, signame, words = decode_wait_status(status)
+        self.close_pidfd()
         if self.exec_fd >= 0:
             # The child is dead, so its report (if any) is in the pipe.
             self.on_exec_report()
@@ -1899,6 +1981,9 @@ class Service:
         try:
             if as_group and self.pgid:
                 os.killpg(self.pgid, number)
+            elif self.pidfd is not None:
+                # Not our child: its pid could be recycled, its pidfd not.
+                signal.pidfd_send_signal(self.pidfd, number)
             elif self.pid:
                 os.kill(self.pid, number)
         except (ProcessLookupError, PermissionError):
@@ -1944,6 +2029,71 @@ class Service:
             self.spawn(now)  # BACKOFF -> STARTING
         else:
             self.deadline = None
+
+    # -- leftovers of a supervisor that died -------------------------------
+
+    def adopt(self, entry, pidfd, now):
+        """Take over a run a killed supervisor left: -> UP with its pid."""
+        wall = time.time()
+        self.pid, self.pgid = entry["pid"], entry.get("pgid") or 0
+        self.proc_start = entry["start_time"]
+        self.pidfd = pidfd
+        self.supervisor.watch(pidfd, selectors.EVENT_READ,
+                              lambda _mask: self.on_pidfd())
+        self.spawns = 1
+        self.restarts = entry.get("restarts", 0)
+        self.last_exit = entry.get("last_exit")
+        ran = max(0.0, wall - entry.get("since", wall))
+        self.started_at, self.started_wall = now - ran, wall - ran
+        self.want, self.good_start = "up", True
+        if self.config.healthcheck:
+            self.health = "unknown"
+            self.probe_due = now
+            self.change_state(STARTING, "")
+        else:
+            self.change_state(UP, "")
+        self.since, self.since_wall = now - ran, wall - ran
+        self.log("taken over: pid %d, left running by a supervisor that "
+                 "died; its exit code will be unknown" % self.pid)
+
+    def on_pidfd(self):
+        """A taken-over process ended: its pidfd became readable."""
+        self.on_exited(None, self.supervisor.clock())
+
+    def close_pidfd(self):
+        if self.pidfd is not None:
+            self.supervisor.unwatch(self.pidfd)
+            os.close(self.pidfd)
+            self.pidfd = None
+
+    def restore(self, entry, now):
+        """Take up a run from the program before --reexec."""
+        for key in ("state", "want", "why", "message", "pid", "pgid",
+                    "proc_start", "started_wall", "since_wall", "killed",
+                    "good_start", "fails", "spawns", "restarts", "last_exit",
+                    "spawn_error", "health", "health_fails", "removing",
+                    "pidfd"):
+            setattr(self, key, entry[key])
+        self.started_at = now - entry["started_ago"]
+        self.since = now - entry["since_ago"]
+        for key in ("deadline", "kill_at"):
+            ahead = entry[key]
+            setattr(self, key, None if ahead is None else now + ahead)
+        if entry["pending_config"] is not None:
+            self.pending_config = config_from_json(entry["pending_config"])
+        if entry["outputs"] is not None:
+            self.outputs = self.supervisor.make_outputs(self, dict(
+                (out["stream"], (out["read"], out["write"]))
+                for out in entry["outputs"]))
+        if entry["listener"] is not None:
+            fd, family = entry["listener"]
+            self.listener = socket.socket(family, socket.SOCK_STREAM,
+                                          fileno=fd)
+        if self.pidfd is not None:
+            self.supervisor.watch(self.pidfd, selectors.EVENT_READ,
+                                  lambda _mask: self.on_pidfd())
+        if self.config.healthcheck and self.state in (STARTING, UP):
+            self.probe_due = now
 
     # -- output ----------------------------------------------------------
 
@@ -2045,6 +2195,7 @@ class Service:
                      if config.redirect_stderr else config.stderr_logfile},
             "pgid": self.pgid or None, "start_time": self.proc_start,
             "priority": config.priority,
+            "fingerprint": config_fingerprint(config),
         }
         if self.state == BACKOFF and self.deadline is not None:
             entry["retry_at"] = round(wall + self.deadline - now, 3)
@@ -2423,6 +2574,8 @@ class Supervisor:
         self.started_wall = time.time()
         self.started = clock()
         self.reset_signals = ()
+        self.generation = 0       # times re-executed
+        self.reexec_running = False
         self.status_path = os.path.join(self.settings.state_dir, STATUS_FILE)
 
     # -- logging ---------------------------------------------------------
@@ -2484,16 +2637,100 @@ class Supervisor:
         self.open_logging()
         self.control = ControlServer(self)
         self.setup_signals()
-        now = self.clock()
         for config in self.config.services:
             self.services[config.name] = Service(self, config)
+        adopt = self.handle_leftovers()
         self.open_listeners()
         self.log("started: pid %d, config %s, %d services" % (
             self.pid, self.settings.filename, len(self.services)))
+        now = self.clock()
         for service in self.services.values():
-            if service.config.autostart:
+            if service.name in adopt:
+                entry, pidfd = adopt[service.name]
+                service.adopt(entry, pidfd, now)
+            elif service.config.autostart:
                 service.on_want_up(now)
         self.write_status()
+
+    def handle_leftovers(self):
+        """Find what a supervisor killed with SIGKILL (or the OOM killer)
+        left running in this state_dir, so a service never runs twice.
+
+        The last status file names each run by pid and start time; a pid
+        whose start time differs was recycled and is left alone.  A run is
+        taken over when its pidfd can watch it, its service still exists
+        with the same process keys, and it holds no socket of ours (a
+        socket we cannot get back); every other leftover is stopped (stop
+        signal, stopwaitsecs, SIGKILL) before anything starts.
+        Returns {name: (status entry, pidfd)} to take over.
+        """
+        previous = read_status_file(self.settings.state_dir)
+        if not previous:
+            return {}
+        adopt, stop = {}, []
+        for entry in previous.get("services", []):
+            if not is_same_process(entry.get("pid"), entry.get("start_time")):
+                continue
+            service = self.services.get(entry["name"])
+            if service is not None and service.config.socket is None and \
+                    entry.get("fingerprint") == config_fingerprint(
+                        service.config) and entry.get("want") == "up":
+                pidfd = open_pidfd(entry["pid"])
+                # The pidfd names the process for good: check it was not
+                # recycled between the start-time check and pidfd_open.
+                if pidfd is not None and is_same_process(
+                        entry["pid"], entry["start_time"]):
+                    adopt[entry["name"]] = (entry, pidfd)
+                    continue
+                if pidfd is not None:
+                    os.close(pidfd)
+            stop.append((entry, service))
+        self.stop_leftovers(stop)
+        return adopt
+
+    def stop_leftovers(self, leftovers):
+        """Stop leftover runs we will not take over, and wait: this happens
+        before any service starts, so blocking here delays nothing."""
+        if not leftovers:
+            return
+        deadline = self.clock()
+        for entry, service in leftovers:
+            number = service.config.stopsignal if service else signal.SIGTERM
+            wait = service.config.stopwaitsecs if service else 10.0
+            deadline = max(deadline, self.clock() + wait)
+            self.log("%s: stopping pid %d, left running by a supervisor "
+                     "that died" % (entry["name"], entry["pid"]), LOG_WARNING)
+            self.signal_leftover(entry, number)
+
+        def alive():
+            return [(e, s) for e, s in leftovers
+                    if is_same_process(e["pid"], e["start_time"])]
+        for final in (False, True):
+            while alive() and self.clock() < deadline:
+                time.sleep(GROUP_POLL)
+            if final or not alive():
+                break
+            for entry, _service in alive():
+                self.log("%s: leftover pid %d did not stop; sent KILL" % (
+                    entry["name"], entry["pid"]), LOG_WARNING)
+                self.signal_leftover(entry, signal.SIGKILL)
+            deadline = self.clock() + GROUP_KILL_GRACE
+        for entry, _service in alive():
+            self.log("%s: leftover pid %d outlived KILL" % (
+                entry["name"], entry["pid"]), LOG_ERR)
+
+    def signal_leftover(self, entry, number):
+        """Signal a leftover's group, and CONT after a stop signal, but only
+        while its leader is verified: a group whose leader is gone may, long
+        after, be a stranger's."""
+        if not is_same_process(entry["pid"], entry["start_time"]):
+            return
+        numbers = (number,) if number in (signal.SIGKILL, signal.SIGCONT)             else (number, signal.SIGCONT)
+        for sig in numbers:
+            try:
+                os.killpg(entry.get("pgid") or entry["pid"], sig)
+            except (ProcessLookupError, PermissionError):
+                pass
 
     def make_state_dir(self):
         path = self.settings.state_dir
@@ -2630,7 +2867,7 @@ class Supervisor:
                 self.reload("SIGHUP")
             if signal.SIGUSR1 in numbers:
                 self.reopen_logs()
-            if signal.SIGUSR2 in numbers:
+            if signal.SIGUSR2 in numbers and not self.shutting_down:
                 self.reexec("SIGUSR2")
 
     def reap(self):
@@ -2675,12 +2912,15 @@ class Supervisor:
 
     # -- child output ------------------------------------------------------
 
-    def make_outputs(self, service):
-        """The pipes for a service's stdout and stderr, per its config."""
+    def make_outputs(self, service, handed=None):
+        """The pipes for a service's stdout and stderr, per its config
+        (handed: {stream: (read fd, write fd)} from --reexec)."""
         config = service.config
+        handed = handed or {}
         stdout = self.make_output(service, "stdout", config.stdout_logfile,
                                   config.stdout_logfile_maxbytes,
-                                  config.stdout_logfile_backups)
+                                  config.stdout_logfile_backups,
+                                  handed.get("stdout"))
         if config.redirect_stderr or (
                 config.stderr_logfile == config.stdout_logfile):
             stderr = None  # the child's fd 2 shares stdout's pipe
@@ -2688,10 +2928,12 @@ class Supervisor:
             stderr = self.make_output(service, "stderr",
                                       config.stderr_logfile,
                                       config.stderr_logfile_maxbytes,
-                                      config.stderr_logfile_backups)
+                                      config.stderr_logfile_backups,
+                                      handed.get("stderr"))
         return stdout, stderr
 
-    def make_output(self, service, stream, dest, maxbytes, backups):
+    def make_output(self, service, stream, dest, maxbytes, backups,
+                    fds=None):
         if dest in ("null", "inherit"):
             return None
         if dest != "syslog":
@@ -2702,7 +2944,7 @@ class Supervisor:
                 self.log_files[dest] = log_file
             log_file.users += 1
             dest = log_file
-        pipe = OutputPipe(service, stream, dest)
+        pipe = OutputPipe(service, stream, dest, fds)
         self.watch(pipe.read_fd, selectors.EVENT_READ,
                    lambda _mask: self.on_output(pipe))
         return pipe
@@ -2786,6 +3028,7 @@ class Supervisor:
                 "written": round(wall, 3), "euid": self.euid,
                 "state_dir": self.settings.state_dir,
                 "start_time": process_start_time(self.pid),
+                "generation": self.generation,
                 "stopped": self.exit_code is not None},
             "services": [s.status_entry(now, wall)
                          for s in self.services.values()],
@@ -2839,6 +3082,11 @@ class Supervisor:
                 self.log("reload (%s) refused, nothing changed: %s" % (
                     cause, line[len("fcgiwatch: "):]), LOG_ERR)
             return EXIT_USAGE, exc.lines(), []
+        return self.apply(config, "reload (%s)" % cause)
+
+    def apply(self, config, cause):
+        """Move from the running config to this one, as reload does.
+        Returns (exit code, lines, waits)."""
         settings = config.globals
         lines = []
         if settings.state_dir != self.settings.state_dir:
@@ -2861,9 +3109,9 @@ class Supervisor:
         except Failure as exc:
             for sock in opened.values():
                 sock.close()
-            self.log("reload (%s) refused, nothing changed: %s" % (cause, exc),
+            self.log("%s refused, nothing changed: %s" % (cause, exc),
                      LOG_ERR)
-            return EXIT_FAIL, ["fcgiwatch: reload refused: %s" % exc], []
+            return EXIT_FAIL, ["fcgiwatch: %s refused: %s" % (cause, exc)], []
         self.config = config._replace(globals=settings)
         if settings != self.settings:
             self.settings = settings
@@ -2918,7 +3166,7 @@ class Supervisor:
                 lines.append("%s: added, not started (autostart = false)"
                              % name)
         self.order_services()
-        self.log("reloaded (%s): %d added, %d removed, %d changed, "
+        self.log("%s: %d added, %d removed, %d changed, "
                  "%d updated, %d unchanged" % (
                      cause, len(added), len(removed), len(changed),
                      len(updated), len(unchanged)))
@@ -3002,9 +3250,181 @@ class Supervisor:
 
     # -- upgrade ----------------------------------------------------------
 
-    def reexec(self, cause):
-        self.warn("re-exec (%s) is not available in this version" % cause)
-        return EXIT_FAIL, ["fcgiwatch: --reexec is not available yet"]
+    def reexec(self, cause, done=None):
+        """Upgrade in place: check the file on disk with --check in a
+        helper child (the loop goes on meanwhile), then exec it; services
+        keep running, with their pids and counters.  done(code, lines) is
+        told the outcome before the exec."""
+        done = done or (lambda code, lines: None)
+        if self.reexec_running:
+            done(EXIT_FAIL, ["fcgiwatch: a re-exec is already under way"])
+            return
+        out_path = os.path.join(self.settings.state_dir, REEXEC_CHECK_FILE)
+        helper = Helper(argv=(sys.executable, PROGRAM_PATH, "-c",
+                              self.settings.filename, "--check"),
+                        env=tuple(os.environ.items()), directory="/",
+                        umask=0o022, uid=None, gid=None, groups=())
+        try:
+            out_fd = os.open(out_path, os.O_WRONLY | os.O_CREAT
+                             | os.O_TRUNC, 0o600)
+            try:
+                pid, err_fd = spawn_child(helper, self.devnull, out_fd,
+                                          out_fd, self.reset_signals)
+            finally:
+                os.close(out_fd)
+            os.close(err_fd)
+        except OSError as exc:
+            done(EXIT_FAIL, ["fcgiwatch: re-exec refused: cannot run the "
+                             "check: %s" % exc.strerror])
+            return
+        self.reexec_running = True
+        self.log("re-exec (%s): checking %s with --check" % (cause,
+                                                            PROGRAM_PATH))
+        self.helpers[pid] = lambda status: self.after_reexec_check(
+            status, out_path, cause, done)
+
+    def after_reexec_check(self, status, out_path, cause, done):
+        self.reexec_running = False
+        try:
+            with open(out_path, "rb") as handle:
+                output = handle.read().decode("utf-8", "replace")
+            os.unlink(out_path)
+        except OSError:
+            output = ""
+        if status != 0:
+            last = [line for line in output.splitlines() if line.strip()]
+            message = ("re-exec (%s) refused, still running the old program"
+                       ": %s --check %s: %s" % (
+                           cause, PROGRAM_PATH, decode_wait_status(status)[2],
+                           last[-1].strip() if last else "no output"))
+            self.log(message, LOG_ERR)
+            done(EXIT_FAIL, ["fcgiwatch: " + message])
+            return
+        if self.shutting_down:
+            done(EXIT_FAIL, ["fcgiwatch: shutting down; no re-exec"])
+            return
+        done(EXIT_OK, ["fcgiwatch: re-executing %s (pid %d)" % (
+            PROGRAM_PATH, self.pid)])
+        self.exec_self(cause)
+
+    def exec_self(self, cause):
+        """Hand everything to a fresh copy of this file in this process."""
+        import json
+        state = self.snapshot()
+        path = os.path.join(self.settings.state_dir, REEXEC_FILE)
+        keep = [self.lock_fd]
+        for entry in state["services"]:
+            keep.extend(fd for out in entry["outputs"] or ()
+                        for fd in (out["read"], out["write"]))
+            if entry["listener"]:
+                keep.append(entry["listener"][0])
+            if entry["pidfd"] is not None:
+                keep.append(entry["pidfd"])
+        # Signals that arrive now stay pending across exec, for the new
+        # program to handle once its handlers are in place.
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                json.dump(state, handle)
+            for fd in keep:
+                os.set_inheritable(fd, True)
+            self.log("re-executing (%s): %s %s" % (cause, sys.executable,
+                                                   PROGRAM_PATH))
+            os.execv(sys.executable, [sys.executable, PROGRAM_PATH, "-c",
+                                      self.settings.filename, "--resume",
+                                      path])
+        except OSError as exc:
+            for fd in keep:
+                os.set_inheritable(fd, False)
+            self.log("re-exec (%s) failed, still running the old program: "
+                     "%s" % (cause, exc), LOG_ERR)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+
+    def snapshot(self):
+        """What the next program needs to carry on: every service's run,
+        counters and deadlines, and the fds to keep (kept by number)."""
+        now = self.clock()
+
+        def ahead(moment):
+            return None if moment is None else moment - now
+        services = []
+        for service in self.services.values():
+            service.close_exec_pipe()  # a run between fork and exec
+            service.cancel_probe()
+            outputs = None
+            if service.outputs is not None:
+                outputs = [{"stream": pipe.stream, "read": pipe.read_fd,
+                            "write": pipe.write_fd}
+                           for pipe in service.outputs if pipe is not None]
+                for pipe in service.outputs:
+                    if pipe is not None:
+                        pipe.drain()
+            listener = service.listener
+            services.append({
+                "config": config_to_json(service.config),
+                "pending_config": None if service.pending_config is None
+                else config_to_json(service.pending_config),
+                "state": service.state, "want": service.want,
+                "why": service.why, "message": service.message,
+                "pid": service.pid, "pgid": service.pgid,
+                "proc_start": service.proc_start,
+                "started_ago": now - service.started_at,
+                "started_wall": service.started_wall,
+                "since_ago": now - service.since,
+                "since_wall": service.since_wall,
+                "deadline": ahead(service.deadline),
+                "kill_at": ahead(service.kill_at), "killed": service.killed,
+                "good_start": service.good_start, "fails": service.fails,
+                "spawns": service.spawns, "restarts": service.restarts,
+                "last_exit": service.last_exit,
+                "spawn_error": service.spawn_error,
+                "health": service.health,
+                "health_fails": service.health_fails,
+                "removing": service.removing, "outputs": outputs,
+                "listener": None if listener is None else [
+                    listener.fileno(), listener.family],
+                "pidfd": service.pidfd})
+        return {"pid": self.pid, "foreground": self.foreground,
+                "started_wall": self.started_wall,
+                "generation": self.generation, "lock_fd": self.lock_fd,
+                "services": services}
+
+    def resume(self, state):
+        """Carry on from snapshot() after --reexec: same pid, same children
+        (still ours to reap), same pipes and sockets.  The services come
+        back with the configs they ran under; then the file on disk is
+        applied as a reload would."""
+        fill_standard_fds()
+        close_on_exec_inherited()  # kept fds stay open, but not for children
+        self.devnull = os.open(os.devnull, os.O_RDWR)
+        self.lock_fd = state["lock_fd"]
+        fcntl.flock(self.lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # still ours
+        self.selector = selectors.DefaultSelector()
+        self.started_wall = state["started_wall"]
+        self.started = self.clock() - (time.time() - self.started_wall)
+        self.generation = state["generation"] + 1
+        self.open_logging()
+        self.control = ControlServer(self)
+        self.setup_signals()
+        new_config = self.config
+        now = self.clock()
+        for entry in state["services"]:
+            service = Service(self, config_from_json(entry["config"]))
+            service.restore(entry, now)
+            self.services[service.name] = service
+            if service.pid and service.pidfd is None:
+                self.children[service.pid] = service
+        self.config = Config(new_config.globals, tuple(
+            s.config for s in self.services.values()))
+        self.order_services()
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
+        self.reap()  # a child that ended during the exec sent no SIGCHLD
+        self.log("re-executed: version %s, %d services carried over" % (
+            VERSION, len(self.services)))
+        self.apply(new_config, "re-exec")
+        self.write_status()
 
     def start_probe(self, service, now):
         service.probe_due = None
@@ -3576,10 +3996,12 @@ class ControlServer:
                                      supervisor.clock()))
 
     def command_reexec(self, connection, request, names):
-        code, lines = self.supervisor.reexec("--reexec")
-        for line in lines:
-            connection.send({"err" if code else "out": line})
-        connection.finish(code)
+        def done(code, lines):
+            for line in lines:
+                connection.send({"err" if code else "out": line})
+            connection.finish(code)
+        connection.send({"timeout": 60})
+        self.supervisor.reexec("--reexec", done)
 
     # -- waiting for results -----------------------------------------------
 
@@ -3761,6 +4183,12 @@ def parse_args(argv):
             config = arg[2:]
         elif arg == "--json":
             as_json = True
+        elif arg == "--resume":  # internal: the second half of --reexec
+            if not args:
+                raise UsageError("--resume needs the hand-over file")
+            if action != "run":
+                raise UsageError("--resume stands alone")
+            action, names = "resume", [args.pop(0)]
         elif arg in ACTIONS:
             if action != "run":
                 raise UsageError("%s and --%s cannot be combined; give one "
@@ -3782,6 +4210,8 @@ def parse_args(argv):
             raise UsageError("unknown option %s" % arg)
         else:
             names.append(arg)
+    if action == "resume":
+        return Options(action, config, names, as_json, sig)
     if names and action not in NAMED_ACTIONS:
         raise UsageError("%s takes no service names (got %s)" % (
             "running the supervisor" if action == "run" else "--" + action,
@@ -3901,6 +4331,47 @@ def run_foreground(config):
     return supervisor.run()
 
 
+def run_resume(config_path, state_path):
+    """The new program after --reexec: take the hand-over and carry on.
+
+    The --check that came first makes failure here unlikely; if it happens,
+    the services keep running and the next start takes them over."""
+    import json
+    try:
+        with open(state_path) as handle:
+            state = json.load(handle)
+        os.unlink(state_path)
+        config = load_config(config_path)
+    except (OSError, ValueError, ConfigErrors) as exc:
+        sys.stderr.write("fcgiwatch: cannot resume after re-exec: %s; the "
+                         "services run on: start fcgiwatch again to take "
+                         "them over\n" % exc)
+        return EXIT_FAIL
+    supervisor = Supervisor(config, foreground=state["foreground"])
+    supervisor.resume(state)
+    return supervisor.run()
+
+
+def reexec_command(state_dir):
+    """--reexec: ask, then wait until the new program writes its status."""
+    before = (read_status_file(state_dir) or {}).get("supervisor", {})
+    code = send_command(state_dir, {"cmd": "reexec", "names": []})
+    if code != EXIT_OK:
+        return code
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        after = (read_status_file(state_dir) or {}).get("supervisor", {})
+        if after.get("generation", 0) > before.get("generation", 0):
+            sys.stdout.write("fcgiwatch: re-executed (pid %s), version %s; "
+                             "services kept running\n" % (
+                                 after.get("pid"), after.get("version")))
+            return EXIT_OK
+        time.sleep(0.02)
+    sys.stderr.write("fcgiwatch: the new program did not report within 30 "
+                     "seconds; see the log and --status\n")
+    return EXIT_FAIL
+
+
 def run_daemon(config):
     """--daemon: detach, and return once the supervisor runs (or failed).
 
@@ -4005,9 +4476,13 @@ def main(argv=None):
             if options.action == "daemon":
                 return run_daemon(config)
             return run_foreground(config)
+        if options.action == "resume":
+            return run_resume(config_path, options.names[0])
         state_dir = find_state_dir(config_path)
         if options.action == "status":
             return show_status(state_dir, options.names, options.json)
+        if options.action == "reexec":
+            return reexec_command(state_dir)
         request = {"cmd": options.action, "names": options.names}
         if options.signal is not None:
             request["signal"] = options.signal

@@ -523,12 +523,13 @@ class SupervisorCase(unittest.TestCase):
             handle.write("\n".join(lines) + "\n" + raw)
         return self.conf
 
-    def start(self, services=None, settings=None, wait_up=True, args=()):
+    def start(self, services=None, settings=None, wait_up=True, args=(),
+              program=PROGRAM):
         if services is not None:
             self.write_config(services, settings)
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [PY, PROGRAM, "-c", self.conf] + list(args),
+            [PY, program, "-c", self.conf] + list(args),
             stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         log.close()
         wait_for(lambda: self.proc.poll() is not None or (
@@ -2234,6 +2235,243 @@ class EndToEndTests(SupervisorCase):
                             "healthcheck": "fcgi://127.0.0.1:%d" % port,
                             "healthcheck_interval": "0.5"}})
         self.assertEqual(self.entry("php")["health"], "ok")
+
+
+
+HAVE_PIDFD = fcgiwatch.open_pidfd(os.getpid()) is not None
+
+#: A service that binds a fixed port with no SO_REUSEADDR and notes every
+#: bind in a file: a duplicate run would log "bind failed".
+PORT_BINDER = r"""
+import os, socket, sys, time
+port, notes = int(sys.argv[1]), sys.argv[2]
+server = socket.socket()
+try:
+    server.bind(("127.0.0.1", port))
+except OSError as exc:
+    with open(notes, "a") as handle:
+        handle.write("bind failed %d: %s\n" % (os.getpid(), exc))
+    sys.exit(1)
+server.listen(1)
+with open(notes, "a") as handle:
+    handle.write("bound %d\n" % os.getpid())
+time.sleep(100000)
+"""
+
+
+class LeftoverTests(SupervisorCase):
+    """Issue 6: a supervisor killed with SIGKILL leaves its children; the
+    next one never runs a second copy beside them."""
+
+    def binder(self, port, **more):
+        path = os.path.join(self.tmp, "binder.py")
+        with open(path, "w") as handle:
+            handle.write(PORT_BINDER)
+        self.notes = os.path.join(self.tmp, "notes")
+        keys = {"command": "%s %s %d %s" % (PY, path, port, self.notes),
+                "startsecs": "0.3"}
+        keys.update(more)
+        return keys
+
+    def kill_supervisor(self):
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def test_port_never_bound_twice(self):
+        port = free_port()
+        self.start({"web": self.binder(port), "plain": {
+            "command": "sleep 1000"}})
+        first = self.entry("web")["pid"]
+        plain = self.entry("plain")["pid"]
+        self.kill_supervisor()
+        self.assertTrue(is_alive(first), "children outlive SIGKILL")
+        self.start(wait_up=False)
+        entry = self.wait_state("web", "up")
+        wait_for(lambda: self.entry("plain")["state"] == "up", 5, "plain")
+        notes = read_text(self.notes)
+        self.assertNotIn("bind failed", notes)
+        if HAVE_PIDFD:
+            # Taken over: the same processes, watched through pidfds.
+            self.assertEqual(entry["pid"], first)
+            self.assertEqual(self.entry("plain")["pid"], plain)
+            self.assertEqual(notes.count("bound"), 1)
+            self.assertIn("web: taken over: pid %d" % first, self.log_text())
+            # Its exit is seen, with the code unknown, and it restarts.
+            os.kill(first, signal.SIGKILL)
+            entry = self.wait_state("web", "up", pid_not=first)
+            self.assertIsNone(self.entry("web")["last_exit"]["code"])
+            self.assertNotIn("bind failed", read_text(self.notes))
+        else:
+            # Stopped, then started fresh: one at a time.
+            self.assertNotEqual(entry["pid"], first)
+            self.assertFalse(is_alive(first))
+            self.assertFalse(is_alive(plain))
+            self.assertIn("left running by a supervisor that died",
+                          self.log_text())
+
+    def test_leftover_with_held_socket_is_stopped_then_restarted(self):
+        """Not taken over (we cannot get its socket back): stopped first,
+        on every Python."""
+        port = free_port()
+        self.start({"app": {"command": "sleep 1000",
+                            "socket": "tcp://127.0.0.1:%d" % port}})
+        first = self.entry("app")["pid"]
+        self.kill_supervisor()
+        self.start(wait_up=False)
+        entry = self.wait_state("app", "up")
+        self.assertNotEqual(entry["pid"], first)
+        self.assertFalse(is_alive(first))
+        self.assertIn("app: stopping pid %d, left running" % first,
+                      self.log_text())
+
+    def test_changed_or_removed_service_leftover_is_stopped(self):
+        self.start({"keep": {"command": "sleep 1000"},
+                    "change": {"command": "sleep 1000"},
+                    "gone": {"command": "sleep 1000"}})
+        old = dict((e["name"], e["pid"]) for e in self.doc()["services"])
+        self.kill_supervisor()
+        self.write_config({"keep": {"command": "sleep 1000"},
+                           "change": {"command": "sleep 999"}})
+        self.start(wait_up=False)
+        self.wait_state("change", "up")
+        self.wait_state("keep", "up")
+        self.assertFalse(is_alive(old["gone"]))
+        self.assertFalse(is_alive(old["change"]))
+        self.assertNotEqual(self.entry("change")["pid"], old["change"])
+        if HAVE_PIDFD:
+            self.assertEqual(self.entry("keep")["pid"], old["keep"])
+
+    def test_recycled_pid_is_left_alone(self):
+        """A pid in the old status file that now names another process
+        (a different start time) is never signalled."""
+        self.start({"web": {"command": "sleep 1000"}})
+        self.kill_supervisor()
+        os.killpg(self.entry("web")["pid"], signal.SIGKILL)
+        stranger = subprocess.Popen(["sleep", "1000"],
+                                    env={"FWTEST_MARK": self.tmp})
+        self.addCleanup(stranger.wait)
+        self.addCleanup(stranger.kill)
+        doc = self.doc()
+        doc["services"][0]["pid"] = stranger.pid
+        doc["services"][0]["pgid"] = stranger.pid
+        doc["services"][0]["start_time"] -= 1  # it started at another time
+        with open(os.path.join(self.state_dir, "status.json"), "w") as handle:
+            json.dump(doc, handle)
+        self.start()
+        self.assertTrue(is_alive(stranger.pid))
+        self.assertNotEqual(self.entry("web")["pid"], stranger.pid)
+
+
+
+class ReexecTests(SupervisorCase):
+    """Issue 6: --reexec upgrades in place; services keep running."""
+
+    def copy_program(self):
+        """A copy of fcgiwatch.py to run from, so the test can change it."""
+        path = os.path.join(self.tmp, "fcgiwatch.py")
+        shutil.copy(PROGRAM, path)
+        return path
+
+    def pids(self):
+        return dict((e["name"], e["pid"]) for e in self.doc()["services"])
+
+    def test_reexec_keeps_every_service(self):
+        port = free_port()
+        log = os.path.join(self.tmp, "out.log")
+        flag = os.path.join(self.tmp, "flag")
+        program = self.copy_program()
+        self.start({
+            "web": {"command": "sleep 1000"},
+            "held": {"command": "sleep 1000",
+                     "socket": "tcp://127.0.0.1:%d" % port},
+            "talker": {"command": "sh -c 'echo before; while [ ! -e %s ]; "
+                       "do sleep 0.02; done; echo after; exec sleep 1000'"
+                       % flag, "stdout_logfile": log},
+        }, program=program)
+        old = self.kill_service("web")
+        self.wait_state("web", "up", pid_not=old)
+        wait_for(lambda: read_text(log) == "before\n", 5, "first line")
+        before = self.pids()
+        with open(program) as handle:
+            text = handle.read()
+        with open(program, "w") as handle:
+            handle.write(text.replace('VERSION = "%s"' % fcgiwatch.VERSION,
+                                      'VERSION = "9.9.9"'))
+        code, out, err = self.cli("--reexec")
+        self.assertEqual(code, 0, err + self.log_text())
+        self.assertIn("re-executed (pid %d), version 9.9.9" % self.proc.pid,
+                      out)
+        doc = self.doc()
+        self.assertEqual(doc["supervisor"]["pid"], self.proc.pid)
+        self.assertEqual(doc["supervisor"]["generation"], 1)
+        self.assertEqual(self.pids(), before)
+        self.assertEqual(self.entry("web")["restarts"], 1)
+        self.assertEqual(self.entry("web")["state"], "up")
+        # The pipe came along: what the child writes now still arrives.
+        with open(flag, "w"):
+            pass
+        wait_for(lambda: read_text(log) == "before\nafter\n", 5,
+                 "the line written after the re-exec")
+        # The held socket came along, and children are still reaped.
+        socket.create_connection(("127.0.0.1", port), 2).close()
+        old = self.kill_service("held")
+        self.wait_state("held", "up", pid_not=old)
+        self.assertEqual(self.cli("--status")[0], 0)
+        # SIGUSR2 does the same.
+        self.proc.send_signal(signal.SIGUSR2)
+        wait_for(lambda: self.doc()["supervisor"]["generation"] == 2, 10,
+                 "the second generation")
+        self.assertEqual(self.pids()["web"], before["web"])
+        self.stop_supervisor()
+        self.assertEqual(self.proc.returncode, 0)
+
+    def test_broken_file_or_config_keeps_the_old_program(self):
+        program = self.copy_program()
+        self.start({"web": {"command": "sleep 1000"}}, program=program)
+        before = self.pids()
+        with open(program, "a") as handle:
+            handle.write("\nthis is not python (\n")
+        code, out, err = self.cli("--reexec")
+        self.assertEqual(code, 1)
+        self.assertIn("re-exec (--reexec) refused, still running the old "
+                      "program", err)
+        self.assertIn("SyntaxError", err)
+        shutil.copy(PROGRAM, program)
+        with open(self.conf, "a") as handle:
+            handle.write("\n[program:bad]\ncommand =\n")
+        code, out, err = self.cli("--reexec")
+        self.assertEqual(code, 1)
+        self.assertIn("[program:bad] command: empty", err)
+        self.assertEqual(self.doc()["supervisor"]["generation"], 0)
+        self.assertEqual(self.pids(), before)
+        self.assertEqual(self.cli("--restart", "web")[0], 0)
+
+    def test_config_changes_apply_on_reexec(self):
+        self.start({"keep": {"command": "sleep 1000"},
+                    "change": {"command": "sleep 1000"}})
+        before = self.pids()
+        self.write_config({"keep": {"command": "sleep 1000"},
+                           "change": {"command": "sleep 999"},
+                           "new": {"command": "sleep 1000"}})
+        code, out, err = self.cli("--reexec")
+        self.assertEqual(code, 0, err)
+        self.wait_state("new", "up")
+        self.wait_state("change", "up", pid_not=before["change"])
+        self.assertEqual(self.pids()["keep"], before["keep"])
+
+    def test_config_round_trip(self):
+        config = parse("""
+            [a]
+            command = sleep 1
+            environment = A=1,B=2
+            exitcodes = 0,3
+            healthcheck = fcgi://127.0.0.1:4040/ping
+            socket = tcp://127.0.0.1:4040
+            """)
+        for service in config.services:
+            back = fcgiwatch.config_from_json(json.loads(json.dumps(
+                fcgiwatch.config_to_json(service))))
+            self.assertEqual(back, service)
 
 
 if __name__ == "__main__":
