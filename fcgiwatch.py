@@ -126,7 +126,16 @@ LOG_ERR, LOG_WARNING, LOG_NOTICE, LOG_INFO = 3, 4, 5, 6
 class ConfigError(Exception):
     """One problem in one config file, at one section and key."""
 
+    #: A message longer than this is cut: a 5,000-character value helps
+    #: nobody on a terminal or in a cron mail.
+    MAX = 300
+
     def __init__(self, filename, section, key, message):
+        # One line, whatever the value held (a line feed, a control byte).
+        message = "".join(c if c >= " " or c == "\t" else repr(c)[1:-1]
+                          for c in message)
+        if len(message) > self.MAX:
+            message = message[:self.MAX - 5] + " ..."
         Exception.__init__(self, message)
         self.filename, self.section, self.key = filename, section, key
         self.message = message
@@ -212,6 +221,9 @@ SERVICE_DEFAULTS = {
 
 GLOBAL_KEYS = ("state_dir", "syslog", "syslog_facility", "syslog_socket",
                "log_file", "path")
+
+#: The keys whose value may continue on indented lines below.
+MULTILINE_KEYS = ("command", "environment")
 
 SERVICE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
 ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -674,14 +686,22 @@ def parse_config(text, filename, euid=None):
     return Config(globals_, tuple(services))
 
 
+def multiline_message():
+    return ("the value goes on over several lines (an indented line "
+            "continues the key above it); put it on one line")
+
+
 def parse_globals(parser, filename, base_dir, euid, error):
     """The [fcgiwatch] section, with the contract's defaults."""
     values = dict(parser.items(OWN_SECTION)) if parser.has_section(
         OWN_SECTION) else {}
-    for key in values:
+    for key in list(values):
         if key not in GLOBAL_KEYS:
             error(OWN_SECTION, key, "unknown key; known keys are "
                   + ", ".join(GLOBAL_KEYS))
+        elif "\n" in values[key].strip():
+            error(OWN_SECTION, key, multiline_message())
+            del values[key]
 
     def convert(key, function, default):
         if key not in values:
@@ -738,6 +758,9 @@ def parse_service(parser, section, name, globals_, base_dir, euid, error):
         if key not in SERVICE_DEFAULTS:
             error(section, key, "unknown key; see the config reference in "
                   "README.md for the keys a service takes")
+            bad = True
+        elif "\n" in given[key].strip() and key not in MULTILINE_KEYS:
+            error(section, key, multiline_message())
             bad = True
     raw = dict(SERVICE_DEFAULTS)
     raw.update((k, v) for k, v in given.items() if k in SERVICE_DEFAULTS)

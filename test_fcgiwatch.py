@@ -350,6 +350,10 @@ class ParseConfigTests(unittest.TestCase):
             ("[a]\ncommand = x\njunk line\n", "line 3: not a key = value"),
             ("", "the file is empty"),
             ("[fcgiwatch]\nsyslog = no\n", "no services defined"),
+            ("[a]\ncommand = x\nstdout_logfile = a\n  /tmp/b\n",
+             "[a] stdout_logfile: the value goes on over several lines"),
+            ("[a]\ncommand = x\nsocket = " + "y" * 5000 + "\n",
+             "[a] socket: 'yyyyy"),
         ]
         for text, expected in cases:
             with self.subTest(text=text):
@@ -359,6 +363,7 @@ class ParseConfigTests(unittest.TestCase):
                 for line in errors:
                     self.assertTrue(line.startswith("/etc/test.conf"), line)
                     self.assertNotIn("\n", line)
+                    self.assertLess(len(line), 400)
 
     def test_all_errors_reported_at_once(self):
         errors = self.errors("""
@@ -841,9 +846,9 @@ class CoreTests(SupervisorCase):
         self.assertEqual(sorted(os.listdir("/proc/%d/fd" % entry["pid"])),
                          ["0", "1", "2"])
 
-    def test_hundred_children_killed_at_once(self):
+    def test_two_hundred_children_killed_at_once(self):
         services = dict(("s%03d" % i, {"command": "sleep 1000"})
-                        for i in range(100))
+                        for i in range(200))
         self.start(services)
         doc = self.doc()
         old = dict((e["name"], e["pid"]) for e in doc["services"])
@@ -854,10 +859,10 @@ class CoreTests(SupervisorCase):
             entries = self.doc()["services"]
             return all(e["pid"] and e["pid"] != old[e["name"]] and
                        is_alive(e["pid"]) for e in entries)
-        wait_for(all_back, 10, "all 100 back with new pids")
+        wait_for(all_back, 10, "all 200 back with new pids")
         self.assertEqual(self.zombies(), [])
         self.assertEqual(len([p for p, st in children_of(self.proc.pid)]),
-                         100)
+                         200)
 
     def test_term_stops_everything_grandchildren_too(self):
         self.start({
@@ -2472,6 +2477,250 @@ class ReexecTests(SupervisorCase):
             back = fcgiwatch.config_from_json(json.loads(json.dumps(
                 fcgiwatch.config_to_json(service))))
             self.assertEqual(back, service)
+
+
+
+def control_request(state_dir, request, timeout=30):
+    """One control request over the socket, without a CLI process; returns
+    the answer's messages."""
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    client.settimeout(timeout)
+    try:
+        client.connect(os.path.join(state_dir, "control.sock"))
+        client.sendall(json.dumps(request).encode() + b"\n")
+        data = client.makefile("rb").read()
+    finally:
+        client.close()
+    return [json.loads(line) for line in data.splitlines() if line]
+
+
+class RaceTests(SupervisorCase):
+    """Issue 6: races between exits, commands, reloads and signals."""
+
+    def assert_clean(self):
+        self.assertNotIn("internal error", self.log_text())
+        self.assertNotIn("Traceback", self.log_text())
+        self.assertEqual(self.zombies(), [])
+
+    def test_stop_racing_with_exit(self):
+        # The child exits on its own within milliseconds of starting its
+        # run of 0.15 s; --stop lands before, at or after that moment.
+        self.start({"brief": {"command": "sleep 0.15", "startsecs": "0",
+                              "backoff_max": "0.05"}}, wait_up=False)
+        for delay in (0.0, 0.05, 0.1, 0.14, 0.15, 0.16, 0.2):
+            self.assertEqual(self.cli("--start", "brief")[0] in (0, 1), True)
+            time.sleep(delay)  # the race itself: stop at this offset
+            code, out, err = self.cli("--stop", "brief")
+            self.assertEqual(code, 0, err)
+            entry = self.entry("brief")
+            self.assertEqual((entry["state"], entry["pid"]), ("down", None))
+        spawned = self.log_text().count("brief: spawned")
+        time.sleep(0.3)  # a wrong restart after the stop would happen now
+        self.assertEqual(self.log_text().count("brief: spawned"), spawned)
+        self.assert_clean()
+
+    def test_restart_racing_with_reload(self):
+        import threading
+        services = dict(("s%d" % i, {"command": "sleep 1000"})
+                        for i in range(5))
+        self.start(services)
+        errors = []
+
+        def hammer(request):
+            for _ in range(10):
+                answer = control_request(self.state_dir, request)
+                codes = [m["exit"] for m in answer if "exit" in m]
+                if codes != [0]:
+                    errors.append((request, answer))
+        threads = [threading.Thread(target=hammer, args=(r,)) for r in (
+            {"cmd": "restart", "names": ["all"]},
+            {"cmd": "reload", "names": []},
+            {"cmd": "restart", "names": ["s0", "s1"]})]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        self.assertEqual(errors, [])
+        for name in services:
+            self.wait_state(name, "up")
+        # One process a service, no more.
+        self.assertEqual(len(children_of(self.proc.pid)), 5)
+        self.assert_clean()
+
+    def test_sigchld_during_reload(self):
+        services = dict(("s%02d" % i, {"command": "sleep 1000"})
+                        for i in range(40))
+        self.start(services)
+        for round_ in range(5):
+            pids = [e["pid"] for e in self.doc()["services"]]
+            self.proc.send_signal(signal.SIGHUP)
+            for pid in pids[round_::5]:
+                os.kill(pid, signal.SIGKILL)
+            self.proc.send_signal(signal.SIGHUP)
+
+            def all_up():
+                doc = self.doc()
+                return all(e["state"] == "up" and is_alive(e["pid"])
+                           for e in doc["services"])
+            wait_for(all_up, 10, "every service up")
+        self.assertEqual(len(children_of(self.proc.pid)), 40)
+        self.assert_clean()
+
+
+class StabilityTests(SupervisorCase):
+    """Issue 6: nothing leaks over many restarts."""
+
+    def fds_and_rss(self):
+        fds = len(os.listdir("/proc/%d/fd" % self.proc.pid))
+        rss = int(proc_status(self.proc.pid)["VmRSS"].split()[0])
+        return fds, rss
+
+    def test_two_thousand_restarts_leak_nothing(self):
+        services = dict(("s%02d" % i, {"command": "sleep 1000",
+                                       "stopwaitsecs": "2"})
+                        for i in range(20))
+        services["s00"]["stdout_logfile"] = os.path.join(self.tmp, "o.log")
+        services["s01"]["stdout_logfile"] = "syslog"
+        self.start(services)
+        request = {"cmd": "restart", "names": ["all"]}
+        for _ in range(5):  # warm up: first-use allocations
+            control_request(self.state_dir, request)
+        samples = []
+
+        def settled():  # the same count twice in a row: nothing in flight
+            samples.append(self.fds_and_rss())
+            return len(samples) > 1 and samples[-1][0] == samples[-2][0]
+        wait_for(settled, 5, "a settled fd count", interval=0.1)
+        fds, rss = samples[-1]
+        for _ in range(100):  # 100 x 20 services = 2,000 restarts
+            answer = control_request(self.state_dir, request)
+            self.assertEqual([m["exit"] for m in answer if "exit" in m], [0])
+        self.assertGreaterEqual(self.entry("s05")["restarts"], 2000 // 20)
+        # The last answer's connection may still be closing: the count must
+        # come back to where it was, not match at one instant.
+        wait_for(lambda: self.fds_and_rss()[0] == fds, 5,
+                 "the supervisor's fds back at %d" % fds)
+        rss_after = self.fds_and_rss()[1]
+        self.assertLess(rss_after - rss, 2048, "RSS grew by %d kB"
+                        % (rss_after - rss))
+        self.assertEqual(self.zombies(), [])
+
+
+CONFIG_KEYS = sorted(fcgiwatch.SERVICE_DEFAULTS) + list(
+    fcgiwatch.GLOBAL_KEYS) + ["bogus", "COMMAND", ""]
+CONFIG_VALUES = [
+    "", "0", "-1", "1.5", "nan", "inf", "1e999", "true", "maybe", "forever",
+    "TERM", "SIGKILL", "99", "0o777", "0888", "10MB", "1GB", "syslog", "null",
+    "inherit", "/tmp/x.log", "/no/dir/x", "tcp://127.0.0.1:1",
+    "fcgi:///x.sock", "http://[::1]:80/", "udp://127.0.0.1:514", "nobody",
+    "root", "nosuchuser", "A=1,B='2", "A=\"x\"", "sleep 1", "'unbalanced",
+    "%(x)s", "\x00", "\u00e9\u00e8", "a" * 5000, "unix:///tmp/s",
+    "fcgi://h:70000", "-", ":", "[x]"]
+
+
+def random_config(rng):
+    """A config file from a seeded generator: sections, keys and values
+    both valid and not, then sometimes bytes mutated at random."""
+    lines = []
+    for _ in range(rng.randint(0, 7)):
+        pick = rng.random()
+        if pick < 0.15:
+            lines.append("[fcgiwatch]")
+        elif pick < 0.45:
+            lines.append("[%s%s]" % (rng.choice(["", "program:",
+                                                 "fcgi-program:"]),
+                                     rng.choice(["a", "b", "a b", "", "x.y",
+                                                 "-x", "DEFAULT", "\u00e9"])))
+        else:
+            lines.append("%s%s%s" % (rng.choice(CONFIG_KEYS),
+                                     rng.choice([" = ", ":", " ", "=="]),
+                                     rng.choice(CONFIG_VALUES)))
+    text = "\n".join(lines)
+    if text and rng.random() < 0.3:
+        data = bytearray(text.encode("utf-8"))
+        for _ in range(rng.randint(1, 5)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        text = data.decode("utf-8", "replace")
+    return text
+
+
+class HostileInputTests(SupervisorCase):
+    """Issue 6: generated and mutated input never gives a traceback."""
+
+    SEED = 20261127
+
+    def test_generated_configs_parse_or_fail_cleanly(self):
+        import random
+        rng = random.Random(self.SEED)
+        with open(os.path.join(HERE, "fcgiwatch.conf.example")) as handle:
+            example = handle.read()
+        outcomes = {"ok": 0, "errors": 0}
+        for number in range(4000):
+            if number % 4 == 0:  # mutate the real example
+                data = bytearray(example.encode())
+                for _ in range(rng.randint(1, 8)):
+                    data[rng.randrange(len(data))] = rng.choice(
+                        b"=:[]%'\"\n;#\x00 x9")
+                text = data.decode("utf-8", "replace")
+            else:
+                text = random_config(rng)
+            try:
+                fcgiwatch.parse_config(text, "/etc/fuzz.conf")
+                outcomes["ok"] += 1
+            except fcgiwatch.ConfigErrors as exc:
+                outcomes["errors"] += 1
+                for line in exc.lines():
+                    self.assertNotIn("\n", line, (number, text))
+                    self.assertTrue(line.startswith(
+                        "fcgiwatch: /etc/fuzz.conf"), (number, line))
+            except Exception as exc:  # noqa: the point of the test
+                self.fail("input %d (seed %d) raised %r:\n%r" % (
+                    number, self.SEED, exc, text))
+        self.assertGreater(outcomes["ok"], 10)
+        self.assertGreater(outcomes["errors"], 1000)
+
+    def test_generated_configs_through_the_command_line(self):
+        import random
+        rng = random.Random(self.SEED + 1)
+        for number in range(25):
+            with open(self.conf, "w") as handle:
+                handle.write(random_config(rng))
+            code, out, err = self.cli("--check", timeout=30)
+            self.assertIn(code, (0, 2), err)
+            self.assertNotIn("Traceback", err)
+            if code == 2:
+                self.assertTrue(all(line.startswith("fcgiwatch: ")
+                                    for line in err.splitlines()), err)
+
+    def test_random_bytes_on_the_control_socket(self):
+        import random
+        rng = random.Random(self.SEED + 2)
+        self.start({"web": {"command": "sleep 1000"}})
+        path = os.path.join(self.state_dir, "control.sock")
+        samples = [b'{"cmd": "stop"}\n', b'{"cmd": "stop", "names": 7}\n',
+                   b'{"cmd": "signal", "names": ["web"], "signal": []}\n',
+                   b'{"cmd": "start", "names": ["' + b"a" * 5000 + b'"]}\n',
+                   b'"just a string"\n', b"{" * 100000 + b"\n", b"\n"]
+        for _ in range(150):
+            size = rng.choice([1, 10, 100, 5000])
+            samples.append(bytes(rng.randrange(256) for _ in range(size))
+                           + rng.choice([b"", b"\n"]))
+        for data in samples:
+            client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            client.settimeout(15)
+            client.connect(path)
+            try:
+                client.sendall(data)
+                client.shutdown(socket.SHUT_WR)
+                client.makefile("rb").read()
+            except OSError:
+                pass
+            client.close()
+        self.assertIsNone(self.proc.poll())
+        code, out, err = self.cli("--restart", "web")
+        self.assertEqual(code, 0, err)
+        self.assertNotIn("internal error", self.log_text())
+        self.assertEqual(self.entry("web")["state"], "up")
 
 
 if __name__ == "__main__":
