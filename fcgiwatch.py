@@ -79,6 +79,18 @@ REEXEC_CHECK_FILE = "reexec-check.out"
 #: This file, for --reexec: the daemon's cwd is /, so resolve it now.
 PROGRAM_PATH = os.path.abspath(__file__)
 
+#: How the long-running supervisor runs this file: loaded as a module, not
+#: as a script.  CPython keeps a script's whole syntax tree (about 10 MB for
+#: this file) alive until the script's top level returns, which for a
+#: supervisor is never; every fork would copy page tables for it.
+BOOT = ("import sys; sys.dont_write_bytecode = True; "
+        "from importlib.machinery import SourceFileLoader; "
+        "from importlib.util import module_from_spec, spec_from_loader; "
+        "loader = SourceFileLoader('fcgiwatch', sys.argv[1]); "
+        "module = module_from_spec(spec_from_loader('fcgiwatch', loader)); "
+        "sys.modules['fcgiwatch'] = module; loader.exec_module(module); "
+        "sys.exit(module.main(sys.argv[2:]))")
+
 #: A run shorter than this is a quick failure even with startsecs = 0, so
 #: that a program that exits at once can never make us restart it in a loop.
 MIN_GOOD_RUN = 0.1
@@ -93,6 +105,10 @@ GROUP_POLL = 0.02
 #: Bytes read from a child's output pipe per wake-up; a pipe is made this
 #: large where the kernel allows, so a fast writer needs few wake-ups.
 PIPE_CHUNK = 1 << 18
+
+#: Least time between two writes of the status file: a burst of exits
+#: (200 children killed at once) costs a few writes, not one per loop turn.
+STATUS_INTERVAL = 0.05
 
 #: Syslog message body limit: longer lines are split, never dropped.
 SYSLOG_LINE_MAX = 1024
@@ -158,6 +174,19 @@ class ConfigErrors(Exception):
 
     def lines(self):
         return ["fcgiwatch: %s" % e for e in self.errors]
+
+
+class SpawnError(Exception):
+    """A step of starting a program failed: which step, errno, what path."""
+
+    def __init__(self, step, number, path=""):
+        Exception.__init__(self, step, number, path)
+        self.step, self.errno, self.path = step, number, path
+
+    def __str__(self):
+        reason = os.strerror(self.errno) if self.errno else "unknown error"
+        return "%s failed: %s%s" % (self.step, reason,
+                                    " (%s)" % self.path if self.path else "")
 
 
 class UsageError(Exception):
@@ -1038,17 +1067,28 @@ def non_default_signals():
     return tuple(found)
 
 
-def spawn_child(config, stdin_fd, stdout_fd, stderr_fd, reset_signals):
-    """Fork and exec one run of a service.
+#: posix_spawn with setsid (Python 3.8+): starts a child without fork's
+#: copy of our page tables, where no change of user is needed.
+HAVE_SPAWN_SETSID = sys.version_info >= (3, 8) and hasattr(os, "posix_spawn")
 
-    Returns (pid, error_pipe_read_end).  The read end gives EOF when exec
-    succeeded, or a record "step:errno:path" when a step failed; reading it
-    never blocks for long, because the child either execs or exits at once.
-    Raises OSError when fork itself fails.
+
+def spawn_child(config, stdin_fd, stdout_fd, stderr_fd, reset_signals,
+                home_fd=None):
+    """Start one run of a service.
+
+    Returns (pid, error_pipe_read_end).  With a fork, the read end gives
+    EOF when exec succeeded, or a record "step:errno:path" when a step
+    failed; reading it never blocks for long, because the child either
+    execs or exits at once.  Without a fork (posix_spawn) failures are
+    known at once: SpawnError, and the read end is -1.  Raises OSError when
+    fork itself fails.
     """
     argv = list(config.argv)
     env = dict(config.env)
     programs = program_candidates(argv[0], env.get("PATH", DEFAULT_PATH))
+    if config.uid is None and HAVE_SPAWN_SETSID and home_fd is not None:
+        return spawn_without_fork(config, programs, argv, env, (
+            stdin_fd, stdout_fd, stderr_fd), reset_signals, home_fd), -1
     err_read, err_write = os.pipe()  # both close-on-exec (PEP 446)
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
     try:
@@ -1064,6 +1104,40 @@ def spawn_child(config, stdin_fd, stdout_fd, stderr_fd, reset_signals):
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         os.close(err_write)
     return pid, err_read
+
+
+def spawn_without_fork(config, programs, argv, env, stdio, reset_signals,
+                       home_fd):
+    """posix_spawn (vfork-based): what the fork path's child does, but the
+    working directory and umask are set in the supervisor around the call,
+    as the child inherits them (we have one thread, so nobody else sees
+    them change).  Raises SpawnError naming the step that failed."""
+    old_umask = os.umask(config.umask)
+    try:
+        try:
+            os.chdir(config.directory)
+        except OSError as exc:
+            raise SpawnError("chdir", exc.errno, config.directory)
+        actions = [(os.POSIX_SPAWN_DUP2, fd, target)
+                   for target, fd in enumerate(stdio)]
+        # Each failed attempt costs a clone: try only paths that exist,
+        # unless none does (then the error is the right one anyway).
+        existing = [p for p in programs if os.path.exists(p)] or programs
+        first = last = None
+        for program in existing:
+            try:
+                return os.posix_spawn(program, argv, env,
+                                      file_actions=actions, setsid=True,
+                                      setsigmask=(), setsigdef=reset_signals)
+            except OSError as exc:
+                if first is None and exc.errno not in (errno.ENOENT,
+                                                       errno.ENOTDIR):
+                    first = exc
+                last = exc
+        raise SpawnError("exec", (first or last).errno, argv[0])
+    finally:
+        os.umask(old_umask)
+        os.fchdir(home_fd)
 
 
 def program_candidates(name, path):
@@ -1167,12 +1241,8 @@ def describe_spawn_error(record):
     text = record.decode("utf-8", "replace")
     step, _sep, rest = text.partition(":")
     number, _sep, path = rest.partition(":")
-    try:
-        reason = os.strerror(int(number)) if int(number) else "unknown error"
-    except ValueError:
-        reason = "unknown error"
-    words = "%s failed: %s" % (step, reason)
-    return words + (" (%s)" % path if path else "")
+    return str(SpawnError(step, int(number) if number.isdigit() else 0,
+                          path))
 
 
 def decode_wait_status(status):
@@ -1760,33 +1830,32 @@ class Service:
         if self.pending_config is not None:
             self.apply_config(self.pending_config)
         supervisor, config = self.supervisor, self.config
+        if self.spawns:
+            self.restarts += 1
+        self.spawns += 1
         try:
             stdin_fd, stdout_fd, stderr_fd = self.child_fds()
             pid, exec_fd = spawn_child(config, stdin_fd, stdout_fd, stderr_fd,
-                                       supervisor.reset_signals)
+                                       supervisor.reset_signals,
+                                       supervisor.home_fd)
+        except SpawnError as exc:
+            self.spawn_failed(now, str(exc), before)
+            return
         except OSError as exc:
             # Fork failed (no memory, too many processes): warn and retry
             # after a backoff, as supervise.c does; never give up the loop.
-            self.spawn_error = "fork failed: %s" % (exc.strerror or exc)
-            self.fails += 1
-            self.message = self.spawn_error
-            self.enter_backoff(now, "fork failed")
-            if before:
-                self.log(before)
-            self.log("%s; retrying in %s" % (self.spawn_error, format_seconds(
-                self.deadline - now)), LOG_ERR)
+            self.spawn_failed(now, "fork failed: %s" % (exc.strerror or exc),
+                              before)
             return
         supervisor.children[pid] = self
         self.pid = self.pgid = pid
         self.proc_start = None
         self.started_at, self.started_wall = now, time.time()
-        if self.spawns:
-            self.restarts += 1
-        self.spawns += 1
         self.killed = self.good_start = False
         self.spawn_error = None
         self.exec_fd = exec_fd
-        supervisor.watch_exec_pipe(self)
+        if exec_fd >= 0:
+            supervisor.watch_exec_pipe(self)
         self.health_fails = 0
         if config.healthcheck:
             self.health = "unknown"
@@ -1874,38 +1943,59 @@ class Service:
 
     def after_crash(self, now, code, words, ran):
         """A run ended by itself: restart now, back off, or give up."""
-        config, supervisor = self.config, self.supervisor
+        config = self.config
         self.cancel_probe()
         self.probe_due = None
         old_group, self.pgid = self.pgid, 0
-        quick = self.spawn_error is not None or (
-            not self.good_start and ran < config.startsecs) or (
-            ran < MIN_GOOD_RUN)
-        self.fails = self.fails + 1 if quick else 0
         if self.spawn_error:
-            what = self.spawn_error
-            code = None
+            # The child reported through the exec pipe: it never ran.
+            self.settle(now, "could not start", None, True, self.spawn_error)
         else:
-            what = "%s after %s" % (words, format_seconds(ran))
-        if supervisor.shutting_down:
+            quick = (not self.good_start and ran < config.startsecs) or (
+                ran < MIN_GOOD_RUN)
+            self.settle(now, "exited", code, quick, "%s after %s" % (
+                words, format_seconds(ran)), "exited %d" % code
+                if code is not None else "signal %s" % (
+                    self.last_exit["signal"] or "unknown"))
+            if code == 0 and quick and config.startsecs > 0:
+                self.log("exited 0 after %s, sooner than startsecs (%s): if "
+                         "it puts itself in the background, make it run in "
+                         "the foreground (e.g. runfcgi daemonize=false)" % (
+                             format_seconds(ran), format_seconds(
+                                 config.startsecs)), LOG_WARNING)
+        if config.killasgroup and old_group:
+            self.kill_leftovers(old_group)
+
+    def spawn_failed(self, now, error, before=None):
+        """No process came of a start (fork, chdir or exec failed in the
+        supervisor): a quick failure, as if the run died at once."""
+        self.spawn_error = self.message = error
+        if before:
+            self.log(before)
+        self.settle(now, "could not start", None, True, error)
+
+    def settle(self, now, event, code, quick, what, short=None):
+        """After a run or a failed start: restart at once, back off, give
+        up (FATAL), or stay DOWN, as autorestart and startretries say."""
+        config = self.config
+        short = short or what.split(":")[0]  # "exec failed"
+        self.fails = self.fails + 1 if quick else 0
+        if self.supervisor.shutting_down:
             self.want = "down"
-            self.change_state(DOWN, words)  # STARTING/UP -> DOWN
-            self.log("exited: %s" % what)
+            self.change_state(DOWN, short)  # STARTING/UP -> DOWN
+            self.log("%s: %s" % (event, what))
             return
         action, detail = restart_decision(config, code, quick, self.fails)
-        short = "exec failed" if self.spawn_error else (
-            "exited %d" % code if code is not None else
-            "signal %s" % self.last_exit["signal"])
         if action == "restart" and detail == 0:
             self.message = "" if not quick else what
             # STARTING/UP -> STARTING at once: fork first, then log.
-            self.spawn(now, "exited: %s; restarting at once" % what)
+            self.spawn(now, "%s: %s; restarting at once" % (event, what))
         elif action == "restart":
             self.message = what
             self.enter_backoff(now, short)  # -> BACKOFF
-            self.log("exited: %s; restarting in %s (%d quick failure%s in "
-                     "a row)" % (what, format_seconds(detail), self.fails,
-                                 "" if self.fails == 1 else "s"))
+            self.log("%s: %s; restarting in %s (%d quick failure%s in a row)"
+                     % (event, what, format_seconds(detail), self.fails,
+                        "" if self.fails == 1 else "s"))
         elif action == "fatal":
             self.message = "gave up after %d quick failures in a row: %s" % (
                 self.fails, what)
@@ -1918,17 +2008,8 @@ class Service:
             if detail:
                 self.want = "down"  # it finished as designed
             self.change_state(DOWN, short)  # -> DOWN: autorestart says so
-            self.log("exited: %s; not restarted (autorestart = %s)" % (
-                what, config.autorestart))
-        if config.killasgroup and old_group:
-            self.kill_leftovers(old_group)
-        if (code == 0 and quick and not self.spawn_error
-                and config.startsecs > 0):
-            self.log("exited 0 after %s, sooner than startsecs (%s): if it "
-                     "puts itself in the background, make it run in the "
-                     "foreground (e.g. runfcgi daemonize=false)" % (
-                         format_seconds(ran), format_seconds(
-                             config.startsecs)), LOG_WARNING)
+            self.log("%s: %s; not restarted (autorestart = %s)" % (
+                event, what, config.autorestart))
 
     def kill_leftovers(self, pgid):
         """A run is over but processes of its group live on (workers of a
@@ -2550,6 +2631,38 @@ def fill_standard_fds():
                 os.close(null)
 
 
+def boot_argv(args):
+    """The command that runs this file as a module with args.  -E -S: the
+    supervisor needs nothing from site-packages or PYTHON* variables, and a
+    .pth file there can cost megabytes in every fork."""
+    return [sys.executable, "-E", "-S", "-c", BOOT, PROGRAM_PATH] + list(args)
+
+
+def open_home():
+    """An fd on our working directory (/ if it was removed): posix_spawn
+    starts a child in ours, so we step into the service's and back."""
+    try:
+        return os.open(".", os.O_RDONLY)
+    except OSError:
+        return os.open("/", os.O_RDONLY)
+
+
+def release_free_memory():
+    """Give the memory freed after start-up back to the system.
+
+    Running fcgiwatch.py as a script compiles all of it on every start,
+    and the compiler's ~10 MB, freed, stays in the process: every fork then
+    copies page tables for it, which slows each restart.  glibc's
+    malloc_trim returns it.  Skipped quietly where there is no glibc or no
+    ctypes: only memory and a little fork time are at stake.
+    """
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (ImportError, OSError, AttributeError):
+        pass
+
+
 def close_on_exec_inherited(keep=()):
     """Mark every fd above 2 that we inherited close-on-exec, so a child
     gets only 0, 1 and 2 without closing thousands of numbers per spawn."""
@@ -2592,12 +2705,14 @@ class Supervisor:
         self.lock_fd = -1
         self.control = None
         self.devnull = -1
+        self.home_fd = None       # our working directory, to return to
         self.selector = None
         self.wakeup_read = self.wakeup_write = -1
         self.started_wall = time.time()
         self.started = clock()
         self.reset_signals = ()
         self.generation = 0       # times re-executed
+        self.status_written = -STATUS_INTERVAL
         self.reexec_running = False
         self.status_path = os.path.join(self.settings.state_dir, STATUS_FILE)
 
@@ -2654,6 +2769,7 @@ class Supervisor:
         fill_standard_fds()
         close_on_exec_inherited()
         self.devnull = os.open(os.devnull, os.O_RDWR)
+        self.home_fd = open_home()
         self.make_state_dir()
         self.take_lock()
         self.selector = selectors.DefaultSelector()
@@ -2664,6 +2780,7 @@ class Supervisor:
             self.services[config.name] = Service(self, config)
         adopt = self.handle_leftovers()
         self.open_listeners()
+        release_free_memory()  # before the first fork
         self.log("started: pid %d, config %s, %d services" % (
             self.pid, self.settings.filename, len(self.services)))
         now = self.clock()
@@ -2836,7 +2953,8 @@ class Supervisor:
             if self.shutting_down:
                 self.guarded(self.advance_shutdown, now)
             self.guarded(self.control.check, now)
-            if self.status_dirty:
+            if self.status_dirty and now >= self.status_written + \
+                    STATUS_INTERVAL:
                 self.write_status()
             if self.exit_code is not None:
                 return self.finish()
@@ -2862,6 +2980,8 @@ class Supervisor:
         """Seconds until the earliest deadline, or None: sleep for good."""
         times = [s.next_wake() for s in self.services.values()]
         times.extend(self.control.deadlines())
+        if self.status_dirty:
+            times.append(self.status_written + STATUS_INTERVAL)
         times = [t for t in times if t is not None]
         if self.pending_signals:
             return 0
@@ -3065,6 +3185,7 @@ class Supervisor:
         """
         import json
         self.status_dirty = False
+        self.status_written = self.clock()
         data = json.dumps(self.status_document(), separators=(",", ":"))
         temporary = self.status_path + ".tmp"
         try:
@@ -3354,9 +3475,8 @@ class Supervisor:
                 os.set_inheritable(fd, True)
             self.log("re-executing (%s): %s %s" % (cause, sys.executable,
                                                    PROGRAM_PATH))
-            os.execv(sys.executable, [sys.executable, PROGRAM_PATH, "-c",
-                                      self.settings.filename, "--resume",
-                                      path])
+            os.execv(sys.executable, boot_argv([
+                "-c", self.settings.filename, "--resume", path]))
         except OSError as exc:
             for fd in keep:
                 os.set_inheritable(fd, False)
@@ -3422,6 +3542,7 @@ class Supervisor:
         fill_standard_fds()
         close_on_exec_inherited()  # kept fds stay open, but not for children
         self.devnull = os.open(os.devnull, os.O_RDWR)
+        self.home_fd = open_home()
         self.lock_fd = state["lock_fd"]
         fcntl.flock(self.lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # still ours
         self.selector = selectors.DefaultSelector()
@@ -3442,6 +3563,7 @@ class Supervisor:
         self.config = Config(new_config.globals, tuple(
             s.config for s in self.services.values()))
         self.order_services()
+        release_free_memory()
         signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
         self.reap()  # a child that ended during the exec sent no SIGCHLD
         self.log("re-executed: version %s, %d services carried over" % (
@@ -3674,8 +3796,8 @@ def show_status(state_dir, names, as_json, out=None):
 # ===========================================================================
 # Control protocol
 #
-# A unix stream socket in state_dir, open to everyone; the peer's uid
-# (SO_PEERCRED) decides: root or the supervisor's own user may control.
+# A unix stream socket in state_dir, mode 0600, and the peer's uid checked
+# again (SO_PEERCRED): root or the supervisor's own user may control.
 # A request is one JSON line {"cmd": ..., "names": [...], "signal": ...};
 # the answer is JSON lines {"out": text} or {"err": text}, then
 # {"exit": code}.  Commands wait for their result (a bounded wait) before
@@ -3773,6 +3895,9 @@ class Connection:
         self.finish(code)
 
     def finish(self, code):
+        # What a command reports must be what --status reads right after.
+        if self.supervisor.status_dirty:
+            self.supervisor.write_status()
         self.send({"exit": code})
         self.closing = True
         self.flush()
@@ -3847,7 +3972,9 @@ class ControlServer:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.bind(self.path)
-            os.chmod(self.path, 0o666)  # anyone connects; SO_PEERCRED decides
+            # Only our user (and root) may connect; SO_PEERCRED checks again
+            # should the mode ever be loosened by hand.
+            os.chmod(self.path, 0o600)
             sock.listen(16)
         except OSError as exc:
             sock.close()
@@ -4118,8 +4245,8 @@ def send_command(state_dir, request, out=None, err=None):
                           "socket at %s\n" % (pid, path))
             return EXIT_FAIL
         except PermissionError:
-            err.write("fcgiwatch: permission denied: cannot connect to %s\n"
-                      % path)
+            err.write("fcgiwatch: permission denied: only root and the "
+                      "supervisor's own user may use %s\n" % path)
             return EXIT_FAIL
         except socket.timeout:
             err.write("fcgiwatch: the supervisor is not answering at %s\n"
@@ -4483,6 +4610,15 @@ def main(argv=None):
     if options.action == "version":
         sys.stdout.write("fcgiwatch %s\n" % VERSION)
         return EXIT_OK
+    if options.action in ("run", "daemon") and __name__ == "__main__" and \
+            sys.executable:
+        # Run as a script: start again as a module (see BOOT), same pid.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        try:
+            os.execv(sys.executable, boot_argv(argv))
+        except OSError:
+            pass  # carry on as we are: only memory is at stake
     try:
         config_path = find_config(options.config)
         if options.action in ("run", "daemon", "check"):
