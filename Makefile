@@ -27,10 +27,22 @@ check-all-pythons:
 	if [ -n "$$failed" ]; then echo "FAILED on:$$failed"; exit 1; fi; \
 	echo "check-all-pythons: all $$found interpreters passed"
 
-# Installs bin/fcgiwatch; the example config only where none exists yet.
+# Installs the program as LIBDIR/fcgiwatch.py with its bytecode compiled,
+# and bin/fcgiwatch, three lines that import it: Python caches the bytecode
+# of a module it imports, never of a script it runs, and compiling this file
+# is most of what a --status costs.  The example config goes to
+# SYSCONFDIR/fcgiwatch.conf only where none exists yet.
+LIBDIR ?= $(PREFIX)/lib/fcgiwatch
 install:
-	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(SYSCONFDIR)
-	install -m 755 fcgiwatch.py $(DESTDIR)$(PREFIX)/bin/fcgiwatch
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(LIBDIR) $(DESTDIR)$(SYSCONFDIR)
+	install -m 644 fcgiwatch.py $(DESTDIR)$(LIBDIR)/fcgiwatch.py
+	$(PYTHON) -m py_compile $(DESTDIR)$(LIBDIR)/fcgiwatch.py
+	printf '%s\n' '#!/usr/bin/env python3' \
+	  '# fcgiwatch: the program is $(LIBDIR)/fcgiwatch.py, imported.' \
+	  'import sys; sys.path.insert(0, "$(LIBDIR)")' \
+	  'from fcgiwatch import main; sys.exit(main())' \
+	  > $(DESTDIR)$(PREFIX)/bin/fcgiwatch
+	chmod 755 $(DESTDIR)$(PREFIX)/bin/fcgiwatch
 	@if [ -e $(DESTDIR)$(SYSCONFDIR)/fcgiwatch.conf ]; then \
 	  echo "kept the existing $(DESTDIR)$(SYSCONFDIR)/fcgiwatch.conf"; \
 	else \

@@ -41,7 +41,6 @@ import fcntl
 import math
 import os
 import re
-import selectors
 import signal
 import socket
 import stat
@@ -57,6 +56,10 @@ EXIT_OK = 0
 EXIT_FAIL = 1
 EXIT_USAGE = 2
 EXIT_NOT_UP = 3
+
+#: selectors' event bits (the module itself is imported only by the loop:
+#: --status has no use for it and should start fast).
+EVENT_READ, EVENT_WRITE = 1 << 0, 1 << 1
 
 #: The service states of the contract, in the order --status explains them.
 STARTING, UP, STOPPING, BACKOFF, DOWN, FATAL = (
@@ -2142,7 +2145,7 @@ class Service:
         self.pid, self.pgid = entry["pid"], entry.get("pgid") or 0
         self.proc_start = entry["start_time"]
         self.pidfd = pidfd
-        self.supervisor.watch(pidfd, selectors.EVENT_READ,
+        self.supervisor.watch(pidfd, EVENT_READ,
                               lambda _mask: self.on_pidfd())
         self.spawns = 1
         self.restarts = entry.get("restarts", 0)
@@ -2194,7 +2197,7 @@ class Service:
             self.listener = socket.socket(family, socket.SOCK_STREAM,
                                           fileno=fd)
         if self.pidfd is not None:
-            self.supervisor.watch(self.pidfd, selectors.EVENT_READ,
+            self.supervisor.watch(self.pidfd, EVENT_READ,
                                   lambda _mask: self.on_pidfd())
         if self.config.healthcheck and self.state in (STARTING, UP):
             self.probe_due = now
@@ -2546,7 +2549,7 @@ class Probe:
         except OSError as exc:
             self.done(False, "connect: %s" % (exc.strerror or exc))
             return
-        supervisor.watch(self.sock.fileno(), selectors.EVENT_WRITE,
+        supervisor.watch(self.sock.fileno(), EVENT_WRITE,
                          self.on_event)
 
     def on_event(self, mask):
@@ -2572,7 +2575,7 @@ class Probe:
             self.outbuf = self.outbuf[sent:]
             if not self.outbuf:
                 self.supervisor.watch(self.sock.fileno(),
-                                      selectors.EVENT_READ, self.on_event)
+                                      EVENT_READ, self.on_event)
             return
         try:
             data = self.sock.recv(PROBE_READ_MAX)
@@ -2614,6 +2617,11 @@ class Probe:
 # select() at once.  When nothing is pending the timeout is None: an idle
 # supervisor never wakes up.
 # ===========================================================================
+
+def new_selector():
+    import selectors
+    return selectors.DefaultSelector()
+
 
 def fill_standard_fds():
     """Make sure fds 0, 1 and 2 are open (on /dev/null if need be).
@@ -2772,7 +2780,7 @@ class Supervisor:
         self.home_fd = open_home()
         self.make_state_dir()
         self.take_lock()
-        self.selector = selectors.DefaultSelector()
+        self.selector = new_selector()
         self.open_logging()
         self.control = ControlServer(self)
         self.setup_signals()
@@ -2920,7 +2928,7 @@ class Supervisor:
         self.wakeup_read, self.wakeup_write = os.pipe()
         os.set_blocking(self.wakeup_read, False)
         os.set_blocking(self.wakeup_write, False)
-        self.selector.register(self.wakeup_read, selectors.EVENT_READ,
+        self.selector.register(self.wakeup_read, EVENT_READ,
                                self.on_wakeup)
         signal.set_wakeup_fd(self.wakeup_write)
         for number in HANDLED_SIGNALS:
@@ -3050,7 +3058,7 @@ class Supervisor:
 
     def watch_exec_pipe(self, service):
         os.set_blocking(service.exec_fd, False)
-        self.watch(service.exec_fd, selectors.EVENT_READ,
+        self.watch(service.exec_fd, EVENT_READ,
                    lambda _mask: service.on_exec_report())
 
     # -- child output ------------------------------------------------------
@@ -3088,7 +3096,7 @@ class Supervisor:
             log_file.users += 1
             dest = log_file
         pipe = OutputPipe(service, stream, dest, fds)
-        self.watch(pipe.read_fd, selectors.EVENT_READ,
+        self.watch(pipe.read_fd, EVENT_READ,
                    lambda _mask: self.on_output(pipe))
         return pipe
 
@@ -3115,7 +3123,7 @@ class Supervisor:
         sender = self.syslog
         if backlogged:
             if sender.sock is not None:
-                self.watch(sender.sock.fileno(), selectors.EVENT_WRITE,
+                self.watch(sender.sock.fileno(), EVENT_WRITE,
                            lambda _mask: sender.flush())
             return
         if sender.sock is not None:
@@ -3124,7 +3132,7 @@ class Supervisor:
         for pipe in waiters:
             if pipe.read_fd >= 0:
                 pipe.paused = False
-                self.watch(pipe.read_fd, selectors.EVENT_READ,
+                self.watch(pipe.read_fd, EVENT_READ,
                            lambda _mask, pipe=pipe: self.on_output(pipe))
 
     def reopen_logs(self):
@@ -3545,7 +3553,7 @@ class Supervisor:
         self.home_fd = open_home()
         self.lock_fd = state["lock_fd"]
         fcntl.flock(self.lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # still ours
-        self.selector = selectors.DefaultSelector()
+        self.selector = new_selector()
         self.started_wall = state["started_wall"]
         self.started = self.clock() - (time.time() - self.started_wall)
         self.generation = state["generation"] + 1
@@ -3825,12 +3833,12 @@ class Connection:
         self.lingering = False
         self.deadline = supervisor.clock() + self.IDLE
         sock.setblocking(False)
-        supervisor.watch(sock.fileno(), selectors.EVENT_READ, self.on_event)
+        supervisor.watch(sock.fileno(), EVENT_READ, self.on_event)
 
     def on_event(self, mask):
-        if mask & selectors.EVENT_WRITE:
+        if mask & EVENT_WRITE:
             self.flush()
-        if mask & selectors.EVENT_READ and not self.closed:
+        if mask & EVENT_READ and not self.closed:
             try:
                 data = self.sock.recv(4096)
             except (BlockingIOError, InterruptedError):
@@ -3867,8 +3875,8 @@ class Connection:
             try:
                 sent = self.sock.send(self.outbuf)
             except (BlockingIOError, InterruptedError):
-                self.supervisor.watch(self.sock.fileno(), selectors.EVENT_READ
-                                      | selectors.EVENT_WRITE, self.on_event)
+                self.supervisor.watch(self.sock.fileno(), EVENT_READ
+                                      | EVENT_WRITE, self.on_event)
                 return
             except OSError:
                 self.close()
@@ -3888,7 +3896,7 @@ class Connection:
                 self.lingering = True
                 self.deadline = self.supervisor.clock() + self.IDLE
             self.supervisor.watch(self.sock.fileno(),
-                                  selectors.EVENT_READ, self.on_event)
+                                  EVENT_READ, self.on_event)
 
     def reply_error(self, text, code):
         self.send({"err": "fcgiwatch: " + text})
@@ -3982,7 +3990,7 @@ class ControlServer:
                                                        exc.strerror))
         sock.setblocking(False)
         self.sock = sock
-        supervisor.watch(sock.fileno(), selectors.EVENT_READ, self.on_accept)
+        supervisor.watch(sock.fileno(), EVENT_READ, self.on_accept)
 
     def close(self):
         for connection in list(self.connections):
@@ -4397,20 +4405,39 @@ def find_config(given):
                      % ", ".join(tried))
 
 
+def configured_state_dir(text):
+    """[fcgiwatch] state_dir as configparser reads it, or None.
+
+    A tolerant scan, not a parse: clients need only this one value, also
+    while the rest of the file is broken, and --status should not pay for
+    importing configparser.
+
+    >>> configured_state_dir("[a]\\nstate_dir=x\\n[fcgiwatch]\\n; c\\nState_Dir : /s\\n")
+    '/s'
+    """
+    section, value = None, None
+    for line in text.splitlines():
+        stripped = line.strip()
+        if not stripped or stripped[0] in "#;" or line[0] in " \t":
+            continue  # blank, comment, or the continuation of a value
+        if stripped.startswith("[") and "]" in stripped:
+            section = stripped[1:stripped.rindex("]")]
+            continue
+        if section != OWN_SECTION:
+            continue
+        cut = min(i for i in (stripped.find("="), stripped.find(":"),
+                              len(stripped)) if i >= 0)
+        if stripped[:cut].strip().lower() == "state_dir":
+            value = stripped[cut + 1:].strip()
+    return value
+
+
 def find_state_dir(config_path):
     """The state_dir a client should look in, without needing a valid
     config (so --stop works while the file is being edited)."""
-    import configparser
-    parser = configparser.ConfigParser(interpolation=None, strict=False,
-                                       default_section="\0none")
-    try:
-        parser.read_string(read_config_file(config_path), config_path)
-    except configparser.Error as exc:
-        raise ConfigErrors([ConfigError(config_path, None, None, str(
-            exc).splitlines()[0])])
-    if parser.has_option(OWN_SECTION, "state_dir"):
-        value = os.path.expanduser(parser.get(OWN_SECTION, "state_dir")
-                                   .strip())
+    value = configured_state_dir(read_config_file(config_path))
+    if value:
+        value = os.path.expanduser(value)
         return os.path.normpath(os.path.join(os.path.dirname(config_path),
                                              value))
     # Unset: the default depends on the supervisor's user, which may not be

@@ -1448,6 +1448,15 @@ class InstallTests(unittest.TestCase):
                                  stdout=subprocess.PIPE,
                                  universal_newlines=True)
         self.assertIn(fcgiwatch.VERSION, version.stdout)
+        library = os.path.join(prefix, "lib", "fcgiwatch")
+        with open(os.path.join(library, "fcgiwatch.py"), "rb") as handle:
+            with open(PROGRAM, "rb") as original:
+                self.assertEqual(handle.read(), original.read())
+        self.assertTrue(os.listdir(os.path.join(library, "__pycache__")))
+        check = subprocess.run([binary, "-c", os.path.join(
+            HERE, "fcgiwatch.conf.example"), "--check"],
+            stdout=subprocess.PIPE, universal_newlines=True)
+        self.assertEqual(check.returncode, 0)
         config = os.path.join(etc, "fcgiwatch.conf")
         with open(config, "w") as handle:
             handle.write("# mine\n")
