@@ -423,7 +423,8 @@ def report(results):
         h = r["healthcheck_every_10s"]
         row("idle, 20 services with a tcp check every 10 s: wake-ups/s",
             "%.2f, %d ticks" % (h["wakeups_per_s"], h["cpu_ticks"]),
-            "about 20 probes / 10 s")
+            "one probe a service an interval; probes due together "
+            "share a wake-up")
     if "memory" in results:
         for count in (20, 200):
             r = results["memory"]["services_%d" % count]
