@@ -61,10 +61,10 @@ EXIT_NOT_UP = 3
 #: --status has no use for it and should start fast).
 EVENT_READ, EVENT_WRITE = 1 << 0, 1 << 1
 
-#: The service states of the contract, in the order --status explains them.
+#: The service states of the contract: plain strings, exactly what the
+#: status file and --status --json carry.
 STARTING, UP, STOPPING, BACKOFF, DOWN, FATAL = (
     "starting", "up", "stopping", "backoff", "down", "fatal")
-STATES = (STARTING, UP, STOPPING, BACKOFF, DOWN, FATAL)
 
 #: Where a service's processes may exist: the states with a pid or a group.
 RUNNING_STATES = (STARTING, UP, STOPPING)
@@ -113,10 +113,15 @@ PIPE_CHUNK = 1 << 18
 #: (200 children killed at once) costs a few writes, not one per loop turn.
 STATUS_INTERVAL = 0.05
 
+#: Bytes read from a pipe bound for syslog per wake-up: each line is a
+#: datagram anyway, and when the socket fills, what was read waits in
+#: memory; small reads keep that small and leave the rest in the pipe.
+SYSLOG_CHUNK = 1 << 14
+
 #: Syslog message body limit: longer lines are split, never dropped.
 SYSLOG_LINE_MAX = 1024
 
-#: Messages kept while the syslog socket is full, before the oldest are dropped.
+#: Messages kept while the syslog socket is full (then the oldest go).
 SYSLOG_BACKLOG_MAX = 10000
 
 #: Largest control request accepted, in bytes.
@@ -197,7 +202,7 @@ class UsageError(Exception):
 
 
 class Failure(Exception):
-    """An operation that failed for a reason outside the user's input (exit 1)."""
+    """An operation failed for a reason outside the user's input (exit 1)."""
 
 
 # ===========================================================================
@@ -979,7 +984,8 @@ def config_from_json(values):
     """Inverse of config_to_json: JSON lists back into tuples.
 
     >>> c = parse_config("[a]\\ncommand = sleep 1\\n", "/x.conf").services[0]
-    >>> import json; config_from_json(json.loads(json.dumps(config_to_json(c)))) == c
+    >>> import json
+    >>> config_from_json(json.loads(json.dumps(config_to_json(c)))) == c
     True
     """
     def tuples(value):
@@ -1615,8 +1621,9 @@ class OutputPipe:
 
     def read_once(self):
         """Move one chunk to the destination; 0 when the pipe is empty."""
+        size = SYSLOG_CHUNK if self.dest == "syslog" else PIPE_CHUNK
         try:
-            data = os.read(self.read_fd, PIPE_CHUNK)
+            data = os.read(self.read_fd, size)
         except (BlockingIOError, InterruptedError):
             return 0
         if data:
@@ -1660,16 +1667,23 @@ class OutputPipe:
 # branch on the state at their top; a pair not handled there is a
 # deliberate no-op.  change_state() is the one place a state changes.
 #
-#   event          starting      up          stopping      backoff   down/fatal
-#   spawned        -             -           -             starting  starting
-#   exited         backoff/up*   backoff/up* down|respawn  -         -
-#   deadline       up (startsecs) next probe SIGKILL/poll  spawn     -
-#   want_up        -             -           (respawn)     spawn     spawn
-#   want_down      stopping      stopping    (no respawn)  down      down
-#   probe_failed   (count)       stopping    -             -         -
+#   event \ state   starting      up            stopping        backoff   down,
+#                                                                         fatal
+#   exited          restart*      restart*      down, or start  -         -
+#                                               if wanted up
+#   deadline        up (ran       -             KILL, then      start     -
+#                   startsecs)                  poll the group
+#   probe passed    up            -             -               -         -
+#   probe failed    stopping (after healthcheck_retries in a row; not
+#                   counted before startsecs)
+#   want up         -             -             start when gone start     start
+#   want down       stopping      stopping      stays down      down      down
+#   restart         stopping, then start when gone              start     start
 #
-#   * exited: restart at once after a good run, after a backoff delay after
-#     a quick one, or down/fatal as autorestart and startretries say.
+#   * restart: at once after a good run (-> starting); after 1, 2, 4 ... s
+#     after a quick one (-> backoff); fatal after startretries quick ones;
+#     down when autorestart says so.  A start that fails in the supervisor
+#     itself (fork, chdir, exec) is decided the same way, as a quick run.
 # ===========================================================================
 
 #: How a stop's cause reads in the log.
@@ -2314,7 +2328,6 @@ class Service:
         return entry
 
 
-
 # ===========================================================================
 # Health probes
 #
@@ -2873,7 +2886,8 @@ class Supervisor:
         after, be a stranger's."""
         if not is_same_process(entry["pid"], entry["start_time"]):
             return
-        numbers = (number,) if number in (signal.SIGKILL, signal.SIGCONT)             else (number, signal.SIGCONT)
+        numbers = (number,) if number in (signal.SIGKILL, signal.SIGCONT) \
+            else (number, signal.SIGCONT)
         for sig in numbers:
             try:
                 os.killpg(entry.get("pgid") or entry["pid"], sig)
@@ -3273,9 +3287,9 @@ class Supervisor:
         for name in removed:
             service = self.services[name]
             service.removing = True
-            lines.append("%s: removed%s" % (name, ", stopping" if
-                                              service.state in RUNNING_STATES
-                                              else ""))
+            stopping = service.state in RUNNING_STATES
+            lines.append("%s: removed%s" % (name, ", stopping" if stopping
+                                            else ""))
             waits.append((name, "gone", service.spawns))
             service.on_want_down(now, "removed")
         for name in updated:
@@ -3304,8 +3318,8 @@ class Supervisor:
                 lines.append("%s: changed, stays down" % name)
         for name in unchanged:
             service = self.services[name]
-            lines.append("%s: unchanged%s" % (name, " (pid %d)" % service.pid
-                                                if service.pid else ""))
+            pid = " (pid %d)" % service.pid if service.pid else ""
+            lines.append("%s: unchanged%s" % (name, pid))
         for name in added:
             service = Service(self, new_by_name[name])
             service.listener = opened.pop(name, None)
@@ -3340,7 +3354,7 @@ class Supervisor:
             service.listener = None
         self.status_dirty = True
 
-    # -- shutdown --------------------------------------------------------------
+    # -- shutdown ----------------------------------------------------------
 
     def begin_shutdown(self, cause):
         if self.shutting_down:
@@ -3430,8 +3444,8 @@ class Supervisor:
                              "check: %s" % exc.strerror])
             return
         self.reexec_running = True
-        self.log("re-exec (%s): checking %s with --check" % (cause,
-                                                            PROGRAM_PATH))
+        self.log("re-exec (%s): checking %s with --check"
+                 % (cause, PROGRAM_PATH))
         self.helpers[pid] = lambda status: self.after_reexec_check(
             status, out_path, cause, done)
 
@@ -3667,10 +3681,6 @@ def remove_stale_socket(path, where):
 # state change, and the lock, not a round trip: it answers at once, even
 # while the supervisor is busy, and anyone may read it.
 # ===========================================================================
-
-def plural(number, word):
-    return "%d %s" % (number, word if number == 1 else word + "s")
-
 
 def format_status_line(entry, now):
     """One line a service, in daemontools' svstat style.
@@ -4412,7 +4422,8 @@ def configured_state_dir(text):
     while the rest of the file is broken, and --status should not pay for
     importing configparser.
 
-    >>> configured_state_dir("[a]\\nstate_dir=x\\n[fcgiwatch]\\n; c\\nState_Dir : /s\\n")
+    >>> configured_state_dir("[a]\\nstate_dir=x\\n[fcgiwatch]\\n"
+    ...                      "; c\\nState_Dir : /s\\n")
     '/s'
     """
     section, value = None, None

@@ -13,7 +13,6 @@ condition with a deadline, never a bare sleep.
 """
 
 import doctest
-import errno
 import hashlib
 import json
 import os
@@ -714,7 +713,6 @@ class CommandLineTests(SupervisorCase):
         self.assertFalse(os.path.exists(self.state_dir))
 
 
-
 class CoreTests(SupervisorCase):
     """Issue 2: supervise, restart, drop privileges."""
 
@@ -1061,7 +1059,6 @@ class LoggingTests(SupervisorCase):
         self.start({"a": {"command": "sleep 1000"}}, {"log_file": log_file})
         wait_for(lambda: "a: spawned" in read_text(log_file), 5,
                  "the event in log_file")
-
 
 
 class StatusTests(SupervisorCase):
@@ -1434,10 +1431,13 @@ class InstallTests(unittest.TestCase):
         prefix = tempfile.mkdtemp()
         self.addCleanup(shutil.rmtree, prefix)
         etc = os.path.join(prefix, "etc")
-        run = lambda: subprocess.run(  # noqa: E731
-            ["make", "-s", "-C", HERE, "install", "PREFIX=" + prefix,
-             "SYSCONFDIR=" + etc], stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, universal_newlines=True)
+
+        def run():
+            return subprocess.run(
+                ["make", "-s", "-C", HERE, "install", "PREFIX=" + prefix,
+                 "SYSCONFDIR=" + etc, "PYTHON=" + PY],
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                universal_newlines=True)
         result = run()
         self.assertEqual(result.returncode, 0, result.stdout)
         binary = os.path.join(prefix, "bin", "fcgiwatch")
@@ -1463,7 +1463,6 @@ class InstallTests(unittest.TestCase):
         self.assertEqual(run().returncode, 0)
         with open(config) as handle:
             self.assertEqual(handle.read(), "# mine\n")
-
 
 
 class OutputTests(SupervisorCase):
@@ -1596,6 +1595,52 @@ class OutputTests(SupervisorCase):
             actual = hashlib.sha256(handle.read()).hexdigest()
         self.assertEqual(actual, expected.hexdigest())
 
+    def test_slow_syslog_throttles_the_child_and_loses_nothing(self):
+        """The receiver reads nothing at first: its queue fills, the
+        supervisor stops reading the pipe, the child blocks.  Then it reads,
+        and every line arrives, in order."""
+        path = os.path.join(self.tmp, "log.sock")
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        server.bind(path)
+        self.addCleanup(server.close)
+        count = 100000  # 1.2 MB: far more than the pipe holds
+        self.start({"flood": {"command": self.py("""
+            import sys
+            for i in range(%d):
+                sys.stdout.write("line %%06d\\n" %% i)
+            sys.stdout.flush()
+            import time; time.sleep(1000)
+            """ % count), "stdout_logfile": "syslog"}},
+            {"syslog_socket": path})
+        rss_before = int(proc_status(self.proc.pid)["VmRSS"].split()[0])
+        pid = self.entry("flood")["pid"]
+        # The child is blocked writing: throttled by the pipe.
+        wait_for(lambda: proc_stat(pid)[0] == b"S" and "pipe" in read_text(
+            "/proc/%d/wchan" % pid), 10, "the child blocked on its pipe")
+        rss_blocked = int(proc_status(self.proc.pid)["VmRSS"].split()[0])
+        self.assertLess(rss_blocked - rss_before, 4096)
+        server.settimeout(10)
+        numbers = []
+        while len(numbers) < count:
+            data = server.recv(65536).decode()
+            if "flood[" in data:
+                numbers.append(int(data.rsplit("line ", 1)[1]))
+        self.assertEqual(numbers, list(range(count)))
+
+    def test_reload_switches_the_destination(self):
+        first = os.path.join(self.tmp, "first.log")
+        second = os.path.join(self.tmp, "second.log")
+        command = "sh -c 'echo run; exec sleep 1000'"
+        self.start({"app": {"command": command, "stdout_logfile": first}})
+        wait_for(lambda: read_text(first) == "run\n", 5, "first file")
+        self.write_config({"app": {"command": command,
+                                   "stdout_logfile": second}})
+        code, out, err = self.cli("--reload")
+        self.assertEqual(code, 0, err)
+        self.assertIn("app: changed, restarting", out)
+        wait_for(lambda: read_text(second) == "run\n", 5, "second file")
+        self.assertEqual(read_text(first), "run\n")
+
     def test_syslog_lines_tagged_with_the_service(self):
         path = os.path.join(self.tmp, "log.sock")
         server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -1618,7 +1663,6 @@ class OutputTests(SupervisorCase):
         pieces = [g.split(": ", 1)[1] for g in mine if "LLL" in g]
         self.assertEqual("".join(pieces), long_line)
         self.assertTrue(all(len(p) <= 1024 for p in pieces))
-
 
 
 def free_port():
@@ -1836,6 +1880,19 @@ class HealthTests(SupervisorCase):
         self.wait_state("app", "up", timeout=10)
         self.assertGreater(time.monotonic() - began, 1.4)
 
+    def test_failures_before_startsecs_do_not_count(self):
+        """Slow to start: it listens after 1 s.  One failure would restart
+        it, but not while it is still within startsecs."""
+        port = free_port()
+        service = self.health("fcgi://127.0.0.1:%d" % port,
+                              healthcheck_retries="1", startsecs="2",
+                              healthcheck_interval="0.2")
+        service["command"] = self.app("ok", port, "1")
+        self.start({"slow": service}, wait_up=False)
+        entry = self.wait_state("slow", "up", timeout=10)
+        self.assertEqual(entry["restarts"], 0)
+        self.assertNotIn("health failed", self.log_text())
+
     def test_tcp_server_that_stops_accepting(self):
         port = free_port()
         path = os.path.join(self.tmp, "stuck.py")
@@ -1983,7 +2040,6 @@ class HeldSocketTests(SupervisorCase):
             "app")["pid"]), "/dev/null")
         with self.assertRaises(OSError):
             socket.create_connection(("127.0.0.1", port2), 1).close()
-
 
 
 #: The user's app: a WSGI app served over FastCGI by flup, on a port of its
@@ -2258,7 +2314,6 @@ class EndToEndTests(SupervisorCase):
         self.assertEqual(self.entry("php")["health"], "ok")
 
 
-
 HAVE_PIDFD = fcgiwatch.open_pidfd(os.getpid()) is not None
 
 #: A service that binds a fixed port with no SO_REUSEADDR and notes every
@@ -2383,7 +2438,6 @@ class LeftoverTests(SupervisorCase):
         self.assertNotEqual(self.entry("web")["pid"], stranger.pid)
 
 
-
 class ReexecTests(SupervisorCase):
     """Issue 6: --reexec upgrades in place; services keep running."""
 
@@ -2493,7 +2547,6 @@ class ReexecTests(SupervisorCase):
             back = fcgiwatch.config_from_json(json.loads(json.dumps(
                 fcgiwatch.config_to_json(service))))
             self.assertEqual(back, service)
-
 
 
 def control_request(state_dir, request, timeout=30):
