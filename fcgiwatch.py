@@ -1417,7 +1417,6 @@ class SyslogSender:
         self.next_try = 0.0
         self.warned = False
         self.backlog = []
-        self.dropped = 0
         self.on_backlog = None  # set by the supervisor: register for write
         self.waiters = []      # output pipes paused while the backlog drains
 
@@ -1481,7 +1480,6 @@ class SyslogSender:
         self.backlog.append(packet)
         if len(self.backlog) > SYSLOG_BACKLOG_MAX:
             del self.backlog[:len(self.backlog) - SYSLOG_BACKLOG_MAX]
-            self.dropped += 1
         if self.on_backlog is not None:
             self.on_backlog(True)
 
@@ -1611,7 +1609,6 @@ class OutputPipe:
                 pass
         os.set_blocking(self.read_fd, False)
         self.partial = b""
-        self.paused = False
 
     def close(self):
         for fd in (self.read_fd, self.write_fd):
@@ -2684,7 +2681,7 @@ def release_free_memory():
         pass
 
 
-def close_on_exec_inherited(keep=()):
+def close_on_exec_inherited():
     """Mark every fd above 2 that we inherited close-on-exec, so a child
     gets only 0, 1 and 2 without closing thousands of numbers per spawn."""
     try:
@@ -2693,7 +2690,7 @@ def close_on_exec_inherited(keep=()):
         return
     for name in names:
         fd = int(name)
-        if fd > 2 and fd not in keep:
+        if fd > 2:
             try:
                 os.set_inheritable(fd, False)
             except OSError:
@@ -2734,6 +2731,7 @@ class Supervisor:
         self.reset_signals = ()
         self.generation = 0       # times re-executed
         self.status_written = -STATUS_INTERVAL
+        self.status_warned = False  # one warning until a write works again
         self.reexec_running = False
         self.status_path = os.path.join(self.settings.state_dir, STATUS_FILE)
 
@@ -3128,7 +3126,6 @@ class Supervisor:
             # The syslog socket is full: stop reading, let the pipe fill and
             # the child wait, until the backlog drains.
             self.unwatch(pipe.read_fd)
-            pipe.paused = True
             self.syslog.waiters.append(pipe)
             return
         pipe.read_once()
@@ -3145,7 +3142,6 @@ class Supervisor:
         waiters, sender.waiters = sender.waiters, []
         for pipe in waiters:
             if pipe.read_fd >= 0:
-                pipe.paused = False
                 self.watch(pipe.read_fd, EVENT_READ,
                            lambda _mask, pipe=pipe: self.on_output(pipe))
 
@@ -3220,7 +3216,7 @@ class Supervisor:
                 os.close(fd)
             os.rename(temporary, self.status_path)
         except OSError as exc:
-            if not getattr(self, "status_warned", False):
+            if not self.status_warned:
                 self.status_warned = True
                 self.warn("cannot write %s: %s" % (self.status_path,
                                                    exc.strerror))
