@@ -548,8 +548,10 @@ def to_syslog_socket(value):
     return ("unix", socket.AF_UNIX, text)
 
 
-def to_logfile(value, base_dir):
-    """syslog, null, inherit, or a file path (relative to the config)."""
+def to_logfile(value, base_dir, euid=None):
+    """syslog, null, inherit, or a file path (relative to the config) that
+    can be written safely (see Safe paths) by a supervisor running as
+    euid."""
     text = value.strip()
     word = text.lower()
     if word in ("syslog", "null", "inherit"):
@@ -565,6 +567,12 @@ def to_logfile(value, base_dir):
                          % parent)
     if os.path.isdir(path):
         raise ValueError("%s is a directory; name a file" % path)
+    problem = None if euid is None else file_problem(path, euid)
+    if problem:
+        raise ValueError("%s, so a planted link could redirect what "
+                         "fcgiwatch writes there; let only root or one user "
+                         "change each directory on the way, or log to "
+                         "syslog" % problem)
     return path
 
 
@@ -765,7 +773,7 @@ def parse_globals(parser, filename, base_dir, euid, error):
         return SYSLOG_FACILITIES[word]
 
     def log_file(value):
-        path = to_logfile(value, base_dir)
+        path = to_logfile(value, base_dir, euid)
         if path in ("syslog", "null", "inherit"):
             raise ValueError("name a file path")
         return path
@@ -838,13 +846,14 @@ def parse_service(parser, section, name, globals_, base_dir, euid, error):
             bad |= not convert(key, function)
         else:
             values[key] = None
-    bad |= not convert("stdout_logfile", to_logfile, base_dir)
+    bad |= not convert("stdout_logfile", to_logfile, base_dir, euid)
     for stream_key, stdout_key in (
             ("stderr_logfile", "stdout_logfile"),
             ("stderr_logfile_maxbytes", "stdout_logfile_maxbytes"),
             ("stderr_logfile_backups", "stdout_logfile_backups")):
         if raw[stream_key].strip():
-            function = {"stderr_logfile": lambda v: to_logfile(v, base_dir),
+            function = {"stderr_logfile": lambda v: to_logfile(
+                v, base_dir, euid),
                         "stderr_logfile_maxbytes": to_byte_size,
                         "stderr_logfile_backups": to_int}[stream_key]
             bad |= not convert(stream_key, function)
@@ -1348,6 +1357,345 @@ def format_seconds(seconds):
 
 
 # ===========================================================================
+# Safe paths
+#
+# A root supervisor writes files that other users can reach: a service's
+# log file in a directory its user owns, a unix socket in a directory
+# anyone may write.  Whoever can change a directory on the way can plant a
+# link there and turn our next write, rename or chown into one on a file of
+# theirs choosing (the classic log-file symlink attack).  So every file we
+# write, create, rename or chown is reached by walk_path(): one directory at
+# a time from /, each opened with O_NOFOLLOW, each judged by who besides
+# root and us can change it.  A link is followed only where only root or we
+# could have made it.  The operations then act through the directory's fd
+# (openat, renameat, unlinkat), never through the path again.
+#
+# Why not simply drop to the directory owner's privileges: a log file that
+# fcgiwatch 1.0 created as root in www-data's directory would stop opening,
+# and these checks already leave that user nothing to redirect us to.  The
+# one place we do switch is bind() of a unix socket in another user's
+# directory, because a socket's owner can only be set right from the first
+# moment by creating it as that user.
+# ===========================================================================
+
+class UnsafePath(Exception):
+    """A path fcgiwatch will not write through; the text says why."""
+
+
+#: Symbolic links followed in one walk (the kernel's own limit).
+MAX_LINKS = 40
+
+#: How a directory is opened during a walk.
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0)
+
+#: Where a walk ended: fd is the open directory that holds name (name is
+#: None when the walk was for a directory: fd is that directory); owner is
+#: None when only root and we can change what the path names, else the uid
+#: of the one other user who can; where is the directory's path.
+SafePlace = namedtuple("SafePlace", ["fd", "name", "owner", "where"])
+
+
+def primary_gid(uid):
+    import pwd
+    try:
+        return pwd.getpwuid(uid).pw_gid
+    except KeyError:
+        return None
+
+
+def user_label(uid):
+    import pwd
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return "uid %d" % uid
+
+
+def group_label(gid):
+    import grp
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return "gid %d" % gid
+
+
+def directory_owner(path, info, euid, last):
+    """Who besides root and us can change the entries of this directory:
+    None, or one uid.  Raises UnsafePath when more than one user can.
+
+    A sticky directory (/tmp) on the way is fine: others may add entries
+    but not replace ours, and the next step judges the entry we use.  The
+    directory that holds the file itself may not be shared, sticky or not:
+    anyone could then put a file of theirs under the name we write.
+    """
+    mode, owner = info.st_mode, info.st_uid
+    shared = last or not mode & stat.S_ISVTX
+    if shared and mode & stat.S_IWOTH:
+        raise UnsafePath("%s is writable by everyone (mode %04o)" % (
+            path, stat.S_IMODE(mode)))
+    if shared and mode & stat.S_IWGRP and info.st_gid not in (
+            0, os.getegid()) and not (owner not in (0, euid) and
+                                      info.st_gid == primary_gid(owner)):
+        raise UnsafePath("%s is writable by group %s as well as by %s" % (
+            path, group_label(info.st_gid), user_label(owner)))
+    return None if owner in (0, euid) else owner
+
+
+def path_parts(path):
+    """The components of an absolute path, '..' resolved by its text."""
+    return [p for p in os.path.normpath(path).split("/") if p]
+
+
+def walk_path(path, euid, create=False, directory=False):
+    """Open the way to path without following a link someone else made.
+
+    Returns a SafePlace whose fd the caller closes.  With directory, path
+    itself is a directory (created with create, mode 0755, where only root
+    or we can change its parent).  Raises UnsafePath, or OSError such as
+    FileNotFoundError for a directory that is missing.
+    """
+    parts = path_parts(os.path.join("/", path))
+    name = None if directory else (parts.pop() if parts else None)
+    if name is None and not directory:
+        raise UnsafePath("%s names no file" % path)
+    links = 0
+    fd = os.open("/", DIR_FLAGS)
+    try:
+        while True:
+            where, owner = "/", directory_owner("/", os.fstat(fd), euid,
+                                                not parts)
+            restart = None
+            for index, part in enumerate(parts):
+                last = index == len(parts) - 1
+                child = os.path.join(where, part)
+                try:
+                    info = os.stat(part, dir_fd=fd, follow_symlinks=False)
+                except FileNotFoundError:
+                    if not create:
+                        raise FileNotFoundError(errno.ENOENT, os.strerror(
+                            errno.ENOENT), child)
+                    if owner is not None:
+                        raise UnsafePath("%s may not be created: %s can "
+                                         "change %s" % (child, user_label(
+                                             owner), where))
+                    os.mkdir(part, 0o755, dir_fd=fd)
+                    info = os.stat(part, dir_fd=fd, follow_symlinks=False)
+                if stat.S_ISLNK(info.st_mode):
+                    restart = follow_link(fd, part, info, where, owner, euid)
+                    restart += parts[index + 1:]
+                    break
+                if not stat.S_ISDIR(info.st_mode):
+                    raise UnsafePath("%s is not a directory" % child)
+                try:
+                    new = os.open(part, DIR_FLAGS | os.O_NOFOLLOW, dir_fd=fd)
+                except OSError as exc:
+                    if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                        raise UnsafePath("%s changed while fcgiwatch looked "
+                                         "at it" % child)
+                    raise
+                os.close(fd)
+                fd, where = new, child
+                here = directory_owner(where, os.fstat(fd), euid, last)
+                if here is not None and owner not in (None, here):
+                    raise UnsafePath("both %s and %s can change %s" % (
+                        user_label(owner), user_label(here), where))
+                owner = here if here is not None else owner
+            if restart is None and name is not None:
+                # The file itself may be a link we made: follow that too.
+                try:
+                    info = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                except FileNotFoundError:
+                    info = None
+                if info is not None and stat.S_ISLNK(info.st_mode):
+                    restart = follow_link(fd, name, info, where, owner, euid)
+                    name = restart.pop() if restart else None
+                    if name is None:
+                        raise UnsafePath("%s is a link to /" % os.path.join(
+                            where, name or ""))
+            if restart is None:
+                return SafePlace(fd, name, owner, where)
+            links += 1
+            if links > MAX_LINKS:
+                raise UnsafePath("%s: too many symbolic links" % path)
+            os.close(fd)
+            fd = os.open("/", DIR_FLAGS)
+            parts = restart
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def follow_link(fd, name, info, where, owner, euid):
+    """The parts of a link's target, if only root or we could have made
+    the link; UnsafePath otherwise."""
+    path = os.path.join(where, name)
+    if owner is not None or info.st_uid not in (0, euid):
+        raise UnsafePath("%s is a symbolic link that %s could have made; "
+                         "fcgiwatch follows only links that only root could "
+                         "make" % (path, user_label(
+                             owner if owner is not None else info.st_uid)))
+    return path_parts(os.path.join(where, os.readlink(name, dir_fd=fd)))
+
+
+def check_opened_file(fd, path, place, euid):
+    """The file we opened is a plain file of ours (or of the one user who
+    controls its directory) with no other name: not a FIFO or device that
+    someone planted, not a hard link to a file elsewhere."""
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        raise UnsafePath("%s is not a regular file" % path)
+    if info.st_nlink != 1:
+        raise UnsafePath("%s has %d hard links; a file fcgiwatch writes must "
+                         "have one" % (path, info.st_nlink))
+    if info.st_uid not in (0, euid, place.owner):
+        raise UnsafePath("%s belongs to %s" % (path, user_label(info.st_uid)))
+    return info
+
+
+def open_for_append(path, euid, mode=0o640):
+    """A log file, opened for appending (created if need be) through a
+    safe walk, O_NOFOLLOW and O_NONBLOCK (a planted FIFO must not block us),
+    then checked with check_opened_file.  Returns the fd."""
+    place = walk_path(path, euid)
+    try:
+        try:
+            fd = os.open(place.name, os.O_WRONLY | os.O_APPEND | os.O_CREAT
+                         | os.O_NOFOLLOW | os.O_NONBLOCK
+                         | getattr(os, "O_CLOEXEC", 0), mode,
+                         dir_fd=place.fd)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise UnsafePath("%s became a symbolic link" % path)
+            if exc.errno == errno.ENXIO:
+                raise UnsafePath("%s is not a regular file" % path)
+            raise
+        try:
+            check_opened_file(fd, path, place, euid)
+            os.set_blocking(fd, True)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+    finally:
+        os.close(place.fd)
+
+
+def rotate_file(path, backups, euid):
+    """FILE -> FILE.1 -> ... FILE.N, by renames inside the directory's fd:
+    a rename never follows a link, so whatever was planted under one of
+    these names is moved or replaced, and nothing outside is touched."""
+    place = walk_path(path, euid)
+    try:
+        name, fd = place.name, place.fd
+        if backups <= 0:
+            os.unlink(name, dir_fd=fd)
+            return
+        for number in range(backups - 1, 0, -1):
+            try:
+                os.rename("%s.%d" % (name, number), "%s.%d" % (
+                    name, number + 1), src_dir_fd=fd, dst_dir_fd=fd)
+            except FileNotFoundError:
+                pass
+        os.rename(name, name + ".1", src_dir_fd=fd, dst_dir_fd=fd)
+    finally:
+        os.close(place.fd)
+
+
+def replace_file(path, data, mode, euid):
+    """Replace a file with data, whole or not at all: a fresh temporary
+    file beside it (O_EXCL: never one someone planted), every byte written
+    and checked, fsync, then rename over the old one.  Raises OSError or
+    UnsafePath and leaves the old file as it was."""
+    place = walk_path(path, euid)
+    temporary = place.name + ".tmp"
+    try:
+        try:
+            os.unlink(temporary, dir_fd=place.fd)
+        except FileNotFoundError:
+            pass
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL
+                     | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), mode,
+                     dir_fd=place.fd)
+        try:
+            try:
+                os.fchmod(fd, mode)  # whatever the umask
+                view = memoryview(data)
+                while view:
+                    written = os.write(fd, view)
+                    if written <= 0:
+                        raise OSError(errno.EIO, "short write", path)
+                    view = view[written:]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(temporary, place.name, src_dir_fd=place.fd,
+                      dst_dir_fd=place.fd)
+        except BaseException:
+            try:
+                os.unlink(temporary, dir_fd=place.fd)
+            except OSError:
+                pass
+            raise
+    finally:
+        os.close(place.fd)
+
+
+def file_problem(path, euid):
+    """Why fcgiwatch could not write a file at path safely, or None.  Only
+    looks (for the config check): nothing is created or opened for
+    writing."""
+    try:
+        place = walk_path(path, euid)
+    except UnsafePath as exc:
+        return str(exc)
+    except OSError as exc:
+        return "%s: %s" % (exc.filename or path, exc.strerror)
+    try:
+        try:
+            info = os.stat(place.name, dir_fd=place.fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+        full = os.path.join(place.where, place.name)
+        if not stat.S_ISREG(info.st_mode):
+            return "%s is not a regular file" % full
+        if info.st_nlink != 1:
+            return "%s has %d hard links" % (full, info.st_nlink)
+        if info.st_uid not in (0, euid, place.owner):
+            return "%s belongs to %s" % (full, user_label(info.st_uid))
+        return None
+    finally:
+        os.close(place.fd)
+
+
+def with_identity(identity, function, *args):
+    """Run function as (uid, gid, groups) for its file-system checks, and
+    come back to root.  Single-threaded, so nothing else runs meanwhile."""
+    if identity is None:
+        return function(*args)
+    uid, gid, groups = identity
+    saved_gid, saved_groups = os.getegid(), os.getgroups()
+    os.setgroups(list(groups))
+    os.setegid(gid)
+    os.seteuid(uid)
+    try:
+        return function(*args)
+    finally:
+        os.seteuid(0)
+        os.setegid(saved_gid)
+        os.setgroups(saved_groups)
+
+
+def identity_of(uid, gid):
+    """(uid, gid, supplementary groups) for with_identity."""
+    import pwd
+    try:
+        groups = os.getgrouplist(pwd.getpwuid(uid).pw_name, gid)
+    except (KeyError, OSError):
+        groups = [gid]
+    return uid, gid, tuple(sorted(set(groups)))
+
+
+# ===========================================================================
 # Output: log files and syslog
 #
 # Children write into pipes that the supervisor keeps for the whole life of
@@ -1503,35 +1851,105 @@ class SyslogSender:
         return bool(self.backlog)
 
 
+class SyslogOutput:
+    """Child output to syslog: each line one datagram tagged with the
+    service's name.  The destination interface, shared with LogFile:
+    chunk (bytes to read per wake-up), deliver(pipe, data), finish(pipe)
+    (a dead child's partial last line), is_blocked(), describe()."""
+
+    #: Each line is a datagram anyway, and when the socket fills, what was
+    #: read waits in memory: small reads keep that small.
+    chunk = SYSLOG_CHUNK
+
+    def __init__(self, supervisor):
+        self.supervisor = supervisor
+
+    def describe(self):
+        return "syslog"
+
+    def is_blocked(self):
+        sender = self.supervisor.syslog
+        return sender is not None and sender.is_backlogged()
+
+    def deliver(self, pipe, data):
+        lines, pipe.partial = split_lines(pipe.partial, data)
+        self.send(pipe, lines)
+
+    def finish(self, pipe):
+        if pipe.partial:
+            lines, pipe.partial = [pipe.partial], b""
+            self.send(pipe, lines)
+
+    def send(self, pipe, lines):
+        sender = self.supervisor.syslog
+        if sender is None:
+            return
+        service = pipe.service
+        severity = LOG_ERR if pipe.stream == "stderr" else LOG_INFO
+        pid = service.pid or self.supervisor.pid
+        for line in lines:
+            sender.send(severity, service.name, pid, line)
+
+
 class LogFile:
     """An append-only file rotated by size: FILE -> FILE.1 -> ... FILE.N.
 
-    Shared by every stream that names the same path.  Write errors (a full
-    disk) are warned about once and the data dropped: a child must never
-    stall because its log cannot be written.
+    Shared by every stream that names the same path; opened, rotated and
+    reopened through the safe-path functions.  When the file cannot be
+    opened safely (a link planted in its directory) or written (a full
+    disk), the output goes to the fallback destination, syslog, with one
+    warning, rather than being lost; a reopen (USR1, reload) tries the
+    file again.
     """
 
-    def __init__(self, path, maxbytes, backups, on_warning):
+    chunk = PIPE_CHUNK
+
+    def __init__(self, path, maxbytes, backups, on_warning, euid,
+                 fallback=None):
         self.path, self.maxbytes, self.backups = path, maxbytes, backups
         self.on_warning = on_warning
+        self.euid = euid
+        self.fallback = fallback
         self.fd = -1
         self.size = 0
-        self.failing = False
+        self.problem = None  # why it cannot be opened: output to fallback
+        self.write_failing = False
         self.users = 0
+
+    def describe(self):
+        if self.problem and self.fallback is not None:
+            return self.fallback.describe()
+        return self.path
+
+    def is_blocked(self):
+        return bool(self.problem) and self.fallback is not None and \
+            self.fallback.is_blocked()
 
     def open(self):
         if self.fd >= 0:
             return True
         try:
-            self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND
-                              | os.O_CREAT | getattr(os, "O_CLOEXEC", 0),
-                              0o640)
+            self.fd = open_for_append(self.path, self.euid)
             self.size = os.fstat(self.fd).st_size
-        except OSError as exc:
-            self.fd = -1
-            self.warn("cannot open %s: %s" % (self.path, exc.strerror))
+        except UnsafePath as exc:
+            self.fail("cannot be opened safely: %s" % exc)
             return False
+        except OSError as exc:
+            self.fail("cannot be opened: %s" % exc.strerror)
+            return False
+        if self.problem:
+            self.on_warning("log file %s: writing to it again" % self.path)
+        self.problem = None
         return True
+
+    def fail(self, why):
+        first = self.problem is None
+        self.problem = why  # first: the warning may come back to write()
+        if first:
+            where = "its output goes to syslog until it can be written " \
+                "(kill -USR1 reopens it)" if self.fallback else \
+                "lines are dropped until it can be written"
+            self.on_warning("log file %s %s; %s" % (self.path, why, where))
 
     def close(self):
         if self.fd >= 0:
@@ -1541,17 +1959,21 @@ class LogFile:
     def reopen(self):
         """For logrotate: it renamed the file, now we start a fresh one."""
         self.close()
-        self.failing = False
         self.open()
 
-    def warn(self, message):
-        if not self.failing:
-            self.failing = True
-            self.on_warning("log file: " + message)
+    def deliver(self, pipe, data):
+        rest = self.write(data)
+        if rest and self.fallback is not None:
+            self.fallback.deliver(pipe, rest)
+
+    def finish(self, pipe):
+        if self.fallback is not None:
+            self.fallback.finish(pipe)
 
     def write(self, data):
-        if not self.open():
-            return
+        """Append data; returns what could not be written (b"" when all)."""
+        if self.fd < 0 and (self.problem or not self.open()):
+            return data
         view = memoryview(data)
         while view:
             chunk = view
@@ -1560,39 +1982,46 @@ class LogFile:
                 if room <= 0:
                     self.rotate()
                     if self.fd < 0:
-                        return
+                        return bytes(view)
                     room = self.maxbytes
                 chunk = view[:room]
             try:
                 written = os.write(self.fd, chunk)
             except OSError as exc:
-                self.warn("cannot write %s: %s; output dropped"
-                          % (self.path, exc.strerror))
-                return
-            self.failing = False
+                # A full disk may have room again at the next write: try
+                # every time, warn once.
+                if not self.write_failing:
+                    self.write_failing = True
+                    self.on_warning("log file %s cannot be written: %s; %s"
+                                    % (self.path, exc.strerror,
+                                       "the output goes to syslog meanwhile"
+                                       if self.fallback else
+                                       "lines are dropped meanwhile"))
+                return bytes(view)
+            if self.write_failing:
+                self.write_failing = False
+                self.on_warning("log file %s: writing to it again"
+                                % self.path)
             self.size += written
             view = view[written:]
+        return b""
 
     def rotate(self):
         self.close()
         try:
-            if self.backups > 0:
-                for number in range(self.backups - 1, 0, -1):
-                    older = "%s.%d" % (self.path, number)
-                    if os.path.exists(older):
-                        os.rename(older, "%s.%d" % (self.path, number + 1))
-                os.rename(self.path, self.path + ".1")
-            else:
-                os.unlink(self.path)
+            rotate_file(self.path, self.backups, self.euid)
+        except UnsafePath as exc:
+            self.fail("cannot be rotated safely: %s" % exc)
+            return
         except OSError as exc:
-            self.warn("cannot rotate %s: %s" % (self.path, exc.strerror))
+            self.on_warning("log file %s cannot be rotated: %s" % (
+                self.path, exc.strerror))
         self.open()
 
 
 class OutputPipe:
-    """One pipe from a service's stdout (and maybe stderr) to a destination.
-
-    dest is a LogFile, or "syslog".  The supervisor keeps both ends: the
+    """One pipe from a service's stdout (and maybe stderr) to a destination
+    (a LogFile or the SyslogOutput).  The supervisor keeps both ends: the
     write end is handed to every run of the child, so the pipe outlives any
     one run and nothing a child wrote is lost when it dies.
     """
@@ -1618,31 +2047,13 @@ class OutputPipe:
 
     def read_once(self):
         """Move one chunk to the destination; 0 when the pipe is empty."""
-        size = SYSLOG_CHUNK if self.dest == "syslog" else PIPE_CHUNK
         try:
-            data = os.read(self.read_fd, size)
+            data = os.read(self.read_fd, self.dest.chunk)
         except (BlockingIOError, InterruptedError):
             return 0
         if data:
-            self.deliver(data)
+            self.dest.deliver(self, data)
         return len(data)
-
-    def deliver(self, data):
-        if self.dest == "syslog":
-            lines, self.partial = split_lines(self.partial, data)
-            self.send_lines(lines)
-        else:
-            self.dest.write(data)
-
-    def send_lines(self, lines):
-        service = self.service
-        sender = service.supervisor.syslog
-        severity = LOG_ERR if self.stream == "stderr" else LOG_INFO
-        if sender is None:
-            return
-        for line in lines:
-            sender.send(severity, service.name, service.pid or
-                        service.supervisor.pid, line)
 
     def drain(self, limit=16 << 20):
         """Everything the pipe holds now (a dead child wrote its last)."""
@@ -1650,9 +2061,7 @@ class OutputPipe:
         while chunk and moved < limit:
             chunk = self.read_once()
             moved += chunk
-        if self.partial and self.dest == "syslog":
-            lines, self.partial = [self.partial], b""
-            self.send_lines(lines)
+        self.dest.finish(self)
 
 
 # ===========================================================================
@@ -2296,6 +2705,24 @@ class Service:
 
     # -- status ----------------------------------------------------------
 
+    def log_destinations(self):
+        """Where stdout and stderr go now: the config's words, or syslog
+        where a log file could not be opened safely (and why)."""
+        config = self.config
+        logs = {"stdout": config.stdout_logfile,
+                "stderr": config.stdout_logfile if config.redirect_stderr
+                else config.stderr_logfile}
+        for pipe in self.outputs or ():
+            if pipe is not None and getattr(pipe.dest, "problem", None):
+                streams = ["stdout", "stderr"] if pipe.stream == "stdout" \
+                    and self.outputs[1] is None else [pipe.stream]
+                for stream in streams:
+                    if logs[stream] == pipe.dest.path:
+                        logs[stream] = pipe.dest.describe()
+                        logs[stream + "_problem"] = "%s %s" % (
+                            pipe.dest.path, pipe.dest.problem)
+        return logs
+
     def status_entry(self, now, wall):
         """What --status --json shows for this service."""
         config = self.config
@@ -2308,9 +2735,7 @@ class Service:
             "restarts": self.restarts, "want": self.want,
             "last_exit": self.last_exit, "health": self.health,
             "message": self.message, "why": self.why,
-            "logs": {"stdout": config.stdout_logfile,
-                     "stderr": config.stdout_logfile
-                     if config.redirect_stderr else config.stderr_logfile},
+            "logs": self.log_destinations(),
             "pgid": self.pgid or None, "start_time": self.proc_start,
             "priority": config.priority,
             "fingerprint": config_fingerprint(config),
@@ -2719,6 +3144,7 @@ class Supervisor:
         self.log_files = {}       # path -> LogFile, shared between streams
         self.listeners = {}       # socket url -> listening socket
         self.syslog = None
+        self.syslog_output = SyslogOutput(self)
         self.own_log = None
         self.lock_fd = -1
         self.control = None
@@ -2762,7 +3188,8 @@ class Supervisor:
             self.own_log.close()
             self.own_log = None
         if settings.log_file:
-            self.own_log = LogFile(settings.log_file, 0, 0, self.warn)
+            self.own_log = LogFile(settings.log_file, 0, 0, self.warn,
+                                   self.euid)
             self.own_log.open()
         old = self.syslog
         if old is not None and (old.target, old.facility) == (
@@ -2893,21 +3320,28 @@ class Supervisor:
                 pass
 
     def make_state_dir(self):
+        """Create state_dir if need be and check that nobody else can
+        change it or the way to it: everything in it is written as us."""
         path = self.settings.state_dir
         try:
-            os.makedirs(path, 0o755)
-        except FileExistsError:
-            pass
+            place = walk_path(path, self.euid, create=True, directory=True)
+        except UnsafePath as exc:
+            raise Failure("state_dir %s cannot be used safely: %s; choose a "
+                          "state_dir that only root (and you) can change"
+                          % (path, exc))
         except OSError as exc:
             raise Failure("cannot create state_dir %s: %s; create it or set "
                           "state_dir in [fcgiwatch]" % (path, exc.strerror))
-        info = os.lstat(path)
-        if not stat.S_ISDIR(info.st_mode):
-            raise Failure("state_dir %s is not a directory" % path)
-        if info.st_uid not in (self.euid, 0) or (
+        try:
+            info = os.fstat(place.fd)
+        finally:
+            os.close(place.fd)
+        if place.owner is not None or info.st_uid not in (self.euid, 0) or (
                 info.st_uid == 0 and self.euid != 0):
-            raise Failure("state_dir %s belongs to uid %d, not to us; "
-                          "choose another state_dir" % (path, info.st_uid))
+            raise Failure("state_dir %s belongs to %s, not to us; choose "
+                          "another state_dir" % (path, user_label(
+                              place.owner if place.owner is not None
+                              else info.st_uid)))
         if info.st_mode & 0o022:
             raise Failure("state_dir %s is writable by others; chmod go-w %s"
                           % (path, path))
@@ -2915,7 +3349,11 @@ class Supervisor:
     def take_lock(self):
         """One supervisor per state_dir: flock held for our whole life."""
         path = os.path.join(self.settings.state_dir, LOCK_FILE)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW
+                         | getattr(os, "O_CLOEXEC", 0), 0o644)
+        except OSError as exc:
+            raise Failure("cannot open %s: %s" % (path, exc.strerror))
         # A --status reader holds a shared lock for an instant: try a while.
         deadline = time.monotonic() + 0.5
         while True:
@@ -3099,10 +3537,14 @@ class Supervisor:
                     fds=None):
         if dest in ("null", "inherit"):
             return None
-        if dest != "syslog":
+        if dest == "syslog":
+            dest = self.syslog_output
+        else:
             log_file = self.log_files.get(dest)
             if log_file is None:
-                log_file = LogFile(dest, maxbytes, backups, self.warn)
+                log_file = LogFile(dest, maxbytes, backups,
+                                   self.on_log_file_warning, self.euid,
+                                   self.syslog_output)
                 log_file.open()
                 self.log_files[dest] = log_file
             log_file.users += 1
@@ -3111,6 +3553,11 @@ class Supervisor:
         self.watch(pipe.read_fd, EVENT_READ,
                    lambda _mask: self.on_output(pipe))
         return pipe
+
+    def on_log_file_warning(self, message):
+        # Where output goes changed (to syslog, or back): --status says so.
+        self.status_dirty = True
+        self.warn(message)
 
     def release_output(self, pipe):
         self.unwatch(pipe.read_fd)
@@ -3122,7 +3569,7 @@ class Supervisor:
                 self.log_files.pop(pipe.dest.path, None)
 
     def on_output(self, pipe):
-        if pipe.dest == "syslog" and self.syslog.is_backlogged():
+        if pipe.dest.is_blocked():
             # The syslog socket is full: stop reading, let the pipe fill and
             # the child wait, until the backlog drains.
             self.unwatch(pipe.read_fd)
@@ -3170,11 +3617,8 @@ class Supervisor:
             raise
 
     def close_listener(self, sock, endpoint):
-        try:
-            if endpoint is not None and endpoint.family == socket.AF_UNIX:
-                os.unlink(endpoint.address)
-        except OSError:
-            pass
+        if endpoint is not None and endpoint.family == socket.AF_UNIX:
+            remove_socket_file(endpoint.address, self.euid)
         sock.close()
 
     # -- status ------------------------------------------------------------
@@ -3205,21 +3649,14 @@ class Supervisor:
         self.status_dirty = False
         self.status_written = self.clock()
         data = json.dumps(self.status_document(), separators=(",", ":"))
-        temporary = self.status_path + ".tmp"
         try:
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
-                         0o644)
-            try:
-                os.write(fd, data.encode("utf-8") + b"\n")
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.rename(temporary, self.status_path)
-        except OSError as exc:
+            replace_file(self.status_path, data.encode("utf-8") + b"\n",
+                         0o644, self.euid)
+        except (OSError, UnsafePath) as exc:
             if not self.status_warned:
                 self.status_warned = True
-                self.warn("cannot write %s: %s" % (self.status_path,
-                                                   exc.strerror))
+                self.warn("cannot write %s: %s" % (self.status_path, getattr(
+                    exc, "strerror", None) or exc))
             return
         self.status_warned = False
 
@@ -3428,7 +3865,7 @@ class Supervisor:
                         umask=0o022, uid=None, gid=None, groups=())
         try:
             out_fd = os.open(out_path, os.O_WRONLY | os.O_CREAT
-                             | os.O_TRUNC, 0o600)
+                             | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
             try:
                 pid, err_fd = spawn_child(helper, self.devnull, out_fd,
                                           out_fd, self.reset_signals)
@@ -3486,7 +3923,8 @@ class Supervisor:
         # program to handle once its handlers are in place.
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+                         | os.O_NOFOLLOW, 0o600)
             with os.fdopen(fd, "w") as handle:
                 json.dump(state, handle)
             for fd in keep:
@@ -3629,19 +4067,23 @@ def open_listener(config, euid):
     sock = socket.socket(endpoint.family, socket.SOCK_STREAM)
     try:
         if endpoint.family == socket.AF_UNIX:
-            path = endpoint.address
-            remove_stale_socket(path, where)
-            sock.bind(path)
             owner = config.socket_owner or (
                 config.uid if config.uid is not None else euid,
                 config.gid if config.gid is not None else os.getegid())
-            os.chmod(path, config.socket_mode)
-            if euid == 0:
-                os.chown(path, owner[0], owner[1])
+            bind_unix(sock, endpoint.address, config.socket_mode, owner,
+                      euid, where)
         else:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind(endpoint.address)
         sock.listen(socket.SOMAXCONN)
+    except Failure:
+        sock.close()
+        raise
+    except UnsafePath as exc:
+        sock.close()
+        raise Failure("%s: not created: %s; put the socket in a directory "
+                      "that only root (or its owner) can change, such as "
+                      "/run/NAME" % (where, exc))
     except OSError as exc:
         sock.close()
         raise Failure("%s: cannot listen: %s" % (where, exc.strerror or exc))
@@ -3650,9 +4092,52 @@ def open_listener(config, euid):
     return sock
 
 
-def remove_stale_socket(path, where):
+def bind_unix(sock, path, mode, owner, euid, where):
+    """Create a unix socket with its mode and owner right from the first
+    moment, and change nothing through its path afterwards.
+
+    bind() takes a path, so it runs from inside the directory's safely
+    opened fd (fchdir, a relative name); the umask gives the mode.  In a
+    directory only root (or we) can change, root binds and sets the owner
+    with a chown that does not follow links, as nobody could have swapped
+    the file meanwhile.  In a directory its owner can change, the socket
+    is bound as that owner, so no chown is needed at all; a socket for
+    somebody else there is refused, since the directory's owner could swap
+    the file before we gave it away.
+    """
+    place = walk_path(path, euid)
+    saved = open_home()
     try:
-        info = os.lstat(path)
+        os.fchdir(place.fd)
+        remove_stale_socket(place, where)
+        identity = None
+        if place.owner is not None:
+            if owner[0] != place.owner:
+                raise UnsafePath("%s can change %s, and the socket is to "
+                                 "belong to %s" % (user_label(place.owner),
+                                                   place.where,
+                                                   user_label(owner[0])))
+            identity = identity_of(owner[0], owner[1])
+        old_umask = os.umask(0o777 & ~mode)
+        try:
+            with_identity(identity, sock.bind, place.name)
+        finally:
+            os.umask(old_umask)
+        if identity is None and euid == 0 and tuple(owner) != (0, 0):
+            os.chown(place.name, owner[0], owner[1], dir_fd=place.fd,
+                     follow_symlinks=False)
+    finally:
+        os.fchdir(saved)
+        os.close(saved)
+        os.close(place.fd)
+
+
+def remove_stale_socket(place, where):
+    """Unlink the socket file a dead program left, inside place (we are
+    in that directory).  Anything else under the name is left alone."""
+    path = os.path.join(place.where, place.name)
+    try:
+        info = os.stat(place.name, dir_fd=place.fd, follow_symlinks=False)
     except FileNotFoundError:
         return
     if not stat.S_ISSOCK(info.st_mode):
@@ -3660,14 +4145,33 @@ def remove_stale_socket(path, where):
                       "choose another path" % (where, path))
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        probe.connect(path)
+        probe.connect(place.name)
     except OSError:
-        os.unlink(path)  # nobody listens: a leftover from a dead program
+        # Nobody listens: a leftover from a dead program.  unlinkat never
+        # follows a link, so only this directory's entry goes.
+        os.unlink(place.name, dir_fd=place.fd)
         return
     finally:
         probe.close()
     raise Failure("%s: a running program listens on %s; stop it first"
                   % (where, path))
+
+
+def remove_socket_file(path, euid):
+    """Unlink our unix socket at stop, through a safe walk, and only while
+    the name still holds a socket."""
+    try:
+        place = walk_path(path, euid)
+    except (OSError, UnsafePath):
+        return
+    try:
+        info = os.stat(place.name, dir_fd=place.fd, follow_symlinks=False)
+        if stat.S_ISSOCK(info.st_mode):
+            os.unlink(place.name, dir_fd=place.fd)
+    except OSError:
+        pass
+    finally:
+        os.close(place.fd)
 
 
 # ===========================================================================
@@ -3716,6 +4220,12 @@ def format_status_line(entry, now):
     health = entry.get("health", "none")
     if health != "none":
         parts.append("health %s" % health)
+    logs = entry.get("logs") or {}
+    for stream in ("stdout", "stderr"):
+        problem = logs.get(stream + "_problem")
+        if problem and (stream == "stdout" or problem != logs.get(
+                "stdout_problem")):
+            parts.append("%s to %s: %s" % (stream, logs[stream], problem))
     message, why = entry.get("message"), entry.get("why") or ""
     if message and (state in (BACKOFF, FATAL, DOWN) or health == "failing") \
             and message != why and not message.startswith(why + " after"):
@@ -3984,16 +4494,19 @@ class ControlServer:
         except OSError:
             pass
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        # Only our user (and root) may connect, from the first moment (the
+        # umask, not a chmod afterwards); SO_PEERCRED checks again should
+        # the mode ever be loosened by hand.
+        old_umask = os.umask(0o177)
         try:
             sock.bind(self.path)
-            # Only our user (and root) may connect; SO_PEERCRED checks again
-            # should the mode ever be loosened by hand.
-            os.chmod(self.path, 0o600)
             sock.listen(16)
         except OSError as exc:
             sock.close()
             raise Failure("cannot listen on %s: %s" % (self.path,
                                                        exc.strerror))
+        finally:
+            os.umask(old_umask)
         sock.setblocking(False)
         self.sock = sock
         supervisor.watch(sock.fileno(), EVENT_READ, self.on_accept)

@@ -2042,6 +2042,312 @@ class HeldSocketTests(SupervisorCase):
             socket.create_connection(("127.0.0.1", port2), 1).close()
 
 
+class SafePathUnitTests(unittest.TestCase):
+    """Issue 10: the walker on real directory trees (as root)."""
+
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="fwsafe")
+        os.chmod(self.tmp, 0o755)
+        self.addCleanup(shutil.rmtree, self.tmp)
+
+    def problem(self, *parts):
+        return fcgiwatch.file_problem(os.path.join(self.tmp, *parts), 0)
+
+    @unittest.skipUnless(IS_ROOT, "ownership needs root")
+    def test_who_may_change_the_way(self):
+        def mkdir(name, mode=0o755, uid=0, gid=0):
+            path = os.path.join(self.tmp, name)
+            os.mkdir(path)
+            os.chown(path, uid, gid)
+            os.chmod(path, mode)
+            return path
+        mkdir("root")
+        self.assertIsNone(self.problem("root", "a.log"))
+        mkdir("world", 0o777)
+        self.assertIn("writable by everyone", self.problem("world", "a.log"))
+        mkdir("sticky", 0o1777)
+        self.assertIn("writable by everyone", self.problem("sticky", "a.log"))
+        mkdir("sticky/mine")  # root's own directory inside /tmp-like one
+        self.assertIsNone(self.problem("sticky", "mine", "a.log"))
+        mkdir("group", 0o775, gid=NOBODY.pw_gid)
+        self.assertIn("writable by group", self.problem("group", "a.log"))
+        mkdir("theirs", uid=NOBODY.pw_uid, gid=NOBODY.pw_gid)
+        self.assertIsNone(self.problem("theirs", "a.log"))
+        place = fcgiwatch.walk_path(os.path.join(self.tmp, "theirs", "a"), 0)
+        os.close(place.fd)
+        self.assertEqual(place.owner, NOBODY.pw_uid)
+        # A link root made is followed; one the owner could make is not.
+        os.symlink("root", os.path.join(self.tmp, "alias"))
+        self.assertIsNone(self.problem("alias", "a.log"))
+        link = os.path.join(self.tmp, "theirs", "a.log")
+        os.symlink("/etc/passwd", link)
+        self.assertIn("symbolic link that nobody could have made",
+                      self.problem("theirs", "a.log"))
+        os.unlink(link)
+        os.link(os.path.join(self.tmp, "x") if os.path.exists(
+            os.path.join(self.tmp, "x")) else self.make_file("x"), link)
+        self.assertIn("2 hard links", self.problem("theirs", "a.log"))
+
+    def make_file(self, name):
+        path = os.path.join(self.tmp, name)
+        with open(path, "w") as handle:
+            handle.write("x\n")
+        return path
+
+    def test_replace_file_is_whole_or_nothing(self):
+        path = self.make_file("status.json")
+        fcgiwatch.replace_file(path, b"new\n", 0o644, os.geteuid())
+        self.assertEqual(read_text(path), "new\n")
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o644)
+        self.assertEqual(sorted(os.listdir(self.tmp)), ["status.json"])
+        # A planted temporary name is removed, never written through.
+        other = self.make_file("other")
+        os.symlink(other, path + ".tmp")
+        fcgiwatch.replace_file(path, b"newer\n", 0o644, os.geteuid())
+        self.assertEqual((read_text(path), read_text(other)),
+                         ("newer\n", "x\n"))
+
+
+@unittest.skipUnless(IS_ROOT, "the guarantees are for a root supervisor")
+class SafetyAsRootTests(SupervisorCase):
+    """Issue 10: what a service's user plants in its directories never
+    redirects a root supervisor's writes."""
+
+    def setUp(self):
+        SupervisorCase.setUp(self)
+        # A file only root may write: the target of every attack here.
+        self.target = os.path.join(self.tmp, "secret")
+        with open(self.target, "w") as handle:
+            handle.write("root only\n")
+        os.chmod(self.target, 0o600)
+        self.target_before = self.target_state()
+
+    def target_state(self):
+        info = os.stat(self.target)
+        return (read_text(self.target), info.st_uid, info.st_gid,
+                stat.S_IMODE(info.st_mode), info.st_mtime)
+
+    def assert_target_untouched(self):
+        self.assertEqual(self.target_state(), self.target_before)
+
+    def nobody_dir(self, *parts):
+        path = os.path.join(self.tmp, *parts)
+        os.mkdir(path)
+        os.chown(path, NOBODY.pw_uid, NOBODY.pw_gid)
+        return path
+
+    def plant_link(self, path, target):
+        """What user nobody can do in its own directory."""
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        os.symlink(target, path)
+        os.lchown(path, NOBODY.pw_uid, NOBODY.pw_gid)
+
+    def syslog_server(self):
+        path = os.path.join(self.tmp, "log.sock")
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        server.bind(path)
+        server.setblocking(False)
+        self.addCleanup(server.close)
+        return server, path
+
+    def syslog_lines(self, server, tag):
+        got = []
+        while True:
+            try:
+                data = server.recv(65536).decode("utf-8", "replace")
+            except BlockingIOError:
+                return got
+            if " %s[" % tag in data:
+                got.append(data)
+
+    TICKER = ("sh -c 'i=0; while :; do i=$((i+1)); echo \"tick $i\"; "
+              "sleep 0.02; done'")
+
+    def test_planted_link_or_hard_link_then_usr1(self):
+        logs = self.nobody_dir("logs")
+        log = os.path.join(logs, "app.log")
+        server, sock_path = self.syslog_server()
+        self.start({"app": {"command": self.TICKER, "user": "nobody",
+                            "stdout_logfile": log}},
+                   {"syslog_socket": sock_path})
+        wait_for(lambda: "tick" in read_text(log), 5, "output in the file")
+        for attack in ("symlink", "hardlink"):
+            with self.subTest(attack=attack):
+                if attack == "symlink":
+                    self.plant_link(log, self.target)
+                else:
+                    os.unlink(log)
+                    os.link(self.target, log)
+                self.proc.send_signal(signal.SIGUSR1)
+                wait_for(lambda: self.log_text().count(
+                    "cannot be opened safely") >= 1 and self.entry("app")[
+                        "logs"]["stdout"] == "syslog", 5, "the fallback")
+                # The output goes on, to syslog, and the status says so.
+                wait_for(lambda: self.syslog_lines(server, "app"), 5,
+                         "the service's lines in syslog")
+                entry = self.entry("app")
+                self.assertIn(log, entry["logs"]["stdout_problem"])
+                code, out, err = self.cli("--status")
+                self.assertIn("stdout to syslog: %s cannot be opened "
+                              "safely" % log, out)
+                self.assert_target_untouched()
+                # The reopen after the next logrotate works again.
+                os.unlink(log)
+                self.proc.send_signal(signal.SIGUSR1)
+                wait_for(lambda: "tick" in read_text(log), 5,
+                         "output in the file again")
+                self.assertEqual(self.entry("app")["logs"]["stdout"], log)
+        self.assertIn("writing to it again", self.log_text())
+        self.assert_target_untouched()
+
+    def test_rotation_never_overwrites_or_deletes_elsewhere(self):
+        logs = self.nobody_dir("logs")
+        sub = self.nobody_dir("logs", "sub")
+        log = os.path.join(sub, "app.log")
+        # The backups' names point at the target before the first rotation.
+        for number in (1, 2, 3):
+            self.plant_link("%s.%d" % (log, number), self.target)
+        server, sock_path = self.syslog_server()
+        self.start({"app": {"command": self.TICKER, "user": "nobody",
+                            "stdout_logfile": log,
+                            "stdout_logfile_maxbytes": "200",
+                            "stdout_logfile_backups": "3"}},
+                   {"syslog_socket": sock_path})
+
+        def rotated_all():
+            names = ["%s.%d" % (log, n) for n in (1, 2, 3)]
+            return all(os.path.isfile(n) and not os.path.islink(n)
+                       for n in names)
+        wait_for(rotated_all, 10, "three rotations")
+        self.assert_target_untouched()
+        # Now the directory on the way is swapped for a link to a directory
+        # of root's holding a file of the same name.
+        rootdir = os.path.join(self.tmp, "rootdir")
+        os.mkdir(rootdir)
+        with open(os.path.join(rootdir, "app.log"), "w") as handle:
+            handle.write("root's log\n")
+        os.rename(sub, sub + ".old")
+        self.plant_link(sub, rootdir)
+        wait_for(lambda: "cannot be rotated safely" in self.log_text() or
+                 "cannot be opened safely" in self.log_text(), 10,
+                 "the refusal")
+        wait_for(lambda: self.syslog_lines(server, "app"), 5,
+                 "the lines in syslog")
+        self.assertEqual(sorted(os.listdir(rootdir)), ["app.log"])
+        self.assertEqual(read_text(os.path.join(rootdir, "app.log")),
+                         "root's log\n")
+        self.assert_target_untouched()
+
+    def test_unix_socket_in_a_directory_its_user_controls(self):
+        parent = self.nobody_dir("run")
+        sockets = self.nobody_dir("run", "app")
+        path = os.path.join(sockets, "app.sock")
+        service = {"command": "sleep 1000", "user": "nobody",
+                   "socket": "unix://%s" % path, "socket_mode": "0660"}
+        self.start({"app": service})
+        info = os.lstat(path)
+        self.assertTrue(stat.S_ISSOCK(info.st_mode))
+        self.assertEqual((info.st_uid, stat.S_IMODE(info.st_mode)),
+                         (NOBODY.pw_uid, 0o660))
+        self.stop_supervisor()
+        self.assertFalse(os.path.exists(path))
+        # Between runs the user swaps the socket for a link to the target.
+        self.plant_link(path, self.target)
+        code, out, err = self.cli(timeout=30)
+        self.assertEqual(code, 1, err)
+        self.assertIn("%s is a symbolic link that nobody could have made"
+                      % path, err)
+        self.assertTrue(os.path.islink(path))
+        self.assert_target_untouched()
+        # ... or the directory itself for a link to one of root's.
+        rootdir = os.path.join(self.tmp, "rootdir")
+        os.mkdir(rootdir, 0o700)
+        os.rename(sockets, sockets + ".old")
+        self.plant_link(sockets, rootdir)
+        code, out, err = self.cli(timeout=30)
+        self.assertEqual(code, 1, err)
+        self.assertIn("symbolic link that nobody could have made", err)
+        self.assertEqual(os.listdir(rootdir), [])
+        self.assertEqual(stat.S_IMODE(os.stat(rootdir).st_mode), 0o700)
+        self.assertEqual(os.stat(rootdir).st_uid, 0)
+        # A socket there for somebody other than the directory's owner
+        # cannot be made safely at all.
+        os.unlink(sockets)
+        os.rename(sockets + ".old", sockets)
+        os.unlink(path)
+        service["socket_owner"] = "root"
+        self.write_config({"app": service})
+        code, out, err = self.cli(timeout=30)
+        self.assertEqual(code, 1, err)
+        self.assertIn("the socket is to belong to root", err)
+        self.assertFalse(os.path.exists(path))
+        self.assertEqual(os.stat(parent).st_uid, NOBODY.pw_uid)
+
+    def test_every_other_file_the_supervisor_writes(self):
+        logs = self.nobody_dir("logs")
+        own = os.path.join(logs, "fcgiwatch.log")
+        # The supervisor's own log_file: a link there is refused at start.
+        self.plant_link(own, self.target)
+        self.write_config({"a": {"command": "sleep 1000"}},
+                          {"log_file": own})
+        code, out, err = self.cli("--check")
+        self.assertEqual(code, 2)
+        self.assertIn("[fcgiwatch] log_file: %s is a symbolic link" % own,
+                      err)
+        self.assertIn("log to syslog", err)
+        # ... and at a reopen: a warning, nothing written through it.
+        os.unlink(own)
+        self.start({"a": {"command": "sleep 1000"}}, {"log_file": own})
+        wait_for(lambda: "a: spawned" in read_text(own), 5, "own log")
+        self.plant_link(own, self.target)
+        self.proc.send_signal(signal.SIGUSR1)
+        wait_for(lambda: "fcgiwatch.log cannot be opened safely" in
+                 self.log_text(), 5, "the warning")
+        old = self.kill_service("a")
+        self.wait_state("a", "up", pid_not=old)
+        self.assert_target_untouched()
+        self.stop_supervisor()
+        # A state_dir on a way the user can change: refused, not created.
+        self.state_dir = os.path.join(logs, "state")
+        self.write_config({"a": {"command": "sleep 1000"}})
+        code, out, err = self.cli(timeout=30)
+        self.assertEqual(code, 1)
+        self.assertIn("state_dir %s cannot be used safely" % self.state_dir,
+                      err)
+        self.assertFalse(os.path.exists(self.state_dir))
+        # Log files in directories several users can change: config errors.
+        shared = os.path.join(self.tmp, "shared")
+        os.mkdir(shared)
+        os.chmod(shared, 0o1777)
+        grouped = os.path.join(self.tmp, "grouped")
+        os.mkdir(grouped)
+        os.chown(grouped, 0, NOBODY.pw_gid)
+        os.chmod(grouped, 0o775)
+        self.state_dir = os.path.join(self.tmp, "state2")
+        for directory, words in ((shared, "writable by everyone"),
+                                 (grouped, "writable by group")):
+            self.write_config({"a": {"command": "sleep 1000",
+                                     "stdout_logfile": os.path.join(
+                                         directory, "a.log")}})
+            code, out, err = self.cli(timeout=30)
+            self.assertEqual(code, 2, err)
+            self.assertIn("[program:a] stdout_logfile: %s is %s" % (
+                directory, words), err)
+            self.assertEqual(len(err.strip().splitlines()), 1)
+        self.assertFalse(os.path.exists(self.state_dir))
+        # The status, pid and control files live in state_dir, which only
+        # root can change: nothing to plant there.
+        self.start({"a": {"command": "sleep 1000"}})
+        for name in os.listdir(self.state_dir):
+            info = os.lstat(os.path.join(self.state_dir, name))
+            self.assertEqual(info.st_uid, 0, name)
+            self.assertFalse(stat.S_ISLNK(info.st_mode), name)
+        self.assert_target_untouched()
+
+
 #: The user's app: a WSGI app served over FastCGI by flup, on a port of its
 #: own (argv[1]) or on the listening socket it was given as fd 0.
 FLUP_APP = r"""
