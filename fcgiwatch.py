@@ -3456,8 +3456,11 @@ class Supervisor:
 
     def process_signals(self):
         while self.pending_signals:
-            numbers = set(self.pending_signals)
-            del self.pending_signals[:]
+            # Take the list and leave a new one for the handler: a signal
+            # that arrives while we copy lands in the new list, never in one
+            # we then empty (copying, then deleting, lost it).
+            taken, self.pending_signals = self.pending_signals, []
+            numbers = set(taken)
             if signal.SIGCHLD in numbers:
                 self.reap()
             if numbers & set((signal.SIGTERM, signal.SIGINT)):

@@ -276,6 +276,32 @@ def parse(text, filename="/etc/test.conf", euid=None):
     return fcgiwatch.parse_config(textwrap.dedent(text), filename, euid)
 
 
+class SignalListTests(unittest.TestCase):
+    """Issue 11: a signal that arrives while the loop takes the pending
+    ones is handled, not lost (a lost SIGCHLD leaves a zombie shown up)."""
+
+    def test_signal_during_the_copy_is_kept(self):
+        config = parse("[a]\ncommand = true\n")
+        supervisor = fcgiwatch.Supervisor(config, foreground=False)
+        handled = []
+        supervisor.reload = lambda cause: handled.append("reload")
+        supervisor.reopen_logs = lambda: handled.append("reopen")
+        old = signal.signal(signal.SIGUSR1, supervisor.on_signal)
+        self.addCleanup(signal.signal, signal.SIGUSR1, old)
+
+        class SignalDuringCopy(list):
+            """The pending list; a real SIGUSR1 arrives while it is read."""
+            def __iter__(self):
+                for item in list.__iter__(self):
+                    yield item
+                os.kill(os.getpid(), signal.SIGUSR1)
+
+        supervisor.pending_signals = SignalDuringCopy([signal.SIGHUP])
+        supervisor.process_signals()
+        self.assertEqual(handled, ["reload", "reopen"])
+        self.assertEqual(list(supervisor.pending_signals), [])
+
+
 class ParseConfigTests(unittest.TestCase):
     def errors(self, text, euid=None):
         with self.assertRaises(fcgiwatch.ConfigErrors) as caught:
