@@ -30,10 +30,12 @@ Signals to the supervisor: TERM or INT stop every service and exit; HUP
 reloads the config; USR1 reopens log files; USR2 re-executes the supervisor.
 
 Map of this file, top to bottom: constants; errors; config (converters,
-parse_config, diff_configs); child process (user lookup, spawn, the child
-side); output (log files, syslog); the supervision state machine (Service);
-health probes; the event loop (Supervisor); status; control protocol
-(server, then client); command line (parse_args, main).
+parse_config, diff_configs); child process (spawn, the child side); safe
+paths (how a root supervisor writes files others can reach); output (log
+files, syslog, routing); the supervision state machine (Run, Service and
+the TRANSITIONS table); health probes; the event loop (Supervisor);
+leftovers of a supervisor that died; upgrade in place (Handover); status;
+control protocol (server, then client); command line (parse_args, main).
 """
 
 import errno
@@ -82,10 +84,13 @@ REEXEC_CHECK_FILE = "reexec-check.out"
 #: This file, for --reexec: the daemon's cwd is /, so resolve it now.
 PROGRAM_PATH = os.path.abspath(__file__)
 
-#: How the long-running supervisor runs this file: loaded as a module, not
-#: as a script.  CPython keeps a script's whole syntax tree (about 10 MB for
-#: this file) alive until the script's top level returns, which for a
-#: supervisor is never; every fork would copy page tables for it.
+#: The long-running supervisor runs this file as a module, never as a
+#: script: CPython compiles a script on every run and keeps its whole
+#: syntax tree (about 10 MB for this file) alive until the script's top
+#: level returns, which for a supervisor is never, and every fork would
+#: copy page tables for it.  As a module it loads its cached bytecode.
+#: This is how, when the file's name is not a module name (a copy named
+#: "fcgiwatch" with no .py): loaded by hand, compiled every time.
 BOOT = ("import sys; sys.dont_write_bytecode = True; "
         "from importlib.machinery import SourceFileLoader; "
         "from importlib.util import module_from_spec, spec_from_loader; "
@@ -93,6 +98,10 @@ BOOT = ("import sys; sys.dont_write_bytecode = True; "
         "module = module_from_spec(spec_from_loader('fcgiwatch', loader)); "
         "sys.modules['fcgiwatch'] = module; loader.exec_module(module); "
         "sys.exit(module.main(sys.argv[2:]))")
+
+#: Carries the caller's working directory across the boot exec, which
+#: starts the module in its own directory (where python3 -m finds it).
+BOOT_CWD = "FCGIWATCH_BOOT_CWD"
 
 #: A run shorter than this is a quick failure even with startsecs = 0, so
 #: that a program that exits at once can never make us restart it in a loop.
@@ -796,7 +805,8 @@ def parse_globals(parser, filename, base_dir, euid, error):
 
 
 def parse_service(parser, section, name, globals_, base_dir, euid, error):
-    """One service section; reports problems through error()."""
+    """One service section as a ServiceConfig, or None after reporting
+    its problems through error(section, key, message)."""
     given = dict(parser.items(section))
     bad = False
     for key in given:
@@ -809,154 +819,159 @@ def parse_service(parser, section, name, globals_, base_dir, euid, error):
             bad = True
     raw = dict(SERVICE_DEFAULTS)
     raw.update((k, v) for k, v in given.items() if k in SERVICE_DEFAULTS)
-    values = {}
+
+    def report(key, message):
+        error(section, key, message)
+    values = convert_service_keys(raw, base_dir, euid, report)
+    user = resolve_run_user(raw, euid, report)
+    socket_owner = resolve_socket_owner(raw, euid, report)
+    if bad or values is None or user is None or socket_owner is False:
+        return None
+    user_name, uid, gid, groups, home, shell = user
+    env = {"PATH": globals_.path, "HOME": home, "USER": user_name,
+           "LOGNAME": user_name, "SHELL": shell}
+    env.update(values["environment"])
+    values.update(
+        name=name, section=section, command=raw["command"].strip(),
+        argv=values.pop("command"), user=user_name, uid=uid, gid=gid,
+        groups=groups, home=home, shell=shell,
+        env=tuple(sorted(env.items())), socket_owner=socket_owner)
+    return ServiceConfig(**values)
+
+
+#: Service keys converted by one function of their value alone.
+SERVICE_CONVERTERS = (
+    ("umask", to_octal), ("autostart", to_bool),
+    ("autorestart", to_autorestart), ("exitcodes", to_exitcodes),
+    ("startsecs", to_seconds), ("startretries", to_retries),
+    ("backoff_max", to_seconds), ("stopsignal", to_signal),
+    ("stopwaitsecs", to_seconds), ("stopasgroup", to_bool),
+    ("killasgroup", to_bool), ("redirect_stderr", to_bool),
+    ("stdout_logfile_maxbytes", to_byte_size),
+    ("stdout_logfile_backups", to_int),
+    ("healthcheck_interval", to_seconds),
+    ("healthcheck_timeout", to_seconds),
+    ("healthcheck_retries", lambda v: to_int(v, 1)),
+    ("priority", lambda v: to_int(v, None)),
+    ("socket_mode", to_octal))
+
+
+def convert_service_keys(raw, base_dir, euid, report):
+    """The values of a service's own keys (not user or socket owner), or
+    None after reporting each problem through report(key, message)."""
+    values, ok = {}, [True]
 
     def convert(key, function, *args):
         try:
             values[key] = function(raw[key], *args)
         except ValueError as exc:
-            error(section, key, str(exc))
-            return False
-        return True
+            report(key, str(exc))
+            ok[0] = False
 
     if raw["command"] is None:
-        error(section, "command", "missing; say what to run, e.g. command = "
-              "/usr/bin/python3 app.py")
-        bad = True
+        report("command", "missing; say what to run, e.g. command = "
+               "/usr/bin/python3 app.py")
+        ok[0] = False
     else:
-        bad |= not convert("command", to_command)
-    for key, function in (
-            ("umask", to_octal), ("autostart", to_bool),
-            ("autorestart", to_autorestart), ("exitcodes", to_exitcodes),
-            ("startsecs", to_seconds), ("startretries", to_retries),
-            ("backoff_max", to_seconds), ("stopsignal", to_signal),
-            ("stopwaitsecs", to_seconds), ("stopasgroup", to_bool),
-            ("killasgroup", to_bool), ("redirect_stderr", to_bool),
-            ("stdout_logfile_maxbytes", to_byte_size),
-            ("stdout_logfile_backups", to_int),
-            ("healthcheck_interval", to_seconds),
-            ("healthcheck_timeout", to_seconds),
-            ("healthcheck_retries", lambda v: to_int(v, 1)),
-            ("priority", lambda v: to_int(v, None)),
-            ("socket_mode", to_octal)):
-        bad |= not convert(key, function)
+        convert("command", to_command)
+    for key, function in SERVICE_CONVERTERS:
+        convert(key, function)
     for key, function in (("healthcheck", to_healthcheck),
-                          ("socket", to_socket)):
+                          ("socket", to_socket),
+                          ("environment", to_environment)):
         if raw[key].strip():
-            bad |= not convert(key, function)
+            convert(key, function)
         else:
-            values[key] = None
-    bad |= not convert("stdout_logfile", to_logfile, base_dir, euid)
-    for stream_key, stdout_key in (
-            ("stderr_logfile", "stdout_logfile"),
-            ("stderr_logfile_maxbytes", "stdout_logfile_maxbytes"),
-            ("stderr_logfile_backups", "stdout_logfile_backups")):
-        if raw[stream_key].strip():
-            function = {"stderr_logfile": lambda v: to_logfile(
-                v, base_dir, euid),
-                        "stderr_logfile_maxbytes": to_byte_size,
-                        "stderr_logfile_backups": to_int}[stream_key]
-            bad |= not convert(stream_key, function)
+            values[key] = () if key == "environment" else None
+    convert("stdout_logfile", to_logfile, base_dir, euid)
+    # stderr: its own keys where given, else stdout's (and with
+    # redirect_stderr, stdout's destination whatever was given).
+    for key, function, args in (
+            ("stderr_logfile", to_logfile, (base_dir, euid)),
+            ("stderr_logfile_maxbytes", to_byte_size, ()),
+            ("stderr_logfile_backups", to_int, ())):
+        if raw[key].strip():
+            convert(key, function, *args)
         else:
-            values[stream_key] = values.get(stdout_key)
+            values[key] = values.get(key.replace("stderr", "stdout"))
+    if values.get("redirect_stderr"):
+        values["stderr_logfile"] = values.get("stdout_logfile")
     if values.get("healthcheck_interval") == 0:
-        error(section, "healthcheck_interval", "must be more than 0 seconds")
-        bad = True
+        report("healthcheck_interval", "must be more than 0 seconds")
+        ok[0] = False
+    directory = base_dir
+    if raw["directory"].strip():
+        directory = os.path.normpath(os.path.join(
+            base_dir, os.path.expanduser(raw["directory"].strip())))
+        if not os.path.isdir(directory):
+            report("directory", "%s does not exist or is not a directory; "
+                   "create it or fix the path" % directory)
+            ok[0] = False
+    values["directory"] = directory
+    return values if ok[0] else None
 
-    # The run user: only root may name somebody else (setuid would fail).
-    me = current_user(euid)
-    user_name, uid, gid, home, shell = me
-    change_user = False
+
+def resolve_run_user(raw, euid, report):
+    """(user name, uid, gid, groups, home, shell) of the run user, with uid
+    and gid None when nothing changes (the supervisor's own user); or None
+    after reporting.  Only root may name somebody else (setuid would
+    fail)."""
+    user_name, uid, gid, home, shell = current_user(euid)
+    change_user, ok = False, True
     if raw["user"].strip():
         try:
             entry = lookup_user(raw["user"].strip())
             user_name, uid, gid = entry.pw_name, entry.pw_uid, entry.pw_gid
             home, shell = entry.pw_dir, entry.pw_shell or "/bin/sh"
             if euid != 0 and uid != euid:
-                error(section, "user", "only a root supervisor can run "
-                      "services as another user (%s); remove the key or "
-                      "start fcgiwatch as root" % user_name)
-                bad = True
+                report("user", "only a root supervisor can run services as "
+                       "another user (%s); remove the key or start "
+                       "fcgiwatch as root" % user_name)
+                ok = False
             change_user = euid == 0
         except ValueError as exc:
-            error(section, "user", str(exc))
-            bad = True
+            report("user", str(exc))
+            ok = False
     if raw["group"].strip():
         try:
             gid = lookup_group(raw["group"].strip())
             if euid != 0 and gid != os.getegid():
-                error(section, "group", "only a root supervisor can switch "
-                      "to group %s; remove the key or start fcgiwatch as "
-                      "root" % raw["group"].strip())
-                bad = True
+                report("group", "only a root supervisor can switch to group "
+                       "%s; remove the key or start fcgiwatch as root"
+                       % raw["group"].strip())
+                ok = False
             change_user = change_user or euid == 0
         except ValueError as exc:
-            error(section, "group", str(exc))
-            bad = True
-    groups = ()
-    if change_user and not bad:
-        try:
-            groups = tuple(sorted(set(os.getgrouplist(user_name, gid))))
-        except OSError:
-            groups = (gid,)
-
-    directory = base_dir
-    if raw["directory"].strip():
-        directory = os.path.normpath(os.path.join(
-            base_dir, os.path.expanduser(raw["directory"].strip())))
-        if not os.path.isdir(directory):
-            error(section, "directory", "%s does not exist or is not a "
-                  "directory; create it or fix the path" % directory)
-            bad = True
-    environment = ()
-    if raw["environment"].strip():
-        bad |= not convert("environment", to_environment)
-        environment = values.get("environment", ())
-
-    socket_owner = None
-    if raw["socket_owner"].strip():
-        owner, _colon, group = raw["socket_owner"].strip().partition(":")
-        try:
-            entry = lookup_user(owner)
-            socket_owner = (entry.pw_uid, lookup_group(group) if group
-                            else entry.pw_gid)
-            if euid != 0 and socket_owner[0] != euid:
-                raise ValueError("only a root supervisor can give a socket "
-                                 "to another user")
-        except ValueError as exc:
-            error(section, "socket_owner", str(exc))
-            bad = True
-    if bad:
+            report("group", str(exc))
+            ok = False
+    if not ok:
         return None
+    if not change_user:
+        return user_name, None, None, (), home, shell
+    try:
+        groups = tuple(sorted(set(os.getgrouplist(user_name, gid))))
+    except OSError:
+        groups = (gid,)
+    return user_name, uid, gid, groups, home, shell
 
-    env = {"PATH": globals_.path, "HOME": home, "USER": user_name,
-           "LOGNAME": user_name, "SHELL": shell}
-    env.update(environment)
-    return ServiceConfig(
-        name=name, section=section, command=raw["command"].strip(),
-        argv=values["command"], user=user_name,
-        uid=uid if change_user else None, gid=gid if change_user else None,
-        groups=groups, home=home, shell=shell, directory=directory,
-        environment=environment, env=tuple(sorted(env.items())),
-        umask=values["umask"], autostart=values["autostart"],
-        autorestart=values["autorestart"], exitcodes=values["exitcodes"],
-        startsecs=values["startsecs"], startretries=values["startretries"],
-        backoff_max=values["backoff_max"], stopsignal=values["stopsignal"],
-        stopwaitsecs=values["stopwaitsecs"],
-        stopasgroup=values["stopasgroup"], killasgroup=values["killasgroup"],
-        stdout_logfile=values["stdout_logfile"],
-        stderr_logfile=values["stderr_logfile"],
-        stdout_logfile_maxbytes=values["stdout_logfile_maxbytes"],
-        stdout_logfile_backups=values["stdout_logfile_backups"],
-        stderr_logfile_maxbytes=values["stderr_logfile_maxbytes"],
-        stderr_logfile_backups=values["stderr_logfile_backups"],
-        redirect_stderr=values["redirect_stderr"],
-        healthcheck=values["healthcheck"],
-        healthcheck_interval=values["healthcheck_interval"],
-        healthcheck_timeout=values["healthcheck_timeout"],
-        healthcheck_retries=values["healthcheck_retries"],
-        priority=values["priority"], socket=values["socket"],
-        socket_owner=socket_owner, socket_mode=values["socket_mode"])
+
+def resolve_socket_owner(raw, euid, report):
+    """socket_owner as (uid, gid), None when not given, or False after
+    reporting."""
+    if not raw["socket_owner"].strip():
+        return None
+    owner, _colon, group = raw["socket_owner"].strip().partition(":")
+    try:
+        entry = lookup_user(owner)
+        result = (entry.pw_uid, lookup_group(group) if group
+                  else entry.pw_gid)
+        if euid != 0 and result[0] != euid:
+            raise ValueError("only a root supervisor can give a socket to "
+                             "another user")
+    except ValueError as exc:
+        report("socket_owner", str(exc))
+        return False
+    return result
 
 
 def diff_configs(old, new):
@@ -1281,25 +1296,6 @@ def decode_wait_status(status):
     return None, None, "wait status %d" % status
 
 
-def process_start_time(pid):
-    """Field 22 of /proc/PID/stat (start time in clock ticks), or None.
-
-    Together with the pid it names one process for good: a recycled pid has
-    a later start time.
-    """
-    try:
-        with open("/proc/%d/stat" % pid, "rb") as handle:
-            data = handle.read()
-    except OSError:
-        return None
-    # The command name (field 2) may hold spaces and parentheses.
-    fields = data[data.rfind(b")") + 2:].split()
-    try:
-        return int(fields[19])
-    except (IndexError, ValueError):
-        return None
-
-
 def group_alive(pgid):
     """Is any process left in this process group?"""
     try:
@@ -1309,40 +1305,6 @@ def group_alive(pgid):
     except PermissionError:
         return True
     return True
-
-
-def config_fingerprint(config):
-    """A stable digest of the keys that shape a service's process: a
-    leftover run is only taken over when it was started the same way."""
-    import zlib
-    shape = repr(tuple(getattr(config, k) for k in PROCESS_KEYS))
-    return zlib.crc32(shape.encode("utf-8", "replace")) & 0xffffffff
-
-
-def open_pidfd(pid):
-    """A pidfd for pid (Python 3.9+, Linux 5.3+), or None where there is
-    none: then a leftover cannot be watched and is stopped instead."""
-    opener = getattr(os, "pidfd_open", None)
-    if opener is None:
-        return None
-    try:
-        return opener(pid)
-    except OSError:
-        return None
-
-
-def is_same_process(pid, start_time):
-    """Is pid still the process that started at start_time (not a zombie)?"""
-    if not pid or start_time is None:
-        return False
-    if process_start_time(pid) != start_time:
-        return False
-    try:
-        with open("/proc/%d/stat" % pid, "rb") as handle:
-            data = handle.read()
-        return data[data.rfind(b")") + 2:].split()[0] != b"Z"
-    except OSError:
-        return False
 
 
 def format_seconds(seconds):
@@ -2065,37 +2027,165 @@ class OutputPipe:
 
 
 # ===========================================================================
+# Output routing
+#
+# Children write into pipes that live as long as their service; the loop
+# moves what they hold to each pipe's destination (a LogFile, shared by
+# every stream that names its path, or the one SyslogOutput).  A
+# destination that cannot keep up (a full syslog socket) pauses reading,
+# so the pipe throttles the child instead of our memory growing.
+# ===========================================================================
+
+class Outputs:
+    """The supervisor's output pipes and their destinations."""
+
+    def __init__(self, supervisor):
+        self.supervisor = supervisor
+        self.files = {}           # path -> LogFile
+        self.syslog = SyslogOutput(supervisor)
+
+    def make(self, service, handed=None):
+        """The pipes for a service's stdout and stderr, per its config
+        (handed: {stream: (read fd, write fd)} from --reexec)."""
+        config = service.config
+        handed = handed or {}
+        stdout = self.make_pipe(service, "stdout", config.stdout_logfile,
+                                config.stdout_logfile_maxbytes,
+                                config.stdout_logfile_backups,
+                                handed.get("stdout"))
+        stderr = None  # None: the child's fd 2 shares stdout's
+        if not stderr_follows_stdout(config):
+            stderr = self.make_pipe(service, "stderr", config.stderr_logfile,
+                                    config.stderr_logfile_maxbytes,
+                                    config.stderr_logfile_backups,
+                                    handed.get("stderr"))
+        return stdout, stderr
+
+    def make_pipe(self, service, stream, dest, maxbytes, backups, fds=None):
+        if dest in ("null", "inherit"):
+            return None
+        if dest == "syslog":
+            dest = self.syslog
+        else:
+            log_file = self.files.get(dest)
+            if log_file is None:
+                log_file = LogFile(dest, maxbytes, backups,
+                                   self.on_log_file_warning,
+                                   self.supervisor.euid, self.syslog)
+                log_file.open()
+                self.files[dest] = log_file
+            log_file.users += 1
+            dest = log_file
+        pipe = OutputPipe(service, stream, dest, fds)
+        self.supervisor.watch(pipe.read_fd, EVENT_READ,
+                              lambda _mask: self.on_readable(pipe))
+        return pipe
+
+    def on_log_file_warning(self, message):
+        # Where output goes changed (to syslog, or back): --status says so.
+        self.supervisor.status_dirty = True
+        self.supervisor.warn(message)
+
+    def release(self, pipe):
+        self.supervisor.unwatch(pipe.read_fd)
+        pipe.close()
+        if isinstance(pipe.dest, LogFile):
+            pipe.dest.users -= 1
+            if pipe.dest.users <= 0:
+                pipe.dest.close()
+                self.files.pop(pipe.dest.path, None)
+
+    def on_readable(self, pipe):
+        if pipe.dest.is_blocked():
+            # The syslog socket is full: stop reading, let the pipe fill and
+            # the child wait, until the backlog drains.
+            self.supervisor.unwatch(pipe.read_fd)
+            self.supervisor.syslog.waiters.append(pipe)
+            return
+        pipe.read_once()
+
+    def on_syslog_backlog(self, backlogged):
+        supervisor = self.supervisor
+        sender = supervisor.syslog
+        if backlogged:
+            if sender.sock is not None:
+                supervisor.watch(sender.sock.fileno(), EVENT_WRITE,
+                                 lambda _mask: sender.flush())
+            return
+        if sender.sock is not None:
+            supervisor.unwatch(sender.sock.fileno())
+        waiters, sender.waiters = sender.waiters, []
+        for pipe in waiters:
+            if pipe.read_fd >= 0:
+                supervisor.watch(pipe.read_fd, EVENT_READ,
+                                 lambda _mask, pipe=pipe: self.on_readable(
+                                     pipe))
+
+    def reopen(self):
+        """SIGUSR1: logrotate renamed our files; open fresh ones."""
+        for log_file in self.files.values():
+            log_file.reopen()
+
+
+# ===========================================================================
 # Supervision state machine
 #
-# One Service per program.  What the operator wants (want: "up" or "down")
-# is kept apart from what the process is doing (state), as daemontools keeps
-# flagwantup apart from pid.  Events arrive as on_<event> methods that
-# branch on the state at their top; a pair not handled there is a
-# deliberate no-op.  change_state() is the one place a state changes.
+# One Service per program instance.  Each process it starts is a Run (pid,
+# process group, start time, exec pipe, stop phase), kept apart from the
+# Service (config, want, counters), as runit keeps one record per process:
+# a service can then hold a new run beside an old one.  What the operator
+# wants (want: "up" or "down") is kept apart from what the process does
+# (state), as daemontools keeps flagwantup apart from pid.
 #
-#   event \ state   starting      up            stopping        backoff   down,
-#                                                                         fatal
-#   exited          restart*      restart*      down, or start  -         -
-#                                               if wanted up
-#   deadline        up (ran       -             KILL, then      start     -
-#                   startsecs)                  poll the group
-#   probe passed    up            -             -               -         -
-#   probe failed    stopping (after healthcheck_retries in a row; not
-#                   counted before startsecs)
-#   want up         -             -             start when gone start     start
-#   want down       stopping      stopping      stays down      down      down
-#   restart         stopping, then start when gone              start     start
+# Events reach Service.fire(event, now, ...), which looks (state, event) up
+# in TRANSITIONS at the end of this section; a pair not listed there is a
+# deliberate no-op.  change_state() is the one place a state changes: it
+# stamps the time, logs the event's line with "[old -> new]", and marks the
+# status file.  The whole machine:
 #
-#   * restart: at once after a good run (-> starting); after 1, 2, 4 ... s
-#     after a quick one (-> backoff); fatal after startretries quick ones;
-#     down when autorestart says so.  A start that fails in the supervisor
-#     itself (fork, chdir, exec) is decided the same way, as a quick run.
+#   state            event          handler               goes to
+#   down, fatal      want_up        start_wanted          starting (spawn)
+#   backoff          want_up        start_wanted          starting, at once
+#   down, fatal,     restart        start_wanted          starting
+#     backoff
+#   backoff          deadline       backoff_over          starting
+#   backoff, fatal   want_down      give_up_retrying      down
+#   down             want_down      settle_down           down (a removal or
+#                                                         pending config ends)
+#   starting, up     deadline       startsecs_reached     up (with a health
+#                                                         check: on its pass)
+#   starting         probe_ok       first_probe_passed    up
+#   starting, up     health_failed  restart_unhealthy     stopping, then
+#                                                         starting
+#   starting, up     want_down      stop_running          stopping
+#   starting, up     restart        restart_running       stopping, then
+#                                                         starting
+#   starting, up     exited         run_ended             starting (at once
+#                                                         after a good run),
+#                                                         backoff, fatal, down
+#   stopping         exited         stopping_exited       down, or starting
+#                                                         when wanted up, once
+#                                                         its group is gone
+#   stopping         deadline       stopping_deadline     KILL at stopwaitsecs;
+#                                                         then stop waiting
+#   down, backoff,   exited         exit_out_of_turn      (cannot happen:
+#     fatal                                               logged, ignored)
+#
+# A start that fails in the supervisor itself (fork, chdir, exec with
+# posix_spawn) is decided like a run that ended at once: spawn_failed ->
+# backoff or fatal.  STOPPING has two phases, in run.stop_phase:
+# "signalled" (the stop signal sent, KILL due at run.kill_at) and "killed"
+# (KILL sent, GROUP_KILL_GRACE to go); in either, the main process may be
+# gone (run.pid 0) while the rest of its process group lingers.
 # ===========================================================================
 
 #: How a stop's cause reads in the log.
 STOP_REASONS = {"stopped": "on request", "restart": "for a restart",
                 "health": "health check failed", "shutdown": "shutdown",
                 "removed": "removed from the config"}
+
+#: Run.stop_phase values (None while the run is not being stopped).
+STOP_SIGNALLED, STOP_KILLED = "signalled", "killed"
 
 
 def backoff_delay(fails, backoff_max):
@@ -2109,397 +2199,56 @@ def backoff_delay(fails, backoff_max):
     return min(backoff_max, 2 ** min(fails - 1, 30))
 
 
+#: What follows a run that ended by itself.  action: "restart" after delay
+#: seconds (0: at once), "fatal" (give up), "done" (it ended as expected:
+#: stays down, wanted down) or "down" (autorestart = false after an
+#: unexpected exit: stays down, still wanted up).
+Decision = namedtuple("Decision", ["action", "delay"])
+
+
 def restart_decision(config, code, quick, fails):
     """What to do after a run ends by itself: a pure function of the config.
 
     code is the exit code (None for a signal or a failed spawn), quick says
     the run was shorter than startsecs, fails counts quick failures in a row
-    including this one.  Returns ("restart", delay), ("down", expected) or
-    ("fatal", None).
+    including this one.
+
+    >>> c = parse_config("[a]\\ncommand = x\\n", "/x.conf").services[0]
+    >>> restart_decision(c, 1, True, 3)
+    Decision(action='restart', delay=4)
     """
     expected = code is not None and code in config.exitcodes
     if config.autorestart == "false" or (
             config.autorestart == "unexpected" and expected):
-        return "down", expected
+        return Decision("done" if expected else "down", 0)
     if quick and config.startretries is not None and (
             fails > config.startretries):
-        return "fatal", None
-    return "restart", backoff_delay(fails, config.backoff_max) if quick else 0
+        return Decision("fatal", 0)
+    return Decision("restart", backoff_delay(fails, config.backoff_max)
+                    if quick else 0)
 
 
-class Service:
-    """Everything about one supervised program (runit's struct svdir).
+class Run:
+    """One process of a service, from spawn to reap.
 
-    pid is 0 when no process runs.  deadline is the one monotonic time at
-    which the current state times out (end of startsecs, end of a backoff,
-    SIGKILL after stopwaitsecs), or None.
+    pid is the main process, 0 once reaped; pgid its process group, which
+    may outlive it; start_time its /proc start time (read lazily); ready
+    says it ran startsecs; stop_phase and kill_at are STOPPING's phase.
     """
 
-    def __init__(self, supervisor, config):
-        self.supervisor = supervisor
-        self.config = config
-        self.name = config.name
-        self.state = DOWN
-        self.want = "down"
-        self.why = "not started"  # short reason shown in (...) when no pid
-        self.message = ""         # the last error, for --status
-        self.pid = 0
-        self.pgid = 0
-        self.proc_start = None    # /proc start time of pid, read lazily
-        self.started_at = 0.0     # monotonic time of this run's spawn
-        self.started_wall = 0.0
-        self.since = supervisor.clock()
-        self.since_wall = time.time()
-        self.deadline = None
-        self.kill_at = None
-        self.killed = False
-        self.good_start = False   # this run reached startsecs
-        self.fails = 0            # quick failures in a row
-        self.spawns = 0
-        self.restarts = 0
-        self.last_exit = None
-        self.spawn_error = None
-        self.exec_fd = -1
-        self.outputs = None       # (stdout OutputPipe or None, stderr ...)
-        self.pending_config = None
-        self.removing = False
-        self.health = "unknown" if config.healthcheck else "none"
-        self.health_fails = 0
-        self.probe = None
-        self.probe_due = None
-        self.listener = None
-        self.pidfd = None         # set for a taken-over leftover process
-
-    # -- bookkeeping -----------------------------------------------------
-
-    def log(self, words, severity=LOG_INFO):
-        self.supervisor.log("%s: %s" % (self.name, words), severity)
-
-    def change_state(self, state, why=None):
-        """The one place a state changes: stamp the time, mark status."""
-        if state != self.state:
-            self.state = state
-            self.since = self.supervisor.clock()
-            self.since_wall = time.time()
-        if why is not None:
-            self.why = why
-        self.supervisor.status_dirty = True
-
-    def next_wake(self):
-        """The earliest monotonic time this service needs the loop, or None."""
-        times = [t for t in (self.deadline, self.probe_due) if t is not None]
-        if self.probe is not None:
-            times.append(self.probe.deadline)
-        return min(times) if times else None
-
-    # -- events from the operator ------------------------------------------
-
-    def on_want_up(self, now):
-        """--start, autostart, or a reload that adds the service."""
-        self.want = "up"
-        if self.state in (DOWN, FATAL, BACKOFF):
-            # DOWN/FATAL/BACKOFF -> STARTING: the operator asked, so the
-            # count of quick failures starts again.
-            self.fails = 0
-            self.message = ""
-            self.deadline = None
-            self.spawn(now)
-        # STARTING/UP: already running.  STOPPING: respawns once gone.
-
-    def on_want_down(self, now, why="stopped"):
-        """--stop, shutdown, or a reload that removes the service."""
-        self.want = "down"
-        if self.state in (STARTING, UP):
-            self.begin_stop(now, why)  # STARTING/UP -> STOPPING
-        elif self.state in (BACKOFF, FATAL):
-            # BACKOFF/FATAL -> DOWN: no restart is pending any more.
-            self.deadline = None
-            self.change_state(DOWN, why)
-            self.finish_down()
-        elif self.state == DOWN:
-            self.finish_down()
-        # STOPPING: it goes down, and now stays down.
-
-    def on_restart(self, now):
-        """--restart: stop the running process, then start a fresh one."""
-        if self.state in (STARTING, UP):
-            self.want = "up"
-            self.fails = 0
-            self.begin_stop(now, "restart")  # -> STOPPING, respawn when gone
-        else:
-            self.on_want_up(now)
-
-    def send_signal(self, number):
-        """--signal: to the main process only, as svc -h does."""
-        if not self.pid:
-            return False
-        try:
-            if self.pidfd is not None:
-                signal.pidfd_send_signal(self.pidfd, number)
-            else:
-                os.kill(self.pid, number)
-        except ProcessLookupError:
-            return False  # it is exiting: the reaper will tell
-        return True
-
-    # -- events from the process -----------------------------------------
-
-    def spawn(self, now, before=None):
-        """Start one run.  Any state -> STARTING (or UP, or BACKOFF).
-
-        before is a log line about what led here (an exit): written after
-        the fork, so logging is never on the restart path, but ahead of
-        the "spawned" line it explains."""
-        if self.pending_config is not None:
-            self.apply_config(self.pending_config)
-        supervisor, config = self.supervisor, self.config
-        if self.spawns:
-            self.restarts += 1
-        self.spawns += 1
-        try:
-            stdin_fd, stdout_fd, stderr_fd = self.child_fds()
-            pid, exec_fd = spawn_child(config, stdin_fd, stdout_fd, stderr_fd,
-                                       supervisor.reset_signals,
-                                       supervisor.home_fd)
-        except SpawnError as exc:
-            self.spawn_failed(now, str(exc), before)
-            return
-        except OSError as exc:
-            # Fork failed (no memory, too many processes): warn and retry
-            # after a backoff, as supervise.c does; never give up the loop.
-            self.spawn_failed(now, "fork failed: %s" % (exc.strerror or exc),
-                              before)
-            return
-        supervisor.children[pid] = self
+    def __init__(self, service, pid, now, exec_fd=-1):
+        self.service = service
         self.pid = self.pgid = pid
-        self.proc_start = None
+        self.start_time = None
         self.started_at, self.started_wall = now, time.time()
-        self.killed = self.good_start = False
-        self.spawn_error = None
         self.exec_fd = exec_fd
-        if exec_fd >= 0:
-            supervisor.watch_exec_pipe(self)
-        self.health_fails = 0
-        if config.healthcheck:
-            self.health = "unknown"
-            self.probe_due = now + max(0.05, min(config.startsecs,
-                                                 config.healthcheck_interval))
-        if config.startsecs > 0 or config.healthcheck:
-            self.deadline = now + config.startsecs
-            self.change_state(STARTING, "")  # -> STARTING
-        else:
-            self.deadline = None
-            self.good_start = True
-            self.change_state(UP, "")  # -> UP: startsecs = 0 trusts at once
-        if before:
-            self.log(before)
-        self.log("spawned: pid %d" % pid)
+        self.spawn_error = None
+        self.pidfd = None     # set for a taken-over process: not our child
+        self.ready = False
+        self.stop_phase = None
+        self.kill_at = None
 
-    def child_fds(self):
-        """stdin, stdout, stderr for the next run (pipes made on first use)."""
-        supervisor = self.supervisor
-        if self.outputs is None:
-            self.outputs = supervisor.make_outputs(self)
-        stdout_pipe, stderr_pipe = self.outputs
-        config = self.config
-        stdout_fd = self.stream_fd(config.stdout_logfile, stdout_pipe, 1)
-        if config.redirect_stderr or (stderr_pipe is None and stdout_pipe
-                                      is not None and config.stderr_logfile
-                                      == config.stdout_logfile):
-            stderr_fd = stdout_fd
-        else:
-            stderr_fd = self.stream_fd(config.stderr_logfile, stderr_pipe, 2)
-        stdin_fd = (self.listener.fileno() if self.listener is not None
-                    else supervisor.devnull)
-        return stdin_fd, stdout_fd, stderr_fd
-
-    def stream_fd(self, dest, pipe, own_fd):
-        if dest == "inherit":
-            return own_fd
-        if dest == "null" or pipe is None:
-            return self.supervisor.devnull
-        return pipe.write_fd
-
-    def on_exec_report(self):
-        """The exec pipe is readable: EOF means exec succeeded."""
-        try:
-            data = os.read(self.exec_fd, 4096)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            data = b""
-        if data:
-            self.spawn_error = describe_spawn_error(data)
-            self.message = self.spawn_error
-        self.close_exec_pipe()
-
-    def close_exec_pipe(self):
-        if self.exec_fd >= 0:
-            self.supervisor.unwatch(self.exec_fd)
-            os.close(self.exec_fd)
-            self.exec_fd = -1
-
-    def on_exited(self, status, now):
-        """The reaper saw our process end (status None: a taken-over
-        process, not our child, whose exit status nobody can know)."""
-        if status is None:
-            code, signame, words = None, None, "exited (status unknown)"
-        else:
-            code, signame, words = decode_wait_status(status)
-        self.close_pidfd()
-        if self.exec_fd >= 0:
-            # The child is dead, so its report (if any) is in the pipe.
-            self.on_exec_report()
-        ran = now - self.started_at
-        self.pid = 0
-        self.drain_output()
-        self.last_exit = {"code": code, "signal": signame,
-                          "at": time.time(), "ran": round(ran, 3)}
-        if self.state == STOPPING:
-            self.after_stop(now, words, ran)
-        elif self.state in (STARTING, UP):
-            self.after_crash(now, code, words, ran)
-        else:
-            # Cannot happen: a process outside the running states.
-            self.log("exited in state %s (%s); ignored" % (self.state, words),
-                     LOG_WARNING)
-
-    def after_crash(self, now, code, words, ran):
-        """A run ended by itself: restart now, back off, or give up."""
-        config = self.config
-        self.cancel_probe()
-        self.probe_due = None
-        old_group, self.pgid = self.pgid, 0
-        if self.spawn_error:
-            # The child reported through the exec pipe: it never ran.
-            self.settle(now, "could not start", None, True, self.spawn_error)
-        else:
-            quick = (not self.good_start and ran < config.startsecs) or (
-                ran < MIN_GOOD_RUN)
-            self.settle(now, "exited", code, quick, "%s after %s" % (
-                words, format_seconds(ran)), "exited %d" % code
-                if code is not None else "signal %s" % (
-                    self.last_exit["signal"] or "unknown"))
-            if code == 0 and quick and config.startsecs > 0:
-                self.log("exited 0 after %s, sooner than startsecs (%s): if "
-                         "it puts itself in the background, make it run in "
-                         "the foreground (e.g. runfcgi daemonize=false)" % (
-                             format_seconds(ran), format_seconds(
-                                 config.startsecs)), LOG_WARNING)
-        if config.killasgroup and old_group:
-            self.kill_leftovers(old_group)
-
-    def spawn_failed(self, now, error, before=None):
-        """No process came of a start (fork, chdir or exec failed in the
-        supervisor): a quick failure, as if the run died at once."""
-        self.spawn_error = self.message = error
-        if before:
-            self.log(before)
-        self.settle(now, "could not start", None, True, error)
-
-    def settle(self, now, event, code, quick, what, short=None):
-        """After a run or a failed start: restart at once, back off, give
-        up (FATAL), or stay DOWN, as autorestart and startretries say."""
-        config = self.config
-        short = short or what.split(":")[0]  # "exec failed"
-        self.fails = self.fails + 1 if quick else 0
-        if self.supervisor.shutting_down:
-            self.want = "down"
-            self.change_state(DOWN, short)  # STARTING/UP -> DOWN
-            self.log("%s: %s" % (event, what))
-            return
-        action, detail = restart_decision(config, code, quick, self.fails)
-        if action == "restart" and detail == 0:
-            self.message = "" if not quick else what
-            # STARTING/UP -> STARTING at once: fork first, then log.
-            self.spawn(now, "%s: %s; restarting at once" % (event, what))
-        elif action == "restart":
-            self.message = what
-            self.enter_backoff(now, short)  # -> BACKOFF
-            self.log("%s: %s; restarting in %s (%d quick failure%s in a row)"
-                     % (event, what, format_seconds(detail), self.fails,
-                        "" if self.fails == 1 else "s"))
-        elif action == "fatal":
-            self.message = "gave up after %d quick failures in a row: %s" % (
-                self.fails, what)
-            self.change_state(FATAL, short)  # -> FATAL until started
-            self.log("gave up: %d quick failures in a row, the last: %s; "
-                     "start it again with --start %s" % (
-                         self.fails, what, self.name), LOG_ERR)
-        else:
-            self.message = "" if detail else what
-            if detail:
-                self.want = "down"  # it finished as designed
-            self.change_state(DOWN, short)  # -> DOWN: autorestart says so
-            self.log("%s: %s; not restarted (autorestart = %s)" % (
-                event, what, config.autorestart))
-
-    def kill_leftovers(self, pgid):
-        """A run is over but processes of its group live on (workers of a
-        dead master, a job it put in the background): kill them, so that
-        no duplicate of the service holds its port beside the next run.
-        Called after the next run is forked, off the restart path."""
-        try:
-            os.killpg(pgid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            return
-        self.log("killed what was left of process group %d" % pgid,
-                 LOG_WARNING)
-
-    def enter_backoff(self, now, why):
-        delay = backoff_delay(max(self.fails, 1), self.config.backoff_max)
-        self.deadline = now + delay
-        self.change_state(BACKOFF, why)
-
-    def after_stop(self, now, words, ran):
-        """The main process of a stopping service is gone."""
-        self.log("stopped: %s after %s" % (words, format_seconds(ran)))
-        config = self.config
-        if (config.stopasgroup or config.killasgroup) and self.pgid and \
-                group_alive(self.pgid):
-            # Its group lives on (grandchildren): wait for it, polling,
-            # since they are not our children and send no SIGCHLD.
-            self.deadline = min(self.kill_at, now + GROUP_POLL)
-            self.supervisor.status_dirty = True
-            return
-        self.finish_stop(now)
-
-    def finish_stop(self, now):
-        """STOPPING -> DOWN, or -> STARTING when a restart is wanted."""
-        self.pgid = 0
-        self.deadline = self.kill_at = None
-        if self.want == "up" and not self.supervisor.shutting_down:
-            self.spawn(now)
-        else:
-            self.change_state(DOWN, "stopped")
-            self.finish_down()
-
-    def finish_down(self):
-        if self.removing:
-            self.supervisor.forget(self)
-        elif self.pending_config is not None:
-            self.apply_config(self.pending_config)
-
-    def begin_stop(self, now, why):
-        """STARTING/UP -> STOPPING: stop signal, then SIGKILL on deadline."""
-        config = self.config
-        self.cancel_probe()
-        self.probe_due = None
-        number = config.stopsignal
-        self.signal_run(number, config.stopasgroup)
-        if number not in (signal.SIGKILL, signal.SIGCONT):
-            # A stopped (SIGSTOP) process cannot act on TERM until resumed.
-            self.signal_run(signal.SIGCONT, config.stopasgroup)
-        self.killed = False
-        self.kill_at = now + config.stopwaitsecs
-        self.deadline = self.kill_at
-        self.change_state(STOPPING, why)
-        self.log("stopping (%s): %s to %s %d" % (
-            STOP_REASONS.get(why, why), signal_name(number),
-            "process group" if config.stopasgroup else "pid",
-            self.pgid if config.stopasgroup else self.pid))
-
-    def signal_run(self, number, as_group):
+    def signal(self, number, as_group):
         """Signal this run's process, or its group; never a stranger.
 
         The pid stays ours until we reap it, and Linux never hands out a
@@ -2516,126 +2265,524 @@ class Service:
         except (ProcessLookupError, PermissionError):
             pass  # already gone: the reaper brings the news
 
+    def group_alive(self):
+        return bool(self.pgid) and group_alive(self.pgid)
+
+    def read_start_time(self):
+        if self.pid and self.start_time is None:
+            self.start_time = process_start_time(self.pid)
+        return self.start_time
+
+
+class Service:
+    """Everything about one supervised program instance (runit's struct
+    svdir): its config, what is wanted, its state, counters, output pipes,
+    held socket, health, and its current run (None when no process runs).
+
+    deadline is the one monotonic time at which the current state times out
+    (end of startsecs, end of a backoff, KILL after stopwaitsecs), or None.
+    """
+
+    def __init__(self, supervisor, config):
+        self.supervisor = supervisor
+        self.config = config
+        self.name = config.name
+        self.state = DOWN
+        self.want = "down"
+        self.why = "not started"  # short reason shown in (...) when no pid
+        self.message = ""         # the last error, for --status
+        self.run = None
+        self.since = supervisor.clock()
+        self.since_wall = time.time()
+        self.deadline = None
+        self.fails = 0            # quick failures in a row
+        self.spawns = 0
+        self.restarts = 0
+        self.last_exit = None
+        self.outputs = None       # (stdout OutputPipe or None, stderr ...)
+        self.pending_config = None
+        self.removing = False
+        self.health = "unknown" if config.healthcheck else "none"
+        self.health_fails = 0
+        self.probe = None
+        self.probe_due = None
+        self.listener = None
+
+    @property
+    def pid(self):
+        return self.run.pid if self.run is not None else 0
+
+    # -- bookkeeping -----------------------------------------------------
+
+    def log(self, words, severity=LOG_INFO):
+        self.supervisor.log("%s: %s" % (self.name, words), severity)
+
+    def change_state(self, state, why=None, words=None, severity=LOG_INFO):
+        """The one place a state changes: stamp the time, log the event's
+        line (words) with the transition, mark the status file."""
+        old = self.state
+        if state != old:
+            self.state = state
+            self.since = self.supervisor.clock()
+            self.since_wall = time.time()
+        if why is not None:
+            self.why = why
+        self.supervisor.status_dirty = True
+        if words is not None:
+            self.log("%s [%s -> %s]" % (words, old, state), severity)
+
+    def fire(self, event, now, *args):
+        """Hand an event to the handler of (state, event), if there is one."""
+        handler = TRANSITIONS.get((self.state, event))
+        if handler is not None:
+            handler(self, now, *args)
+
+    def next_wake(self):
+        """The earliest monotonic time this service needs the loop, or None."""
+        times = [t for t in (self.deadline, self.probe_due) if t is not None]
+        if self.probe is not None:
+            times.append(self.probe.deadline)
+        return min(times) if times else None
+
+    # -- events: from the operator, the clock, the reaper, the probe -----
+
+    def on_want_up(self, now):
+        """--start, autostart, or a reload that adds the service."""
+        self.want = "up"
+        self.fire("want_up", now)
+
+    def on_want_down(self, now, why="stopped"):
+        """--stop, shutdown, or a reload that removes the service."""
+        self.want = "down"
+        self.fire("want_down", now, why)
+
+    def on_restart(self, now):
+        """--restart: a fresh run, whatever the state."""
+        self.want = "up"
+        self.fire("restart", now)
+
     def on_deadline(self, now):
-        """The state's timer ran out."""
-        if self.deadline is None or now < self.deadline:
+        if self.deadline is not None and now >= self.deadline:
+            self.deadline = None
+            self.fire("deadline", now)
+
+    def on_exited(self, run, status, now):
+        """The reaper saw a run's process end (status None: a taken-over
+        process, not our child, whose exit status nobody can know)."""
+        if status is None:
+            code, signame, words = None, None, "exited (status unknown)"
+        else:
+            code, signame, words = decode_wait_status(status)
+        self.close_pidfd(run)
+        if run.exec_fd >= 0:
+            # The child is dead, so its report (if any) is in the pipe.
+            self.on_exec_report(run)
+        ran = now - run.started_at
+        run.pid = 0
+        self.drain_output()
+        self.last_exit = {"code": code, "signal": signame,
+                          "at": time.time(), "ran": round(ran, 3)}
+        self.fire("exited", now, run, code, "%s after %s" % (
+            words, format_seconds(ran)))
+
+    def on_exec_report(self, run):
+        """The exec pipe is readable: EOF means exec succeeded."""
+        try:
+            data = os.read(run.exec_fd, 4096)
+        except (BlockingIOError, InterruptedError):
             return
+        except OSError:
+            data = b""
+        if data:
+            run.spawn_error = describe_spawn_error(data)
+            self.message = run.spawn_error
+        self.close_exec_pipe(run)
+
+    def on_probe_result(self, ok, why, now):
+        """A probe finished: note it, schedule the next one, and tell the
+        machine of a first pass or of healthcheck_retries failures."""
         config = self.config
-        if self.state in (STARTING, UP):
-            # STARTING -> UP: it ran startsecs, a good start.  With a health
-            # check it stays STARTING until a probe passes (or is UP
-            # already, when a probe passed first).
-            self.deadline = None
-            self.good_start = True
-            self.fails = 0
-            if not config.healthcheck:
-                self.change_state(UP)
-        elif self.state == STOPPING:
-            if not self.killed and now >= self.kill_at:
-                self.killed = True
-                self.signal_run(signal.SIGKILL, config.killasgroup)
-                self.log("killed: still running %s after the %s signal; "
-                         "sent KILL" % (format_seconds(config.stopwaitsecs),
-                                        signal_name(config.stopsignal)),
-                         LOG_WARNING)
-                self.kill_at = now + GROUP_KILL_GRACE
-            if self.pid:
-                # Still waiting for SIGCHLD.
-                self.deadline = self.kill_at if not self.killed or \
-                    now < self.kill_at else None
-                return
-            if not group_alive(self.pgid) or now >= self.kill_at:
-                if self.killed and now >= self.kill_at:
-                    self.log("process group %d outlived KILL; not waiting "
-                             "any longer" % self.pgid, LOG_WARNING)
-                self.finish_stop(now)  # STOPPING -> DOWN or STARTING
+        if self.state not in (STARTING, UP) or not config.healthcheck:
+            return
+        interval = config.healthcheck_interval
+        if self.state == STARTING and not ok:
+            # Until it first answers, look again soon, not an interval later.
+            self.probe_due = now + min(interval, 0.5)
+        else:
+            self.probe_due = now + interval
+        if ok:
+            if self.health != "ok" and self.health_fails:
+                self.log("health ok again: %s" % config.healthcheck.url)
+            self.health, self.health_fails = "ok", 0
+            if self.message.startswith("health: "):
+                self.message = ""
+            self.supervisor.status_dirty = True
+            self.fire("probe_ok", now)
+            return
+        if self.state == STARTING and now - self.run.started_at < \
+                config.startsecs:
+            return  # still starting up: failures do not count yet
+        reason = "%s: %s" % (config.healthcheck.url, why)
+        self.health_fails += 1
+        self.health = "failing"
+        self.message = "health: " + reason
+        self.supervisor.status_dirty = True
+        retries = config.healthcheck_retries
+        if self.health_fails < retries:
+            self.log("health failed (%d of %d): %s" % (
+                self.health_fails, retries, reason), LOG_WARNING)
+            return
+        self.fire("health_failed", now, reason)
+
+    def send_signal(self, number):
+        """--signal: to the main process only, as svc -h does."""
+        run = self.run
+        if run is None or not run.pid:
+            return False
+        try:
+            if run.pidfd is not None:
+                signal.pidfd_send_signal(run.pidfd, number)
             else:
-                self.deadline = min(self.kill_at, now + GROUP_POLL)
-        elif self.state == BACKOFF:
-            self.deadline = None
-            self.spawn(now)  # BACKOFF -> STARTING
+                os.kill(run.pid, number)
+        except ProcessLookupError:
+            return False  # it is exiting: the reaper will tell
+        return True
+
+    # -- the transitions, named in the table above -------------------------
+
+    def start_wanted(self, now, *_why):
+        # DOWN/FATAL/BACKOFF -> STARTING: the operator asked, so the count
+        # of quick failures starts again.
+        self.fails = 0
+        self.message = ""
+        self.deadline = None
+        self.spawn(now)
+
+    def backoff_over(self, now):
+        self.spawn(now)  # BACKOFF -> STARTING
+
+    def give_up_retrying(self, now, why):
+        # BACKOFF/FATAL -> DOWN: no restart is pending any more.
+        self.deadline = None
+        self.change_state(DOWN, why, "stopped: no more retries (%s)"
+                          % STOP_REASONS.get(why, why))
+        self.settle_down()
+
+    def settle_down(self, *_args):
+        """DOWN: finish a removal, or take a config that waited for it."""
+        if self.removing:
+            self.supervisor.forget(self)
+        elif self.pending_config is not None:
+            self.apply_config(self.pending_config)
+
+    def startsecs_reached(self, now):
+        # STARTING -> UP: it ran startsecs, a good start.  With a health
+        # check it stays STARTING until a probe passes (or is UP already,
+        # when one passed first).
+        self.run.ready = True
+        self.fails = 0
+        if not self.config.healthcheck and self.state == STARTING:
+            self.change_state(UP, "", "up: ran startsecs (%s)" %
+                              format_seconds(self.config.startsecs))
+
+    def first_probe_passed(self, now):
+        self.change_state(UP, "", "up: %s answers" %
+                          self.config.healthcheck.url)  # STARTING -> UP
+
+    def restart_unhealthy(self, now, reason):
+        self.log("health failed %d times in a row, restarting: %s" % (
+            self.health_fails, reason), LOG_ERR)
+        self.want = "up"
+        self.begin_stop(now, "health")  # STARTING/UP -> STOPPING -> respawn
+
+    def stop_running(self, now, why):
+        self.begin_stop(now, why)  # STARTING/UP -> STOPPING
+
+    def restart_running(self, now):
+        self.fails = 0
+        self.begin_stop(now, "restart")  # -> STOPPING, respawn when gone
+
+    def run_ended(self, now, run, code, what):
+        """STARTING/UP: the run ended by itself: restart now, back off, give
+        up, or stay down.  What was left of its group goes too."""
+        config = self.config
+        self.cancel_probe()
+        self.probe_due = None
+        self.run = None
+        if run.spawn_error:
+            # The child reported through the exec pipe: it never ran.
+            self.after_run(now, "could not start", None, True,
+                           run.spawn_error)
+        else:
+            ran = now - run.started_at
+            quick = (not run.ready and ran < config.startsecs) or (
+                ran < MIN_GOOD_RUN)
+            short = "exited %d" % code if code is not None else \
+                "signal %s" % (self.last_exit["signal"] or "unknown")
+            self.after_run(now, "exited", code, quick, what, short)
+            if code == 0 and quick and config.startsecs > 0:
+                self.log("exited 0 after %s, sooner than startsecs (%s): if "
+                         "it puts itself in the background, make it run in "
+                         "the foreground (e.g. runfcgi daemonize=false)" % (
+                             format_seconds(ran), format_seconds(
+                                 config.startsecs)), LOG_WARNING)
+        if config.killasgroup and run.pgid:
+            self.kill_leftovers(run.pgid)
+
+    def spawn_failed(self, now, error, cause=None):
+        """No process came of a start (fork, chdir or exec failed in the
+        supervisor): a quick failure, as if the run died at once."""
+        self.message = error
+        if cause:
+            self.log(cause)
+        self.after_run(now, "could not start", None, True, error)
+
+    def after_run(self, now, event, code, quick, what, short=None):
+        """After a run or a failed start: restart at once, back off, give
+        up (FATAL), or stay DOWN, as autorestart and startretries say."""
+        config = self.config
+        short = short or what.split(":")[0]  # "exec failed"
+        self.fails = self.fails + 1 if quick else 0
+        line = "%s: %s" % (event, what)
+        if self.supervisor.shutting_down:
+            self.want = "down"
+            self.change_state(DOWN, short, line)  # -> DOWN
+            return
+        decision = restart_decision(config, code, quick, self.fails)
+        if decision.action == "restart" and decision.delay == 0:
+            self.message = what if quick else ""
+            # -> STARTING at once: fork first, then log.
+            self.spawn(now, line + "; restarting at once")
+        elif decision.action == "restart":
+            self.message = what
+            self.deadline = now + decision.delay
+            self.change_state(BACKOFF, short, "%s; restarting in %s (%d "
+                              "quick failure%s in a row)" % (
+                                  line, format_seconds(decision.delay),
+                                  self.fails, "" if self.fails == 1 else "s"))
+        elif decision.action == "fatal":
+            self.message = "gave up after %d quick failures in a row: %s" % (
+                self.fails, what)
+            self.change_state(FATAL, short, "gave up: %d quick failures in a "
+                              "row, the last: %s; start it again with "
+                              "--start %s" % (self.fails, what, self.name),
+                              LOG_ERR)  # -> FATAL until started
+        else:
+            # -> DOWN: autorestart says so; "done" ended as designed.
+            self.message = "" if decision.action == "done" else what
+            if decision.action == "done":
+                self.want = "down"
+            self.change_state(DOWN, short, "%s; not restarted (autorestart "
+                              "= %s)" % (line, config.autorestart))
+
+    def stopping_exited(self, now, run, code, what):
+        """STOPPING: the main process is gone; its group may linger."""
+        config = self.config
+        if (config.stopasgroup or config.killasgroup) and run.group_alive():
+            # Grandchildren live on: wait for them, polling, since they are
+            # not our children and send no SIGCHLD.
+            self.log("stopped: %s; waiting for the rest of process group "
+                     "%d" % (what, run.pgid))
+            self.deadline = min(run.kill_at, now + GROUP_POLL)
+            self.supervisor.status_dirty = True
+            return
+        self.stop_finished(now, "stopped: " + what)
+
+    def stopping_deadline(self, now):
+        """STOPPING timed out: KILL at stopwaitsecs, then, once the main
+        process is gone, poll its group until it empties or KILL's grace
+        runs out."""
+        config, run = self.config, self.run
+        if run.stop_phase == STOP_SIGNALLED and now >= run.kill_at:
+            run.stop_phase = STOP_KILLED
+            run.signal(signal.SIGKILL, config.killasgroup)
+            self.log("killed: still running %s after the %s signal; sent "
+                     "KILL" % (format_seconds(config.stopwaitsecs),
+                               signal_name(config.stopsignal)), LOG_WARNING)
+            run.kill_at = now + GROUP_KILL_GRACE
+        if run.pid:
+            # Still waiting for SIGCHLD (after KILL's grace, for ever: a
+            # process that outlives KILL sits in the kernel).
+            self.deadline = run.kill_at if now < run.kill_at else None
+            return
+        if not run.group_alive():
+            self.stop_finished(now, "stopped: process group %d is gone"
+                               % run.pgid)
+        elif now >= run.kill_at:
+            self.log("process group %d outlived KILL; not waiting any "
+                     "longer" % run.pgid, LOG_WARNING)
+            self.stop_finished(now, "stopped: gave up waiting for process "
+                               "group %d" % run.pgid)
+        else:
+            self.deadline = min(run.kill_at, now + GROUP_POLL)
+
+    def stop_finished(self, now, line):
+        """STOPPING -> DOWN, or -> STARTING when a restart is wanted."""
+        self.run = None
+        self.deadline = None
+        if self.want == "up" and not self.supervisor.shutting_down:
+            self.spawn(now, line)
+        else:
+            self.change_state(DOWN, "stopped", line)
+            self.settle_down()
+
+    def exit_out_of_turn(self, now, run, code, what):
+        # Cannot happen: a process outside the running states.
+        self.log("exited in state %s (%s); ignored" % (self.state, what),
+                 LOG_WARNING)
+
+    # -- the actions the transitions use -----------------------------------
+
+    def spawn(self, now, cause=None):
+        """Start a run: -> STARTING (UP with startsecs = 0; BACKOFF or FATAL
+        when the start fails in the supervisor).  cause is the line about
+        what led here (an exit): logged after the fork, so that logging is
+        never on the restart path, but ahead of the "spawned" line."""
+        if self.pending_config is not None:
+            self.apply_config(self.pending_config)
+        supervisor, config = self.supervisor, self.config
+        if self.spawns:
+            self.restarts += 1
+        self.spawns += 1
+        try:
+            stdin_fd, stdout_fd, stderr_fd = self.child_fds()
+            pid, exec_fd = spawn_child(config, stdin_fd, stdout_fd, stderr_fd,
+                                       supervisor.reset_signals,
+                                       supervisor.home_fd)
+        except SpawnError as exc:
+            self.spawn_failed(now, str(exc), cause)
+            return
+        except OSError as exc:
+            # Fork failed (no memory, too many processes): warn and retry
+            # after a backoff, as supervise.c does; never give up the loop.
+            self.spawn_failed(now, "fork failed: %s" % (exc.strerror or exc),
+                              cause)
+            return
+        run = Run(self, pid, now, exec_fd)
+        supervisor.children[pid] = run
+        self.run = run
+        if exec_fd >= 0:
+            os.set_blocking(exec_fd, False)
+            supervisor.watch(exec_fd, EVENT_READ,
+                             lambda _mask: self.on_exec_report(run))
+        self.health_fails = 0
+        if config.healthcheck:
+            self.health = "unknown"
+            self.probe_due = now + max(0.05, min(config.startsecs,
+                                                 config.healthcheck_interval))
+        if cause:
+            self.log(cause)
+        if config.startsecs > 0 or config.healthcheck:
+            self.deadline = now + config.startsecs
+            self.change_state(STARTING, "", "spawned: pid %d" % pid)
         else:
             self.deadline = None
+            run.ready = True  # startsecs = 0 trusts it at once
+            self.change_state(UP, "", "spawned: pid %d" % pid)
+
+    def child_fds(self):
+        """stdin, stdout, stderr for the next run (pipes made on first use)."""
+        supervisor, config = self.supervisor, self.config
+        if self.outputs is None:
+            self.outputs = supervisor.outputs.make(self)
+        stdout_pipe, stderr_pipe = self.outputs
+        stdout_fd = stream_fd(config.stdout_logfile, stdout_pipe, 1,
+                              supervisor.devnull)
+        if stderr_follows_stdout(config):
+            stderr_fd = stdout_fd
+        else:
+            stderr_fd = stream_fd(config.stderr_logfile, stderr_pipe, 2,
+                                  supervisor.devnull)
+        stdin_fd = (self.listener.fileno() if self.listener is not None
+                    else supervisor.devnull)
+        return stdin_fd, stdout_fd, stderr_fd
+
+    def begin_stop(self, now, why):
+        """STARTING/UP -> STOPPING: stop signal, then KILL at the deadline."""
+        config, run = self.config, self.run
+        self.cancel_probe()
+        self.probe_due = None
+        number = config.stopsignal
+        run.signal(number, config.stopasgroup)
+        if number not in (signal.SIGKILL, signal.SIGCONT):
+            # A stopped (SIGSTOP) process cannot act on TERM until resumed.
+            run.signal(signal.SIGCONT, config.stopasgroup)
+        run.stop_phase = STOP_SIGNALLED
+        run.kill_at = self.deadline = now + config.stopwaitsecs
+        self.change_state(STOPPING, why, "stopping (%s): %s to %s %d" % (
+            STOP_REASONS.get(why, why), signal_name(number),
+            "process group" if config.stopasgroup else "pid",
+            run.pgid if config.stopasgroup else run.pid))
+
+    def kill_leftovers(self, pgid):
+        """A run is over but processes of its group live on (workers of a
+        dead master, a job it put in the background): kill them, so that
+        no duplicate of the service holds its port beside the next run.
+        Called after the next run is forked, off the restart path."""
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            return
+        self.log("killed what was left of process group %d" % pgid,
+                 LOG_WARNING)
+
+    def close_exec_pipe(self, run):
+        if run.exec_fd >= 0:
+            self.supervisor.unwatch(run.exec_fd)
+            os.close(run.exec_fd)
+            run.exec_fd = -1
 
     # -- leftovers of a supervisor that died -------------------------------
 
-    def adopt(self, entry, pidfd, now):
-        """Take over a run a killed supervisor left: -> UP with its pid."""
+    def take_over(self, entry, pidfd, now):
+        """A run a killed supervisor left: -> UP (STARTING until a probe
+        passes) with its pid, watched through its pidfd."""
         wall = time.time()
-        self.pid, self.pgid = entry["pid"], entry.get("pgid") or 0
-        self.proc_start = entry["start_time"]
-        self.pidfd = pidfd
-        self.supervisor.watch(pidfd, EVENT_READ,
-                              lambda _mask: self.on_pidfd())
+        ran = max(0.0, wall - entry.get("since", wall))
+        run = Run(self, entry["pid"], now - ran)
+        run.pgid = entry.get("pgid") or 0
+        run.start_time = entry["start_time"]
+        run.started_wall = wall - ran
+        run.ready = True
+        self.watch_pidfd(run, pidfd)
+        self.run = run
         self.spawns = 1
         self.restarts = entry.get("restarts", 0)
         self.last_exit = entry.get("last_exit")
-        ran = max(0.0, wall - entry.get("since", wall))
-        self.started_at, self.started_wall = now - ran, wall - ran
-        self.want, self.good_start = "up", True
+        self.want = "up"
+        words = "taken over: pid %d, left running by a supervisor that " \
+            "died; its exit code will be unknown" % run.pid
         if self.config.healthcheck:
             self.health = "unknown"
             self.probe_due = now
-            self.change_state(STARTING, "")
+            self.change_state(STARTING, "", words)
         else:
-            self.change_state(UP, "")
+            self.change_state(UP, "", words)
         self.since, self.since_wall = now - ran, wall - ran
-        self.log("taken over: pid %d, left running by a supervisor that "
-                 "died; its exit code will be unknown" % self.pid)
 
-    def on_pidfd(self):
-        """A taken-over process ended: its pidfd became readable."""
-        self.on_exited(None, self.supervisor.clock())
+    def watch_pidfd(self, run, pidfd):
+        run.pidfd = pidfd
+        self.supervisor.watch(pidfd, EVENT_READ, lambda _mask: self.on_exited(
+            run, None, self.supervisor.clock()))
 
-    def close_pidfd(self):
-        if self.pidfd is not None:
-            self.supervisor.unwatch(self.pidfd)
-            os.close(self.pidfd)
-            self.pidfd = None
-
-    def restore(self, entry, now):
-        """Take up a run from the program before --reexec."""
-        for key in ("state", "want", "why", "message", "pid", "pgid",
-                    "proc_start", "started_wall", "since_wall", "killed",
-                    "good_start", "fails", "spawns", "restarts", "last_exit",
-                    "spawn_error", "health", "health_fails", "removing",
-                    "pidfd"):
-            setattr(self, key, entry[key])
-        self.started_at = now - entry["started_ago"]
-        self.since = now - entry["since_ago"]
-        for key in ("deadline", "kill_at"):
-            ahead = entry[key]
-            setattr(self, key, None if ahead is None else now + ahead)
-        if entry["pending_config"] is not None:
-            self.pending_config = config_from_json(entry["pending_config"])
-        if entry["outputs"] is not None:
-            self.outputs = self.supervisor.make_outputs(self, dict(
-                (out["stream"], (out["read"], out["write"]))
-                for out in entry["outputs"]))
-        if entry["listener"] is not None:
-            fd, family = entry["listener"]
-            self.listener = socket.socket(family, socket.SOCK_STREAM,
-                                          fileno=fd)
-        if self.pidfd is not None:
-            self.supervisor.watch(self.pidfd, EVENT_READ,
-                                  lambda _mask: self.on_pidfd())
-        if self.config.healthcheck and self.state in (STARTING, UP):
-            self.probe_due = now
+    def close_pidfd(self, run):
+        if run.pidfd is not None:
+            self.supervisor.unwatch(run.pidfd)
+            os.close(run.pidfd)
+            run.pidfd = None
 
     # -- output ----------------------------------------------------------
 
     def drain_output(self):
-        if self.outputs:
-            for pipe in self.outputs:
-                if pipe is not None:
-                    pipe.drain()
+        for pipe in self.outputs or ():
+            if pipe is not None:
+                pipe.drain()
 
     def close_outputs(self):
-        if self.outputs:
-            for pipe in self.outputs:
-                if pipe is not None:
-                    pipe.drain()
-                    self.supervisor.release_output(pipe)
+        for pipe in self.outputs or ():
+            if pipe is not None:
+                pipe.drain()
+                self.supervisor.outputs.release(pipe)
         self.outputs = None
 
     # -- config changes --------------------------------------------------
@@ -2653,8 +2800,9 @@ class Service:
             if not config.healthcheck:
                 self.cancel_probe()
                 self.probe_due = None
-                if self.state == STARTING and self.good_start:
-                    self.change_state(UP)
+                if self.state == STARTING and self.run.ready:
+                    self.change_state(UP, "", "up: no health check any "
+                                      "more")
 
     # -- health ----------------------------------------------------------
 
@@ -2663,46 +2811,6 @@ class Service:
             self.probe.close()
             self.probe = None
 
-    def on_probe_result(self, ok, why, now):
-        """A probe finished.  STARTING -> UP on the first pass; after
-        healthcheck_retries failures in a row, restart (-> STOPPING)."""
-        config = self.config
-        if self.state not in (STARTING, UP) or not config.healthcheck:
-            return
-        interval = config.healthcheck_interval
-        if self.state == STARTING and not ok:
-            # Until it first answers, look again soon, not an interval later.
-            self.probe_due = now + min(interval, 0.5)
-        else:
-            self.probe_due = now + interval
-        if ok:
-            if self.health != "ok" and self.health_fails:
-                self.log("health ok again: %s" % config.healthcheck.url)
-            self.health, self.health_fails = "ok", 0
-            if self.message.startswith("health: "):
-                self.message = ""
-            if self.state == STARTING:
-                self.change_state(UP)  # STARTING -> UP: it answers
-            self.supervisor.status_dirty = True
-            return
-        if self.state == STARTING and now - self.started_at < \
-                config.startsecs:
-            return  # still starting up: failures do not count yet
-        reason = "%s: %s" % (config.healthcheck.url, why)
-        self.health_fails += 1
-        self.health = "failing"
-        self.message = "health: " + reason
-        self.supervisor.status_dirty = True
-        retries = config.healthcheck_retries
-        if self.health_fails < retries:
-            self.log("health failed (%d of %d): %s" % (
-                self.health_fails, retries, reason), LOG_WARNING)
-            return
-        self.log("health failed %d times in a row, restarting: %s" % (
-            self.health_fails, reason), LOG_ERR)
-        self.want = "up"
-        self.begin_stop(now, "health")  # STARTING/UP -> STOPPING -> respawn
-
     # -- status ----------------------------------------------------------
 
     def log_destinations(self):
@@ -2710,8 +2818,7 @@ class Service:
         where a log file could not be opened safely (and why)."""
         config = self.config
         logs = {"stdout": config.stdout_logfile,
-                "stderr": config.stdout_logfile if config.redirect_stderr
-                else config.stderr_logfile}
+                "stderr": config.stderr_logfile}
         for pipe in self.outputs or ():
             if pipe is not None and getattr(pipe.dest, "problem", None):
                 streams = ["stdout", "stderr"] if pipe.stream == "stdout" \
@@ -2725,9 +2832,7 @@ class Service:
 
     def status_entry(self, now, wall):
         """What --status --json shows for this service."""
-        config = self.config
-        if self.pid and self.proc_start is None:
-            self.proc_start = process_start_time(self.pid)
+        config, run = self.config, self.run
         entry = {
             "name": self.name, "state": self.state,
             "pid": self.pid or None, "since": round(self.since_wall, 3),
@@ -2736,18 +2841,61 @@ class Service:
             "last_exit": self.last_exit, "health": self.health,
             "message": self.message, "why": self.why,
             "logs": self.log_destinations(),
-            "pgid": self.pgid or None, "start_time": self.proc_start,
+            "pgid": (run.pgid or None) if run else None,
+            "start_time": run.read_start_time() if run else None,
             "priority": config.priority,
             "fingerprint": config_fingerprint(config),
         }
         if self.state == BACKOFF and self.deadline is not None:
             entry["retry_at"] = round(wall + self.deadline - now, 3)
-        if self.state == STOPPING and self.kill_at is not None \
-                and not self.killed:
-            entry["kill_at"] = round(wall + self.kill_at - now, 3)
+        if self.state == STOPPING and run is not None and \
+                run.stop_phase == STOP_SIGNALLED:
+            entry["kill_at"] = round(wall + run.kill_at - now, 3)
         if config.healthcheck:
             entry["healthcheck"] = config.healthcheck.url
         return entry
+
+
+def stderr_follows_stdout(config):
+    """Does the child's fd 2 share stdout's pipe (or fd)?  Yes when asked
+    (redirect_stderr), or when both name the same destination, except
+    inherit, where each keeps the supervisor's own fd."""
+    return config.redirect_stderr or (
+        config.stderr_logfile == config.stdout_logfile
+        and config.stdout_logfile != "inherit")
+
+
+def stream_fd(dest, pipe, own_fd, devnull):
+    """The fd a run gets for one stream."""
+    if dest == "inherit":
+        return own_fd
+    if dest == "null" or pipe is None:
+        return devnull
+    return pipe.write_fd
+
+
+#: The machine: (state, event) -> handler.  A pair not listed is a
+#: deliberate no-op (want_up while running, a probe while stopping ...).
+TRANSITIONS = {}
+for _state in (DOWN, FATAL, BACKOFF):
+    TRANSITIONS[(_state, "want_up")] = Service.start_wanted
+    TRANSITIONS[(_state, "restart")] = Service.start_wanted
+    TRANSITIONS[(_state, "exited")] = Service.exit_out_of_turn
+for _state in (STARTING, UP):
+    TRANSITIONS[(_state, "deadline")] = Service.startsecs_reached
+    TRANSITIONS[(_state, "health_failed")] = Service.restart_unhealthy
+    TRANSITIONS[(_state, "want_down")] = Service.stop_running
+    TRANSITIONS[(_state, "restart")] = Service.restart_running
+    TRANSITIONS[(_state, "exited")] = Service.run_ended
+TRANSITIONS.update({
+    (BACKOFF, "deadline"): Service.backoff_over,
+    (BACKOFF, "want_down"): Service.give_up_retrying,
+    (FATAL, "want_down"): Service.give_up_retrying,
+    (DOWN, "want_down"): Service.settle_down,
+    (STARTING, "probe_ok"): Service.first_probe_passed,
+    (STOPPING, "exited"): Service.stopping_exited,
+    (STOPPING, "deadline"): Service.stopping_deadline,
+})
 
 
 # ===========================================================================
@@ -3074,11 +3222,76 @@ def fill_standard_fds():
                 os.close(null)
 
 
-def boot_argv(args):
-    """The command that runs this file as a module with args.  -E -S: the
-    supervisor needs nothing from site-packages or PYTHON* variables, and a
-    .pth file there can cost megabytes in every fork."""
-    return [sys.executable, "-E", "-S", "-c", BOOT, PROGRAM_PATH] + list(args)
+def boot_command(args):
+    """(argv, directory) that run this file as the long-running supervisor:
+    python3 -E -S -m fcgiwatch ARGS from the file's directory, which ps
+    shows as such, and which loads the bytecode Python caches beside the
+    file (compiled once, at the first start).  -E -S: the supervisor needs
+    nothing from site-packages or PYTHON* variables, and a .pth file there
+    can cost megabytes in every fork.  Where the directory is not ours to
+    write and holds no cache, Python 3.8+ caches in ~/.cache/fcgiwatch."""
+    directory, name = os.path.split(PROGRAM_PATH)
+    module = name[:-3] if name.endswith(".py") else ""
+    argv = [sys.executable, "-E", "-S"]
+    if not module.isidentifier():
+        return argv + ["-c", BOOT, PROGRAM_PATH] + list(args), None
+    cached = forget_stale_bytecode()
+    if sys.version_info >= (3, 8) and not os.access(directory, os.W_OK) \
+            and not (cached and os.path.exists(cached)):
+        cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(
+            os.path.expanduser("~"), ".cache")
+        argv += ["-X", "pycache_prefix=" + os.path.join(cache, "fcgiwatch")]
+    return argv + ["-m", module] + list(args), directory
+
+
+def forget_stale_bytecode():
+    """Remove this file's cached bytecode when it is older than the file.
+
+    Python checks a cache against the source's mtime in whole seconds and
+    its size: a file replaced within the second of the last compile, by
+    one of the same size (a version bump), would load the old code.
+    Returns the cache's path (or None without one)."""
+    try:
+        from importlib.util import cache_from_source
+        cached = cache_from_source(PROGRAM_PATH)
+        if os.stat(cached).st_mtime_ns <= os.stat(PROGRAM_PATH).st_mtime_ns:
+            os.unlink(cached)
+        return cached
+    except (ImportError, NotImplementedError, ValueError, OSError):
+        return None
+
+
+def boot_exec(argv, directory):
+    """exec argv in directory, telling the new program where we were."""
+    if directory is None:
+        os.execv(argv[0], argv)
+    try:
+        cwd = os.getcwd()
+    except OSError:
+        cwd = "/"
+    os.environ[BOOT_CWD] = cwd
+    try:
+        os.chdir(directory)
+        os.execv(argv[0], argv)
+    except OSError:
+        os.environ.pop(BOOT_CWD, None)
+        os.chdir(cwd)
+        raise
+
+
+def finish_boot():
+    """In the booted program: back to the caller's directory, and drop the
+    program's directory from the module path (all we import later is the
+    standard library: nothing there may shadow it)."""
+    cwd = os.environ.pop(BOOT_CWD, None)
+    if cwd is None:
+        return
+    try:
+        os.chdir(cwd)
+    except OSError:
+        os.chdir("/")
+    if sys.path and sys.path[0] in ("", os.path.dirname(PROGRAM_PATH)):
+        del sys.path[0]
 
 
 def open_home():
@@ -3134,18 +3347,18 @@ class Supervisor:
         self.pid = os.getpid()
         self.euid = os.geteuid()
         self.services = {}        # name -> Service, in priority order
-        self.children = {}        # pid -> Service
+        self.children = {}        # pid -> Run: our children, until reaped
         self.helpers = {}         # pid -> callback(status): our own helpers
         self.pending_signals = []
         self.status_dirty = True
         self.exit_code = None
         self.shutting_down = False
         self.shutdown_order = []
-        self.log_files = {}       # path -> LogFile, shared between streams
-        self.listeners = {}       # socket url -> listening socket
         self.syslog = None
-        self.syslog_output = SyslogOutput(self)
         self.own_log = None
+        self.outputs = Outputs(self)
+        self.leftovers = Leftovers(self)
+        self.handover = Handover(self)
         self.lock_fd = -1
         self.control = None
         self.devnull = -1
@@ -3158,7 +3371,6 @@ class Supervisor:
         self.generation = 0       # times re-executed
         self.status_written = -STATUS_INTERVAL
         self.status_warned = False  # one warning until a write works again
-        self.reexec_running = False
         self.status_path = os.path.join(self.settings.state_dir, STATUS_FILE)
 
     # -- logging ---------------------------------------------------------
@@ -3198,14 +3410,14 @@ class Supervisor:
         # One sender for our events and for child output sent to syslog.
         self.syslog = SyslogSender(settings.syslog_socket,
                                    settings.syslog_facility, self.warn)
-        self.syslog.on_backlog = self.on_syslog_backlog
+        self.syslog.on_backlog = self.outputs.on_syslog_backlog
         if old is not None:
             if old.sock is not None:
                 self.unwatch(old.sock.fileno())
             old.close()
             # Pipes paused on the old sender's backlog read again.
             self.syslog.waiters = old.waiters
-            self.on_syslog_backlog(False)
+            self.outputs.on_syslog_backlog(False)
 
     # -- start-up --------------------------------------------------------
 
@@ -3224,7 +3436,7 @@ class Supervisor:
         self.setup_signals()
         for config in self.config.services:
             self.services[config.name] = Service(self, config)
-        adopt = self.handle_leftovers()
+        adopt = self.leftovers.handle()
         self.open_listeners()
         release_free_memory()  # before the first fork
         self.log("started: pid %d, config %s, %d services" % (
@@ -3233,91 +3445,10 @@ class Supervisor:
         for service in self.services.values():
             if service.name in adopt:
                 entry, pidfd = adopt[service.name]
-                service.adopt(entry, pidfd, now)
+                service.take_over(entry, pidfd, now)
             elif service.config.autostart:
                 service.on_want_up(now)
         self.write_status()
-
-    def handle_leftovers(self):
-        """Find what a supervisor killed with SIGKILL (or the OOM killer)
-        left running in this state_dir, so a service never runs twice.
-
-        The last status file names each run by pid and start time; a pid
-        whose start time differs was recycled and is left alone.  A run is
-        taken over when its pidfd can watch it, its service still exists
-        with the same process keys, and it holds no socket of ours (a
-        socket we cannot get back); every other leftover is stopped (stop
-        signal, stopwaitsecs, SIGKILL) before anything starts.
-        Returns {name: (status entry, pidfd)} to take over.
-        """
-        previous = read_status_file(self.settings.state_dir)
-        if not previous:
-            return {}
-        adopt, stop = {}, []
-        for entry in previous.get("services", []):
-            if not is_same_process(entry.get("pid"), entry.get("start_time")):
-                continue
-            service = self.services.get(entry["name"])
-            if service is not None and service.config.socket is None and \
-                    entry.get("fingerprint") == config_fingerprint(
-                        service.config) and entry.get("want") == "up":
-                pidfd = open_pidfd(entry["pid"])
-                # The pidfd names the process for good: check it was not
-                # recycled between the start-time check and pidfd_open.
-                if pidfd is not None and is_same_process(
-                        entry["pid"], entry["start_time"]):
-                    adopt[entry["name"]] = (entry, pidfd)
-                    continue
-                if pidfd is not None:
-                    os.close(pidfd)
-            stop.append((entry, service))
-        self.stop_leftovers(stop)
-        return adopt
-
-    def stop_leftovers(self, leftovers):
-        """Stop leftover runs we will not take over, and wait: this happens
-        before any service starts, so blocking here delays nothing."""
-        if not leftovers:
-            return
-        deadline = self.clock()
-        for entry, service in leftovers:
-            number = service.config.stopsignal if service else signal.SIGTERM
-            wait = service.config.stopwaitsecs if service else 10.0
-            deadline = max(deadline, self.clock() + wait)
-            self.log("%s: stopping pid %d, left running by a supervisor "
-                     "that died" % (entry["name"], entry["pid"]), LOG_WARNING)
-            self.signal_leftover(entry, number)
-
-        def alive():
-            return [(e, s) for e, s in leftovers
-                    if is_same_process(e["pid"], e["start_time"])]
-        for final in (False, True):
-            while alive() and self.clock() < deadline:
-                time.sleep(GROUP_POLL)
-            if final or not alive():
-                break
-            for entry, _service in alive():
-                self.log("%s: leftover pid %d did not stop; sent KILL" % (
-                    entry["name"], entry["pid"]), LOG_WARNING)
-                self.signal_leftover(entry, signal.SIGKILL)
-            deadline = self.clock() + GROUP_KILL_GRACE
-        for entry, _service in alive():
-            self.log("%s: leftover pid %d outlived KILL" % (
-                entry["name"], entry["pid"]), LOG_ERR)
-
-    def signal_leftover(self, entry, number):
-        """Signal a leftover's group, and CONT after a stop signal, but only
-        while its leader is verified: a group whose leader is gone may, long
-        after, be a stranger's."""
-        if not is_same_process(entry["pid"], entry["start_time"]):
-            return
-        numbers = (number,) if number in (signal.SIGKILL, signal.SIGCONT) \
-            else (number, signal.SIGCONT)
-        for sig in numbers:
-            try:
-                os.killpg(entry.get("pgid") or entry["pid"], sig)
-            except (ProcessLookupError, PermissionError):
-                pass
 
     def make_state_dir(self):
         """Create state_dir if need be and check that nobody else can
@@ -3398,29 +3529,39 @@ class Supervisor:
 
     # -- the loop ----------------------------------------------------------
 
-    def run(self, once=False):
-        """The one loop.  Returns the exit code (None after one turn when
-        once is true, for tests that step it)."""
+    def run(self):
+        """The one loop; returns the exit code."""
         while True:
-            self.guarded(self.process_signals)
-            now = self.clock()
-            for service in list(self.services.values()):
-                wake = service.next_wake()
-                if wake is not None and wake <= now:
-                    self.guarded(self.on_service_timer, service, now)
-            if self.shutting_down:
-                self.guarded(self.advance_shutdown, now)
-            self.guarded(self.control.check, now)
-            if self.status_dirty and now >= self.status_written + \
-                    STATUS_INTERVAL:
-                self.write_status()
-            if self.exit_code is not None:
-                return self.finish()
-            if once:
-                return None
-            timeout = self.next_timeout(self.clock())
-            for key, mask in self.selector.select(timeout):
-                self.guarded(key.data, mask)
+            code = self.turn()
+            if code is not None:
+                return code
+
+    def turn(self, wait=None):
+        """One turn of the loop: act on signals, due deadlines and control
+        requests, write the status file, then wait in select() for the next
+        event or deadline.  wait caps that wait in real seconds: for tests
+        that step a clock of their own (clock=) and must not sleep through
+        a deadline of that clock.  Returns the exit code once stopped."""
+        self.guarded(self.process_signals)
+        now = self.clock()
+        for service in list(self.services.values()):
+            wake = service.next_wake()
+            if wake is not None and wake <= now:
+                self.guarded(self.on_service_timer, service, now)
+        if self.shutting_down:
+            self.guarded(self.advance_shutdown, now)
+        self.guarded(self.control.check, now)
+        if self.status_dirty and now >= self.status_written + \
+                STATUS_INTERVAL:
+            self.write_status()
+        if self.exit_code is not None:
+            return self.finish()
+        timeout = self.next_timeout(self.clock())
+        if wait is not None:
+            timeout = wait if timeout is None else min(timeout, wait)
+        for key, mask in self.selector.select(timeout):
+            self.guarded(key.data, mask)
+        return None
 
     def guarded(self, function, *args):
         """Run one step of the loop; a bug in it is logged, never fatal:
@@ -3472,7 +3613,7 @@ class Supervisor:
             if signal.SIGUSR1 in numbers:
                 self.reopen_logs()
             if signal.SIGUSR2 in numbers and not self.shutting_down:
-                self.reexec("SIGUSR2")
+                self.handover.begin("SIGUSR2")
 
     def reap(self):
         """Reap every exited child: several exits can share one SIGCHLD."""
@@ -3486,9 +3627,9 @@ class Supervisor:
                 continue
             if pid == 0:
                 return
-            service = self.children.pop(pid, None)
-            if service is not None:
-                service.on_exited(status, now)
+            run = self.children.pop(pid, None)
+            if run is not None:
+                run.service.on_exited(run, status, now)
             elif pid in self.helpers:
                 self.helpers.pop(pid)(status)
             else:
@@ -3509,96 +3650,11 @@ class Supervisor:
         except (KeyError, ValueError):
             pass
 
-    def watch_exec_pipe(self, service):
-        os.set_blocking(service.exec_fd, False)
-        self.watch(service.exec_fd, EVENT_READ,
-                   lambda _mask: service.on_exec_report())
-
     # -- child output ------------------------------------------------------
-
-    def make_outputs(self, service, handed=None):
-        """The pipes for a service's stdout and stderr, per its config
-        (handed: {stream: (read fd, write fd)} from --reexec)."""
-        config = service.config
-        handed = handed or {}
-        stdout = self.make_output(service, "stdout", config.stdout_logfile,
-                                  config.stdout_logfile_maxbytes,
-                                  config.stdout_logfile_backups,
-                                  handed.get("stdout"))
-        if config.redirect_stderr or (
-                config.stderr_logfile == config.stdout_logfile):
-            stderr = None  # the child's fd 2 shares stdout's pipe
-        else:
-            stderr = self.make_output(service, "stderr",
-                                      config.stderr_logfile,
-                                      config.stderr_logfile_maxbytes,
-                                      config.stderr_logfile_backups,
-                                      handed.get("stderr"))
-        return stdout, stderr
-
-    def make_output(self, service, stream, dest, maxbytes, backups,
-                    fds=None):
-        if dest in ("null", "inherit"):
-            return None
-        if dest == "syslog":
-            dest = self.syslog_output
-        else:
-            log_file = self.log_files.get(dest)
-            if log_file is None:
-                log_file = LogFile(dest, maxbytes, backups,
-                                   self.on_log_file_warning, self.euid,
-                                   self.syslog_output)
-                log_file.open()
-                self.log_files[dest] = log_file
-            log_file.users += 1
-            dest = log_file
-        pipe = OutputPipe(service, stream, dest, fds)
-        self.watch(pipe.read_fd, EVENT_READ,
-                   lambda _mask: self.on_output(pipe))
-        return pipe
-
-    def on_log_file_warning(self, message):
-        # Where output goes changed (to syslog, or back): --status says so.
-        self.status_dirty = True
-        self.warn(message)
-
-    def release_output(self, pipe):
-        self.unwatch(pipe.read_fd)
-        pipe.close()
-        if isinstance(pipe.dest, LogFile):
-            pipe.dest.users -= 1
-            if pipe.dest.users <= 0:
-                pipe.dest.close()
-                self.log_files.pop(pipe.dest.path, None)
-
-    def on_output(self, pipe):
-        if pipe.dest.is_blocked():
-            # The syslog socket is full: stop reading, let the pipe fill and
-            # the child wait, until the backlog drains.
-            self.unwatch(pipe.read_fd)
-            self.syslog.waiters.append(pipe)
-            return
-        pipe.read_once()
-
-    def on_syslog_backlog(self, backlogged):
-        sender = self.syslog
-        if backlogged:
-            if sender.sock is not None:
-                self.watch(sender.sock.fileno(), EVENT_WRITE,
-                           lambda _mask: sender.flush())
-            return
-        if sender.sock is not None:
-            self.unwatch(sender.sock.fileno())
-        waiters, sender.waiters = sender.waiters, []
-        for pipe in waiters:
-            if pipe.read_fd >= 0:
-                self.watch(pipe.read_fd, EVENT_READ,
-                           lambda _mask, pipe=pipe: self.on_output(pipe))
 
     def reopen_logs(self):
         """SIGUSR1: logrotate renamed our files; open fresh ones."""
-        for log_file in self.log_files.values():
-            log_file.reopen()
+        self.outputs.reopen()
         if self.own_log is not None:
             self.own_log.reopen()
         self.log("reopened log files")
@@ -3688,9 +3744,10 @@ class Supervisor:
 
     def apply(self, config, cause):
         """Move from the running config to this one, as reload does.
-        Returns (exit code, lines, waits)."""
+        Returns (exit code, lines, waits).  New sockets are bound first:
+        if one cannot be, nothing changes."""
         settings = config.globals
-        lines = []
+        lines, waits = [], []
         if settings.state_dir != self.settings.state_dir:
             lines.append("fcgiwatch: state_dir stays %s until fcgiwatch "
                          "restarts" % self.settings.state_dir)
@@ -3698,19 +3755,9 @@ class Supervisor:
         added, removed, changed, updated, unchanged = diff_configs(
             self.config.services, config.services)
         new_by_name = dict((s.name, s) for s in config.services)
-        # Open new sockets first: if one cannot be bound, nothing changes.
-        opened = {}
         try:
-            for name in added + changed:
-                new = new_by_name[name]
-                old = self.services[name].config if name in self.services \
-                    else None
-                if new.socket is not None and socket_key(new) != socket_key(
-                        old):
-                    opened[name] = open_listener(new, self.euid)
+            opened = self.open_new_sockets(added + changed, new_by_name)
         except Failure as exc:
-            for sock in opened.values():
-                sock.close()
             self.log("%s refused, nothing changed: %s" % (cause, exc),
                      LOG_ERR)
             return EXIT_FAIL, ["fcgiwatch: %s refused: %s" % (cause, exc)], []
@@ -3719,54 +3766,26 @@ class Supervisor:
             self.settings = settings
             self.open_logging()
         now = self.clock()
-        waits = []
+
+        def note(line, wait=None):
+            lines.append(line)
+            if wait is not None:
+                waits.append(wait)
         for name in removed:
-            service = self.services[name]
-            service.removing = True
-            stopping = service.state in RUNNING_STATES
-            lines.append("%s: removed%s" % (name, ", stopping" if stopping
-                                            else ""))
-            waits.append((name, "gone", service.spawns))
-            service.on_want_down(now, "removed")
+            self.remove_service(self.services[name], now, note)
         for name in updated:
             self.services[name].apply_config(new_by_name[name])
-            lines.append("%s: updated without a restart" % name)
+            note("%s: updated without a restart" % name)
         for name in changed:
-            service = self.services[name]
-            if socket_key(service.config) != socket_key(new_by_name[name]):
-                # The running process keeps its own copy as fd 0; the next
-                # run gets the new socket (or /dev/null without one).
-                if service.listener is not None:
-                    self.close_listener(service.listener,
-                                        service.config.socket)
-                service.listener = opened.pop(name, None)
-            service.pending_config = new_by_name[name]
-            if service.state in RUNNING_STATES:
-                waits.append((name, "up", service.spawns))
-                lines.append("%s: changed, restarting" % name)
-                service.on_restart(now)
-            elif service.want == "up":
-                waits.append((name, "up", service.spawns))
-                lines.append("%s: changed, starting" % name)
-                service.on_want_up(now)
-            else:
-                service.apply_config(service.pending_config)
-                lines.append("%s: changed, stays down" % name)
+            self.change_service(self.services[name], new_by_name[name],
+                                opened.pop(name, None), now, note)
         for name in unchanged:
             service = self.services[name]
             pid = " (pid %d)" % service.pid if service.pid else ""
-            lines.append("%s: unchanged%s" % (name, pid))
+            note("%s: unchanged%s" % (name, pid))
         for name in added:
-            service = Service(self, new_by_name[name])
-            service.listener = opened.pop(name, None)
-            self.services[name] = service
-            if service.config.autostart:
-                lines.append("%s: added, starting" % name)
-                waits.append((name, "up", 0))
-                service.on_want_up(now)
-            else:
-                lines.append("%s: added, not started (autostart = false)"
-                             % name)
+            self.add_service(new_by_name[name], opened.pop(name, None), now,
+                             note)
         self.order_services()
         self.log("%s: %d added, %d removed, %d changed, "
                  "%d updated, %d unchanged" % (
@@ -3774,6 +3793,65 @@ class Supervisor:
                      len(updated), len(unchanged)))
         self.status_dirty = True
         return EXIT_OK, lines, waits
+
+    def open_new_sockets(self, names, new_by_name):
+        """{name: listening socket} for each service whose socket is new or
+        changed; raises Failure, with none left open, when one fails."""
+        opened = {}
+        try:
+            for name in names:
+                new = new_by_name[name]
+                old = self.services[name].config if name in self.services \
+                    else None
+                if new.socket is not None and socket_key(new) != socket_key(
+                        old):
+                    opened[name] = open_listener(new, self.euid)
+        except Failure:
+            for sock in opened.values():
+                sock.close()
+            raise
+        return opened
+
+    def remove_service(self, service, now, note):
+        service.removing = True
+        stopping = service.state in RUNNING_STATES
+        note("%s: removed%s" % (service.name, ", stopping" if stopping
+                                else ""),
+             (service.name, "gone", service.spawns))
+        service.on_want_down(now, "removed")
+
+    def change_service(self, service, new, listener, now, note):
+        """A process key changed: restart it onto the new config (or start
+        it, or keep it down, as it was wanted)."""
+        name = service.name
+        if socket_key(service.config) != socket_key(new):
+            # The running process keeps its own copy as fd 0; the next run
+            # gets the new socket (or /dev/null without one).
+            if service.listener is not None:
+                self.close_listener(service.listener, service.config.socket)
+            service.listener = listener
+        service.pending_config = new
+        if service.state in RUNNING_STATES:
+            note("%s: changed, restarting" % name, (name, "up",
+                                                    service.spawns))
+            service.on_restart(now)
+        elif service.want == "up":
+            note("%s: changed, starting" % name, (name, "up",
+                                                  service.spawns))
+            service.on_want_up(now)
+        else:
+            service.apply_config(service.pending_config)
+            note("%s: changed, stays down" % name)
+
+    def add_service(self, config, listener, now, note):
+        service = Service(self, config)
+        service.listener = listener
+        self.services[config.name] = service
+        if config.autostart:
+            note("%s: added, starting" % config.name, (config.name, "up", 0))
+            service.on_want_up(now)
+        else:
+            note("%s: added, not started (autostart = false)" % config.name)
 
     def order_services(self):
         ordered = sorted(self.services.values(),
@@ -3852,147 +3930,6 @@ class Supervisor:
 
     # -- upgrade ----------------------------------------------------------
 
-    def reexec(self, cause, done=None):
-        """Upgrade in place: check the file on disk with --check in a
-        helper child (the loop goes on meanwhile), then exec it; services
-        keep running, with their pids and counters.  done(code, lines) is
-        told the outcome before the exec."""
-        done = done or (lambda code, lines: None)
-        if self.reexec_running:
-            done(EXIT_FAIL, ["fcgiwatch: a re-exec is already under way"])
-            return
-        out_path = os.path.join(self.settings.state_dir, REEXEC_CHECK_FILE)
-        helper = Helper(argv=(sys.executable, PROGRAM_PATH, "-c",
-                              self.settings.filename, "--check"),
-                        env=tuple(os.environ.items()), directory="/",
-                        umask=0o022, uid=None, gid=None, groups=())
-        try:
-            out_fd = os.open(out_path, os.O_WRONLY | os.O_CREAT
-                             | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-            try:
-                pid, err_fd = spawn_child(helper, self.devnull, out_fd,
-                                          out_fd, self.reset_signals)
-            finally:
-                os.close(out_fd)
-            os.close(err_fd)
-        except OSError as exc:
-            done(EXIT_FAIL, ["fcgiwatch: re-exec refused: cannot run the "
-                             "check: %s" % exc.strerror])
-            return
-        self.reexec_running = True
-        self.log("re-exec (%s): checking %s with --check"
-                 % (cause, PROGRAM_PATH))
-        self.helpers[pid] = lambda status: self.after_reexec_check(
-            status, out_path, cause, done)
-
-    def after_reexec_check(self, status, out_path, cause, done):
-        self.reexec_running = False
-        try:
-            with open(out_path, "rb") as handle:
-                output = handle.read().decode("utf-8", "replace")
-            os.unlink(out_path)
-        except OSError:
-            output = ""
-        if status != 0:
-            last = [line for line in output.splitlines() if line.strip()]
-            message = ("re-exec (%s) refused, still running the old program"
-                       ": %s --check %s: %s" % (
-                           cause, PROGRAM_PATH, decode_wait_status(status)[2],
-                           last[-1].strip() if last else "no output"))
-            self.log(message, LOG_ERR)
-            done(EXIT_FAIL, ["fcgiwatch: " + message])
-            return
-        if self.shutting_down:
-            done(EXIT_FAIL, ["fcgiwatch: shutting down; no re-exec"])
-            return
-        done(EXIT_OK, ["fcgiwatch: re-executing %s (pid %d)" % (
-            PROGRAM_PATH, self.pid)])
-        self.exec_self(cause)
-
-    def exec_self(self, cause):
-        """Hand everything to a fresh copy of this file in this process."""
-        import json
-        state = self.snapshot()
-        path = os.path.join(self.settings.state_dir, REEXEC_FILE)
-        keep = [self.lock_fd]
-        for entry in state["services"]:
-            keep.extend(fd for out in entry["outputs"] or ()
-                        for fd in (out["read"], out["write"]))
-            if entry["listener"]:
-                keep.append(entry["listener"][0])
-            if entry["pidfd"] is not None:
-                keep.append(entry["pidfd"])
-        # Signals that arrive now stay pending across exec, for the new
-        # program to handle once its handlers are in place.
-        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC
-                         | os.O_NOFOLLOW, 0o600)
-            with os.fdopen(fd, "w") as handle:
-                json.dump(state, handle)
-            for fd in keep:
-                os.set_inheritable(fd, True)
-            self.log("re-executing (%s): %s %s" % (cause, sys.executable,
-                                                   PROGRAM_PATH))
-            os.execv(sys.executable, boot_argv([
-                "-c", self.settings.filename, "--resume", path]))
-        except OSError as exc:
-            for fd in keep:
-                os.set_inheritable(fd, False)
-            self.log("re-exec (%s) failed, still running the old program: "
-                     "%s" % (cause, exc), LOG_ERR)
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-
-    def snapshot(self):
-        """What the next program needs to carry on: every service's run,
-        counters and deadlines, and the fds to keep (kept by number)."""
-        now = self.clock()
-
-        def ahead(moment):
-            return None if moment is None else moment - now
-        services = []
-        for service in self.services.values():
-            service.close_exec_pipe()  # a run between fork and exec
-            service.cancel_probe()
-            outputs = None
-            if service.outputs is not None:
-                outputs = [{"stream": pipe.stream, "read": pipe.read_fd,
-                            "write": pipe.write_fd}
-                           for pipe in service.outputs if pipe is not None]
-                for pipe in service.outputs:
-                    if pipe is not None:
-                        pipe.drain()
-            listener = service.listener
-            services.append({
-                "config": config_to_json(service.config),
-                "pending_config": None if service.pending_config is None
-                else config_to_json(service.pending_config),
-                "state": service.state, "want": service.want,
-                "why": service.why, "message": service.message,
-                "pid": service.pid, "pgid": service.pgid,
-                "proc_start": service.proc_start,
-                "started_ago": now - service.started_at,
-                "started_wall": service.started_wall,
-                "since_ago": now - service.since,
-                "since_wall": service.since_wall,
-                "deadline": ahead(service.deadline),
-                "kill_at": ahead(service.kill_at), "killed": service.killed,
-                "good_start": service.good_start, "fails": service.fails,
-                "spawns": service.spawns, "restarts": service.restarts,
-                "last_exit": service.last_exit,
-                "spawn_error": service.spawn_error,
-                "health": service.health,
-                "health_fails": service.health_fails,
-                "removing": service.removing, "outputs": outputs,
-                "listener": None if listener is None else [
-                    listener.fileno(), listener.family],
-                "pidfd": service.pidfd})
-        return {"pid": self.pid, "foreground": self.foreground,
-                "started_wall": self.started_wall,
-                "generation": self.generation, "lock_fd": self.lock_fd,
-                "services": services}
-
     def resume(self, state):
         """Carry on from snapshot() after --reexec: same pid, same children
         (still ours to reap), same pipes and sockets.  The services come
@@ -4013,12 +3950,8 @@ class Supervisor:
         self.setup_signals()
         new_config = self.config
         now = self.clock()
-        for entry in state["services"]:
-            service = Service(self, config_from_json(entry["config"]))
-            service.restore(entry, now)
+        for service in self.handover.restore(state, now):
             self.services[service.name] = service
-            if service.pid and service.pidfd is None:
-                self.children[service.pid] = service
         self.config = Config(new_config.globals, tuple(
             s.config for s in self.services.values()))
         self.order_services()
@@ -4175,6 +4108,363 @@ def remove_socket_file(path, euid):
         pass
     finally:
         os.close(place.fd)
+
+
+# ===========================================================================
+# Leftovers of a supervisor that died
+#
+# A supervisor killed with SIGKILL (or by the OOM killer) leaves its runs
+# in their own sessions.  The next one on the same state_dir finds them in
+# the last status file, names each by pid and /proc start time (never by pid
+# alone: a pid is recycled, a pid with its start time is not), and takes it
+# over through a pidfd or stops it, before anything starts.
+# ===========================================================================
+
+def process_start_time(pid):
+    """Field 22 of /proc/PID/stat (start time in clock ticks), or None."""
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as handle:
+            data = handle.read()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses.
+    fields = data[data.rfind(b")") + 2:].split()
+    try:
+        return int(fields[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def is_same_process(pid, start_time):
+    """Is pid still the process that started at start_time (not a zombie)?"""
+    if not pid or start_time is None:
+        return False
+    if process_start_time(pid) != start_time:
+        return False
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as handle:
+            data = handle.read()
+        return data[data.rfind(b")") + 2:].split()[0] != b"Z"
+    except OSError:
+        return False
+
+
+def open_pidfd(pid):
+    """A pidfd for pid (Python 3.9+, Linux 5.3+), or None where there is
+    none: then a leftover cannot be watched and is stopped instead."""
+    opener = getattr(os, "pidfd_open", None)
+    if opener is None:
+        return None
+    try:
+        return opener(pid)
+    except OSError:
+        return None
+
+
+def config_fingerprint(config):
+    """A stable digest of the keys that shape a service's process: a
+    leftover run is only taken over when it was started the same way."""
+    import zlib
+    shape = repr(tuple(getattr(config, k) for k in PROCESS_KEYS))
+    return zlib.crc32(shape.encode("utf-8", "replace")) & 0xffffffff
+
+
+class Leftovers:
+    """What the last supervisor on this state_dir left running."""
+
+    def __init__(self, supervisor):
+        self.supervisor = supervisor
+
+    def handle(self):
+        """Sort the leftovers: a run is taken over when its pidfd can watch
+        it, its service still exists with the same process keys, and it
+        holds no socket of ours (a socket we cannot get back); every other
+        leftover is stopped (stop signal, stopwaitsecs, KILL) now.
+        Returns {name: (status entry, pidfd)} to take over."""
+        supervisor = self.supervisor
+        previous = read_status_file(supervisor.settings.state_dir)
+        if not previous:
+            return {}
+        adopt, stop = {}, []
+        for entry in previous.get("services", []):
+            if not is_same_process(entry.get("pid"), entry.get("start_time")):
+                continue
+            service = supervisor.services.get(entry["name"])
+            if service is not None and service.config.socket is None and \
+                    entry.get("fingerprint") == config_fingerprint(
+                        service.config) and entry.get("want") == "up":
+                pidfd = open_pidfd(entry["pid"])
+                # The pidfd names the process for good: check it was not
+                # recycled between the start-time check and pidfd_open.
+                if pidfd is not None and is_same_process(
+                        entry["pid"], entry["start_time"]):
+                    adopt[entry["name"]] = (entry, pidfd)
+                    continue
+                if pidfd is not None:
+                    os.close(pidfd)
+            stop.append((entry, service))
+        self.stop(stop)
+        return adopt
+
+    def stop(self, leftovers):
+        """Stop leftover runs we will not take over, and wait: this happens
+        before any service starts, so blocking here delays nothing."""
+        if not leftovers:
+            return
+        supervisor = self.supervisor
+        deadline = supervisor.clock()
+        for entry, service in leftovers:
+            number = service.config.stopsignal if service else signal.SIGTERM
+            wait = service.config.stopwaitsecs if service else 10.0
+            deadline = max(deadline, supervisor.clock() + wait)
+            supervisor.log("%s: stopping pid %d, left running by a "
+                           "supervisor that died" % (entry["name"],
+                                                     entry["pid"]),
+                           LOG_WARNING)
+            self.signal(entry, number)
+
+        def alive():
+            return [(e, s) for e, s in leftovers
+                    if is_same_process(e["pid"], e["start_time"])]
+        for final in (False, True):
+            while alive() and supervisor.clock() < deadline:
+                time.sleep(GROUP_POLL)
+            if final or not alive():
+                break
+            for entry, _service in alive():
+                supervisor.log("%s: leftover pid %d did not stop; sent KILL"
+                               % (entry["name"], entry["pid"]), LOG_WARNING)
+                self.signal(entry, signal.SIGKILL)
+            deadline = supervisor.clock() + GROUP_KILL_GRACE
+        for entry, _service in alive():
+            supervisor.log("%s: leftover pid %d outlived KILL" % (
+                entry["name"], entry["pid"]), LOG_ERR)
+
+    def signal(self, entry, number):
+        """Signal a leftover's group, and CONT after a stop signal, but only
+        while its leader is verified: a group whose leader is gone may, long
+        after, be a stranger's."""
+        if not is_same_process(entry["pid"], entry["start_time"]):
+            return
+        numbers = (number,) if number in (signal.SIGKILL, signal.SIGCONT) \
+            else (number, signal.SIGCONT)
+        for sig in numbers:
+            try:
+                os.killpg(entry.get("pgid") or entry["pid"], sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
+# ===========================================================================
+# Upgrade in place (--reexec)
+#
+# The running supervisor checks the file on disk with --check in a helper
+# child, then execs it in this same process and hands over, in a file in
+# state_dir, what the next program needs: every service's counters, its run
+# (still our child, so still ours to reap), pipes and held sockets, kept by
+# fd number across exec.  What is carried is listed once, below, for both
+# snapshot() and restore().
+# ===========================================================================
+
+#: Service fields carried as they are.
+CARRIED_SERVICE = ("state", "want", "why", "message", "fails", "spawns",
+                   "restarts", "last_exit", "health", "health_fails",
+                   "removing", "since_wall")
+
+#: Run fields carried as they are.
+CARRIED_RUN = ("pid", "pgid", "start_time", "started_wall", "spawn_error",
+               "ready", "stop_phase", "pidfd")
+
+#: Monotonic times, carried as seconds from now: (object, field) pairs.
+CARRIED_TIMES = (("service", "since"), ("service", "deadline"),
+                 ("run", "started_at"), ("run", "kill_at"))
+
+
+class Handover:
+    """--reexec and SIGUSR2: check, snapshot, exec; and, in the new
+    program, restore."""
+
+    def __init__(self, supervisor):
+        self.supervisor = supervisor
+        self.running = False      # a --check helper is under way
+
+    def begin(self, cause, done=None):
+        """Check the file on disk with --check in a helper child (the loop
+        goes on meanwhile), then exec it.  done(code, lines) is told the
+        outcome before the exec."""
+        supervisor = self.supervisor
+        done = done or (lambda code, lines: None)
+        if self.running:
+            done(EXIT_FAIL, ["fcgiwatch: a re-exec is already under way"])
+            return
+        out_path = os.path.join(supervisor.settings.state_dir,
+                                REEXEC_CHECK_FILE)
+        helper = Helper(argv=(sys.executable, PROGRAM_PATH, "-c",
+                              supervisor.settings.filename, "--check"),
+                        env=tuple(os.environ.items()), directory="/",
+                        umask=0o022, uid=None, gid=None, groups=())
+        try:
+            out_fd = os.open(out_path, os.O_WRONLY | os.O_CREAT
+                             | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+            try:
+                pid, err_fd = spawn_child(helper, supervisor.devnull, out_fd,
+                                          out_fd, supervisor.reset_signals)
+            finally:
+                os.close(out_fd)
+            os.close(err_fd)
+        except OSError as exc:
+            done(EXIT_FAIL, ["fcgiwatch: re-exec refused: cannot run the "
+                             "check: %s" % exc.strerror])
+            return
+        self.running = True
+        supervisor.log("re-exec (%s): checking %s with --check"
+                       % (cause, PROGRAM_PATH))
+        supervisor.helpers[pid] = lambda status: self.after_check(
+            status, out_path, cause, done)
+
+    def after_check(self, status, out_path, cause, done):
+        supervisor = self.supervisor
+        self.running = False
+        try:
+            with open(out_path, "rb") as handle:
+                output = handle.read().decode("utf-8", "replace")
+            os.unlink(out_path)
+        except OSError:
+            output = ""
+        if status != 0:
+            last = [line for line in output.splitlines() if line.strip()]
+            message = ("re-exec (%s) refused, still running the old program"
+                       ": %s --check %s: %s" % (
+                           cause, PROGRAM_PATH, decode_wait_status(status)[2],
+                           last[-1].strip() if last else "no output"))
+            supervisor.log(message, LOG_ERR)
+            done(EXIT_FAIL, ["fcgiwatch: " + message])
+            return
+        if supervisor.shutting_down:
+            done(EXIT_FAIL, ["fcgiwatch: shutting down; no re-exec"])
+            return
+        done(EXIT_OK, ["fcgiwatch: re-executing %s (pid %d)" % (
+            PROGRAM_PATH, supervisor.pid)])
+        self.exec_self(cause)
+
+    def exec_self(self, cause):
+        """Hand everything to a fresh copy of this file in this process."""
+        import json
+        supervisor = self.supervisor
+        state = self.snapshot()
+        path = os.path.join(supervisor.settings.state_dir, REEXEC_FILE)
+        keep = [supervisor.lock_fd]
+        for entry in state["services"]:
+            keep.extend(fd for out in entry["outputs"] or ()
+                        for fd in (out["read"], out["write"]))
+            if entry["listener"]:
+                keep.append(entry["listener"][0])
+            if entry["run"] and entry["run"]["pidfd"] is not None:
+                keep.append(entry["run"]["pidfd"])
+        # Signals that arrive now stay pending across exec, for the new
+        # program to handle once its handlers are in place.
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+                         | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                json.dump(state, handle)
+            for fd in keep:
+                os.set_inheritable(fd, True)
+            argv, cwd = boot_command(["-c", supervisor.settings.filename,
+                                      "--resume", path])
+            supervisor.log("re-executing (%s): %s" % (cause, " ".join(argv)))
+            boot_exec(argv, cwd)
+        except OSError as exc:
+            for fd in keep:
+                os.set_inheritable(fd, False)
+            supervisor.log("re-exec (%s) failed, still running the old "
+                           "program: %s" % (cause, exc), LOG_ERR)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+
+    def snapshot(self):
+        """What the next program needs to carry on: every service's run,
+        counters and deadlines, and the fds to keep (kept by number)."""
+        supervisor = self.supervisor
+        now = supervisor.clock()
+        services = []
+        for service in supervisor.services.values():
+            run = service.run
+            if run is not None:
+                service.close_exec_pipe(run)  # a run between fork and exec
+            service.cancel_probe()
+            outputs = None
+            if service.outputs is not None:
+                outputs = [{"stream": pipe.stream, "read": pipe.read_fd,
+                            "write": pipe.write_fd}
+                           for pipe in service.outputs if pipe is not None]
+                service.drain_output()
+            entry = dict((key, getattr(service, key))
+                         for key in CARRIED_SERVICE)
+            entry["run"] = None if run is None else dict(
+                (key, getattr(run, key)) for key in CARRIED_RUN)
+            objects = {"service": service, "run": run}
+            for owner, key in CARRIED_TIMES:
+                moment = getattr(objects[owner], key, None)
+                target = entry if owner == "service" else entry["run"]
+                if target is not None:
+                    target[key] = None if moment is None else moment - now
+            listener = service.listener
+            entry.update({
+                "config": config_to_json(service.config),
+                "pending_config": None if service.pending_config is None
+                else config_to_json(service.pending_config),
+                "outputs": outputs,
+                "listener": None if listener is None else [
+                    listener.fileno(), listener.family]})
+            services.append(entry)
+        return {"pid": supervisor.pid, "foreground": supervisor.foreground,
+                "started_wall": supervisor.started_wall,
+                "generation": supervisor.generation,
+                "lock_fd": supervisor.lock_fd, "services": services}
+
+    def restore(self, state, now):
+        """The services of a snapshot, with their runs, pipes and sockets."""
+        supervisor = self.supervisor
+        services = []
+        for entry in state["services"]:
+            service = Service(supervisor, config_from_json(entry["config"]))
+            for key in CARRIED_SERVICE:
+                setattr(service, key, entry[key])
+            run = None
+            if entry["run"] is not None:
+                run = Run(service, 0, now)
+                for key in CARRIED_RUN:
+                    setattr(run, key, entry["run"][key])
+            service.run = run
+            objects = {"service": service, "run": run}
+            for owner, key in CARRIED_TIMES:
+                source = entry if owner == "service" else entry["run"]
+                if source is not None:
+                    ahead = source[key]
+                    setattr(objects[owner], key,
+                            None if ahead is None else now + ahead)
+            if entry["pending_config"] is not None:
+                service.pending_config = config_from_json(
+                    entry["pending_config"])
+            if entry["outputs"] is not None:
+                service.outputs = supervisor.outputs.make(service, dict(
+                    (out["stream"], (out["read"], out["write"]))
+                    for out in entry["outputs"]))
+            if entry["listener"] is not None:
+                fd, family = entry["listener"]
+                service.listener = socket.socket(family, socket.SOCK_STREAM,
+                                                 fileno=fd)
+            if run is not None and run.pidfd is not None:
+                service.watch_pidfd(run, run.pidfd)
+            elif run is not None and run.pid:
+                supervisor.children[run.pid] = run
+            if service.config.healthcheck and service.state in (STARTING,
+                                                                UP):
+                service.probe_due = now
+            services.append(service)
+        return services
 
 
 # ===========================================================================
@@ -4681,7 +4971,7 @@ class ControlServer:
                 connection.send({"err" if code else "out": line})
             connection.finish(code)
         connection.send({"timeout": 60})
-        self.supervisor.reexec("--reexec", done)
+        self.supervisor.handover.begin("--reexec", done)
 
     # -- waiting for results -----------------------------------------------
 
@@ -5000,8 +5290,7 @@ def describe_config(config):
         lines.append("  user      %s" % who)
         lines.append("  directory %s" % service.directory)
         lines.append("  output    stdout %s, stderr %s" % (
-            service.stdout_logfile, service.stdout_logfile
-            if service.redirect_stderr else service.stderr_logfile))
+            service.stdout_logfile, service.stderr_logfile))
         lines.append("  start     %s, priority %d, autorestart %s" % (
             "at once" if service.autostart else "on request (autostart "
             "false)", service.priority, service.autorestart))
@@ -5148,6 +5437,7 @@ def daemon_main(config, ready_write):
 
 
 def main(argv=None):
+    finish_boot()
     argv = sys.argv[1:] if argv is None else argv
     try:
         options = parse_args(argv)
@@ -5160,13 +5450,14 @@ def main(argv=None):
     if options.action == "version":
         sys.stdout.write("fcgiwatch %s\n" % VERSION)
         return EXIT_OK
-    if options.action in ("run", "daemon") and __name__ == "__main__" and \
-            sys.executable:
-        # Run as a script: start again as a module (see BOOT), same pid.
+    if options.action in ("run", "daemon") and sys.executable and (
+            __spec__ is None or not sys.flags.no_site):
+        # Run as a script, or with site-packages: start again as a module
+        # (see boot_command), same pid.
         sys.stdout.flush()
         sys.stderr.flush()
         try:
-            os.execv(sys.executable, boot_argv(argv))
+            boot_exec(*boot_command(argv))
         except OSError:
             pass  # carry on as we are: only memory is at stake
     try:
