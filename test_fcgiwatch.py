@@ -2382,7 +2382,7 @@ class SafetyAsRootTests(SupervisorCase):
         self.assert_target_untouched()
 
     def test_rotation_never_overwrites_or_deletes_elsewhere(self):
-        logs = self.nobody_dir("logs")
+        self.nobody_dir("logs")
         sub = self.nobody_dir("logs", "sub")
         log = os.path.join(sub, "app.log")
         # The backups' names point at the target before the first rotation.
