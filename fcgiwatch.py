@@ -33,7 +33,8 @@ Map of this file, top to bottom: constants; errors; config (converters,
 parse_config, diff_configs); child process (spawn, the child side); safe
 paths (how a root supervisor writes files others can reach); output (log
 files, syslog, routing); the supervision state machine (Run, Service and
-the TRANSITIONS table); health probes; the event loop (Supervisor);
+the TRANSITIONS table); process trees (orphans, adopted daemons);
+health probes; the event loop (Supervisor);
 leftovers of a supervisor that died; upgrade in place (Handover); status;
 control protocol (server, then client); command line (parse_args, main).
 """
@@ -106,6 +107,16 @@ BOOT_CWD = "FCGIWATCH_BOOT_CWD"
 #: A run shorter than this is a quick failure even with startsecs = 0, so
 #: that a program that exits at once can never make us restart it in a loop.
 MIN_GOOD_RUN = 0.1
+
+#: prctl(2) option: orphaned descendants are reparented to us, not PID 1.
+PR_SET_CHILD_SUBREAPER = 36
+
+#: Set in every service's environment to the service's name: an orphan
+#: that left its service's session is traced back by it.
+SERVICE_VARIABLE = b"FCGIWATCH_SERVICE"
+
+#: Orphans of one run logged by pid; past that, one line says so.
+ORPHANS_LOGGED = 10
 
 #: How long a group may linger after SIGKILL before we stop waiting for it.
 GROUP_KILL_GRACE = 5.0
@@ -829,7 +840,8 @@ def parse_service(parser, section, name, globals_, base_dir, euid, error):
         return None
     user_name, uid, gid, groups, home, shell = user
     env = {"PATH": globals_.path, "HOME": home, "USER": user_name,
-           "LOGNAME": user_name, "SHELL": shell}
+           "LOGNAME": user_name, "SHELL": shell,
+           SERVICE_VARIABLE.decode("ascii"): name}
     env.update(values["environment"])
     values.update(
         name=name, section=section, command=raw["command"].strip(),
@@ -1305,6 +1317,100 @@ def group_alive(pgid):
     except PermissionError:
         return True
     return True
+
+
+def read_proc_stat(pid):
+    """(command name, [field 3, field 4, ...]) of /proc/PID/stat, or None
+    once the process is gone.  Index 0 is the state, 1 the parent, 2 the
+    process group, 3 the session, 19 the start time."""
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as handle:
+            data = handle.read()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses.
+    close = data.rfind(b")")
+    name = data[data.find(b"(") + 1:close].decode("utf-8", "replace")
+    return name, data[close + 2:].split()
+
+
+def process_ids(pid):
+    """(state, process group, session, name) of a process, or None."""
+    info = read_proc_stat(pid)
+    try:
+        fields = info[1]
+        return (fields[0].decode("ascii", "replace"), int(fields[2]),
+                int(fields[3]), info[0])
+    except (TypeError, IndexError, ValueError):
+        return None
+
+
+def list_children(pid):
+    """The pids of pid's children.  Linux 3.5+ lists them in one file
+    (task/PID/children: a single-threaded process's children all hang on
+    its one thread); without it, every process's parent is looked up."""
+    try:
+        with open("/proc/%d/task/%d/children" % (pid, pid), "rb") as handle:
+            return [int(word) for word in handle.read().split()]
+    except OSError:
+        pass
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            info = read_proc_stat(int(name))
+            if info and len(info[1]) > 1 and info[1][1] == b"%d" % pid:
+                found.append(int(name))
+    return found
+
+
+def service_named_in(pid):
+    """The FCGIWATCH_SERVICE a process carries in its environment (as
+    it was at exec), or None: how an orphan that left its service's
+    session is traced back to its service."""
+    try:
+        with open("/proc/%d/environ" % pid, "rb") as handle:
+            data = handle.read()
+    except OSError:
+        return None
+    for item in data.split(b"\0"):
+        if item.startswith(SERVICE_VARIABLE + b"="):
+            return item[len(SERVICE_VARIABLE) + 1:].decode("utf-8",
+                                                           "replace")
+    return None
+
+
+def load_libc():
+    """The C library, through ctypes, loaded once (ctypes costs about
+    0.5 MB and 8 ms to import: paid once, by the supervisor only), or None
+    where ctypes cannot load it."""
+    if not _LIBC:
+        try:
+            import ctypes
+            _LIBC.append(ctypes.CDLL(None, use_errno=True))
+        except (ImportError, OSError):
+            _LIBC.append(None)
+    return _LIBC[0]
+
+
+_LIBC = []
+
+
+def become_subreaper():
+    """Make ourselves the child subreaper of everything we start (Linux
+    3.4+): a descendant orphaned by its parent's death becomes our child,
+    not PID 1's, so we reap it at once (no zombie waits on an init that may
+    never reap) and can stop it, even after it left its process group with
+    setsid.  Returns None, or why it cannot be done."""
+    libc = load_libc()
+    if libc is None:
+        return "ctypes cannot load the C library"
+    try:
+        if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0:
+            return None
+        import ctypes
+        return os.strerror(ctypes.get_errno())
+    except AttributeError:
+        return "the C library has no prctl"
 
 
 def format_seconds(seconds):
@@ -2162,10 +2268,15 @@ class Outputs:
 #                                                         starting
 #   starting, up     exited         run_ended             starting (at once
 #                                                         after a good run),
-#                                                         backoff, fatal, down
+#                                                         backoff, fatal, down;
+#                                                         or starting, same
+#                                                         run, adopting the
+#                                                         daemon it left
 #   stopping         exited         stopping_exited       down, or starting
 #                                                         when wanted up, once
-#                                                         its group is gone
+#                                                         its tree is gone
+#   stopping         tree_changed   stopping_tree_changed (the same: a member
+#                                                         of the tree reaped)
 #   stopping         deadline       stopping_deadline     KILL at stopwaitsecs;
 #                                                         then stop waiting
 #   down, backoff,   exited         exit_out_of_turn      (cannot happen:
@@ -2176,7 +2287,8 @@ class Outputs:
 # backoff or fatal.  STOPPING has two phases, in run.stop_phase:
 # "signalled" (the stop signal sent, KILL due at run.kill_at) and "killed"
 # (KILL sent, GROUP_KILL_GRACE to go); in either, the main process may be
-# gone (run.pid 0) while the rest of its process group lingers.
+# gone (run.pid 0) while the rest of its tree (its process group, the
+# members of the run: see Process trees) lingers.
 # ===========================================================================
 
 #: How a stop's cause reads in the log.
@@ -2234,6 +2346,9 @@ class Run:
     pid is the main process, 0 once reaped; pgid its process group, which
     may outlive it; start_time its /proc start time (read lazily); ready
     says it ran startsecs; stop_phase and kill_at are STOPPING's phase.
+    members are the run's other processes that became our children when
+    their parent died (pid -> process group), sessions the sessions its
+    tree is known to use (see Tree).
     """
 
     def __init__(self, service, pid, now, exec_fd=-1):
@@ -2247,26 +2362,46 @@ class Run:
         self.ready = False
         self.stop_phase = None
         self.kill_at = None
+        self.members = {}
+        self.sessions = set((pid,))
+        self.session = pid      # the main process's session
+        self.adopted = False    # the main process is a daemon we adopted
+        self.orphans_seen = 0
+        self.exit_words = None  # how the main process ended, once it did
 
     def signal(self, number, as_group):
-        """Signal this run's process, or its group; never a stranger.
+        """Signal this run's process, or its whole tree; never a stranger.
 
         The pid stays ours until we reap it, and Linux never hands out a
         pid that still names a process group, so neither can be recycled.
+        A member is signalled by its group when it leads one (a daemon
+        after setsid), else alone: it is our child, so its pid is safe.
         """
-        try:
-            if as_group and self.pgid:
-                os.killpg(self.pgid, number)
-            elif self.pidfd is not None:
-                # Not our child: its pid could be recycled, its pidfd not.
-                signal.pidfd_send_signal(self.pidfd, number)
-            elif self.pid:
-                os.kill(self.pid, number)
-        except (ProcessLookupError, PermissionError):
-            pass  # already gone: the reaper brings the news
+        targets = []
+        if as_group and self.pgid:
+            targets.append((os.killpg, self.pgid))
+        elif self.pidfd is not None:
+            # Not our child: its pid could be recycled, its pidfd not.
+            targets.append((signal.pidfd_send_signal, self.pidfd))
+        elif self.pid:
+            targets.append((os.kill, self.pid))
+        if as_group:
+            targets.extend((os.killpg if pgid == pid else os.kill, pid)
+                           for pid, pgid in self.members.items())
+        for send, target in targets:
+            try:
+                send(target, number)
+            except (ProcessLookupError, PermissionError):
+                pass  # already gone: the reaper brings the news
 
     def group_alive(self):
         return bool(self.pgid) and group_alive(self.pgid)
+
+    def tree_alive(self, as_group):
+        """Is anything of this run left: its main process, or (as_group)
+        its process group or a member?"""
+        return bool(self.pid) or (as_group and bool(
+            self.members or self.group_alive()))
 
     def read_start_time(self):
         if self.pid and self.start_time is None:
@@ -2299,6 +2434,7 @@ class Service:
         self.spawns = 0
         self.restarts = 0
         self.last_exit = None
+        self.previous_exit = None
         self.outputs = None       # (stdout OutputPipe or None, stderr ...)
         self.pending_config = None
         self.removing = False
@@ -2379,11 +2515,12 @@ class Service:
             self.on_exec_report(run)
         ran = now - run.started_at
         run.pid = 0
+        run.exit_words = "%s after %s" % (words, format_seconds(ran))
         self.drain_output()
+        self.previous_exit = self.last_exit  # back, if a daemon is adopted
         self.last_exit = {"code": code, "signal": signame,
                           "at": time.time(), "ran": round(ran, 3)}
-        self.fire("exited", now, run, code, "%s after %s" % (
-            words, format_seconds(ran)))
+        self.fire("exited", now, run, code, run.exit_words)
 
     def on_exec_report(self, run):
         """The exec pipe is readable: EOF means exec succeeded."""
@@ -2503,9 +2640,19 @@ class Service:
         self.begin_stop(now, "restart")  # -> STOPPING, respawn when gone
 
     def run_ended(self, now, run, code, what):
-        """STARTING/UP: the run ended by itself: restart now, back off, give
-        up, or stay down.  What was left of its group goes too."""
+        """STARTING/UP: the run ended by itself: adopt the daemon it left,
+        or restart now, back off, give up, or stay down.  What was left of
+        its tree goes too."""
         config = self.config
+        ran = now - run.started_at
+        quick = (not run.ready and ran < config.startsecs) or (
+            ran < MIN_GOOD_RUN)
+        if code == 0 and quick and not run.spawn_error and \
+                not self.supervisor.shutting_down:
+            adopted = self.supervisor.tree.adopt(run, now)
+            if adopted is not None:
+                self.adopt_daemon(now, run, *adopted)
+                return
         self.cancel_probe()
         self.probe_due = None
         self.run = None
@@ -2514,9 +2661,6 @@ class Service:
             self.after_run(now, "could not start", None, True,
                            run.spawn_error)
         else:
-            ran = now - run.started_at
-            quick = (not run.ready and ran < config.startsecs) or (
-                ran < MIN_GOOD_RUN)
             short = "exited %d" % code if code is not None else \
                 "signal %s" % (self.last_exit["signal"] or "unknown")
             self.after_run(now, "exited", code, quick, what, short)
@@ -2526,8 +2670,28 @@ class Service:
                          "the foreground (e.g. runfcgi daemonize=false)" % (
                              format_seconds(ran), format_seconds(
                                  config.startsecs)), LOG_WARNING)
-        if config.killasgroup and run.pgid:
-            self.kill_leftovers(run.pgid)
+        if config.killasgroup:
+            self.kill_leftovers(run)
+
+    def adopt_daemon(self, now, run, pid, logged):
+        """STARTING/UP -> STARTING (UP with startsecs = 0), same run: its
+        main process exited 0 at once and left pid, a daemon, which is the
+        run from now on.  A daemon that double-forks is adopted twice (the
+        middle process, then the daemon); only one of those is logged."""
+        config = self.config
+        self.last_exit = self.previous_exit  # the launcher's exit is no news
+        words = None
+        if logged:
+            words = "adopted: pid %d, which put itself in the background; " \
+                "run it in the foreground (e.g. runfcgi daemonize=false) " \
+                "to keep its output" % pid
+        if config.startsecs > 0 or config.healthcheck:
+            self.deadline = now + config.startsecs
+            self.change_state(STARTING, "", words, LOG_WARNING)
+        else:
+            self.deadline = None
+            run.ready = True
+            self.change_state(UP, "", words, LOG_WARNING)
 
     def spawn_failed(self, now, error, cause=None):
         """No process came of a start (fork, chdir or exec failed in the
@@ -2576,17 +2740,25 @@ class Service:
                               "= %s)" % (line, config.autorestart))
 
     def stopping_exited(self, now, run, code, what):
-        """STOPPING: the main process is gone; its group may linger."""
+        """STOPPING: the main process is gone; the rest of its tree may
+        linger."""
+        self.stopping_tree_changed(now, run)
+
+    def stopping_tree_changed(self, now, run):
+        """STOPPING: a process of the run's tree was reaped.  Done once
+        nothing of the tree is left; until then, as subreaper, the exit of
+        each member wakes us; a group with no member (without subreaper,
+        or grandchildren that are not our children) is polled."""
         config = self.config
-        if (config.stopasgroup or config.killasgroup) and run.group_alive():
-            # Grandchildren live on: wait for them, polling, since they are
-            # not our children and send no SIGCHLD.
-            self.log("stopped: %s; waiting for the rest of process group "
-                     "%d" % (what, run.pgid))
-            self.deadline = min(run.kill_at, now + GROUP_POLL)
-            self.supervisor.status_dirty = True
+        if run is not self.run or run.pid:
             return
-        self.stop_finished(now, "stopped: " + what)
+        as_group = config.stopasgroup or config.killasgroup
+        if not run.tree_alive(as_group):
+            self.stop_finished(now, "stopped: " + run.exit_words)
+        elif run.members and self.supervisor.tree.subreaper:
+            self.deadline = run.kill_at
+        else:
+            self.deadline = min(run.kill_at, now + GROUP_POLL)
 
     def stopping_deadline(self, now):
         """STOPPING timed out: KILL at stopwaitsecs, then, once the main
@@ -2605,16 +2777,17 @@ class Service:
             # process that outlives KILL sits in the kernel).
             self.deadline = run.kill_at if now < run.kill_at else None
             return
-        if not run.group_alive():
-            self.stop_finished(now, "stopped: process group %d is gone"
-                               % run.pgid)
+        if not run.tree_alive(config.stopasgroup or config.killasgroup):
+            self.stop_finished(now, "stopped: %s; the rest of its process "
+                               "tree is gone" % run.exit_words)
         elif now >= run.kill_at:
-            self.log("process group %d outlived KILL; not waiting any "
-                     "longer" % run.pgid, LOG_WARNING)
-            self.stop_finished(now, "stopped: gave up waiting for process "
-                               "group %d" % run.pgid)
+            self.log("process group %d (or %d background processes) "
+                     "outlived KILL; not waiting any longer" % (
+                         run.pgid, len(run.members)), LOG_WARNING)
+            self.stop_finished(now, "stopped: gave up waiting for the rest "
+                               "of its process tree")
         else:
-            self.deadline = min(run.kill_at, now + GROUP_POLL)
+            self.stopping_tree_changed(now, run)
 
     def stop_finished(self, now, line):
         """STOPPING -> DOWN, or -> STARTING when a restart is wanted."""
@@ -2702,6 +2875,8 @@ class Service:
         config, run = self.config, self.run
         self.cancel_probe()
         self.probe_due = None
+        # Orphans of the tree send no SIGCHLD when they become ours: look.
+        self.supervisor.tree.scan(now)
         number = config.stopsignal
         run.signal(number, config.stopasgroup)
         if number not in (signal.SIGKILL, signal.SIGCONT):
@@ -2714,17 +2889,18 @@ class Service:
             "process group" if config.stopasgroup else "pid",
             run.pgid if config.stopasgroup else run.pid))
 
-    def kill_leftovers(self, pgid):
-        """A run is over but processes of its group live on (workers of a
-        dead master, a job it put in the background): kill them, so that
-        no duplicate of the service holds its port beside the next run.
-        Called after the next run is forked, off the restart path."""
-        try:
-            os.killpg(pgid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
+    def kill_leftovers(self, run):
+        """A run is over but processes of its tree live on (workers of a
+        dead master, a job it put in the background, one that called
+        setsid): kill them, so that no duplicate of the service holds its
+        port beside the next run.  Called after the next run is forked,
+        off the restart path."""
+        if not run.members and not run.group_alive():
             return
-        self.log("killed what was left of process group %d" % pgid,
-                 LOG_WARNING)
+        run.signal(signal.SIGKILL, True)
+        self.log("killed what was left of process group %d%s" % (
+            run.pgid, " and %d background processes" % len(run.members)
+            if run.members else ""), LOG_WARNING)
 
     def close_exec_pipe(self, run):
         if run.exec_fd >= 0:
@@ -2894,8 +3070,234 @@ TRANSITIONS.update({
     (DOWN, "want_down"): Service.settle_down,
     (STARTING, "probe_ok"): Service.first_probe_passed,
     (STOPPING, "exited"): Service.stopping_exited,
+    (STOPPING, "tree_changed"): Service.stopping_tree_changed,
     (STOPPING, "deadline"): Service.stopping_deadline,
 })
+
+
+# ===========================================================================
+# Process trees
+#
+# The supervisor is the child subreaper of everything it starts: when a
+# process of a service's tree dies, its children become ours, not PID 1's.
+# They send no word when that happens (only when they die), so the tree is
+# looked at (scan) after each batch of exits and before each stop: every
+# child of ours that we did not start is an orphan, traced to its run by
+# session, else by FCGIWATCH_SERVICE in its environment (never by a guess:
+# a wrong guess would kill another service's process with this run's
+# leftovers).  It becomes a member of that run: signalled with it,
+# waited for by its stop, killed with its leftovers, and reaped by us at
+# once.  Only our children are ever signalled this way: a pid we have not
+# reaped cannot be recycled.  An orphan traced to no run is a stray,
+# stopped at shutdown.  Where the kernel (before 3.4) or ctypes cannot make
+# us a subreaper, none of this happens: process groups are polled, as
+# before.
+# ===========================================================================
+
+class Tree:
+    """The members of every run, the strays, and the daemons adopted."""
+
+    def __init__(self, supervisor):
+        self.supervisor = supervisor
+        self.subreaper = False
+        self.members = {}         # pid -> Run, for the members of all runs
+        self.strays = set()       # orphans no run claimed
+        self.scanned = None       # loop time of the last scan
+        self.stray_kill_at = None
+        self.strays_killed = False
+        self.news = []            # (run, pid, name) taken in, to log
+
+    def start(self):
+        why = become_subreaper()
+        self.subreaper = why is None
+        if why is not None:
+            self.supervisor.warn(
+                "cannot become the child subreaper (%s; Linux 3.4 or later "
+                "is needed): a process that leaves its service's process "
+                "group is out of reach, and a stop waits for PID 1 to reap "
+                "zombies" % why)
+
+    def scan(self, now, ended=()):
+        """Take in the children of ours that we did not start.  ended: the
+        runs whose main process was just reaped (their orphans are why we
+        look; the caller logs them with report() once it has acted on the
+        exits).  A second scan in the same loop turn is skipped."""
+        if not self.subreaper or (self.scanned == now and not ended):
+            return
+        self.scanned = now
+        supervisor = self.supervisor
+        new = [pid for pid in list_children(supervisor.pid)
+               if pid not in supervisor.children and pid not in self.members
+               and pid not in supervisor.helpers and pid not in self.strays]
+        if not new:
+            return
+        sessions = self.sessions(ended)
+        for pid in sorted(new):
+            ids = process_ids(pid)
+            if ids is None:
+                continue  # not ours after all (a reused number read late)
+            _state, pgid, sid, name = ids
+            run = sessions.get(sid) or sessions.get(pgid) or \
+                self.named_run(pid)
+            if run is None:
+                self.strays.add(pid)
+                supervisor.log("pid %d (%s), orphaned by a process we do "
+                               "not know, is now our child; it is stopped "
+                               "at shutdown" % (pid, name))
+                continue
+            self.take_in(run, pid, pgid, sid, name)
+            sessions[sid] = run
+        if not ended:
+            self.report()
+
+    def report(self):
+        """Log the orphans taken in, once each, for runs that go on: not
+        those adopted, nor those of a run that is over or being stopped
+        (the stop's and the leftovers' lines say enough)."""
+        news, self.news = self.news, []
+        for run, pid, name in news:
+            service = run.service
+            if self.members.get(pid) is not run or run is not service.run \
+                    or run.stop_phase is not None:
+                continue
+            run.orphans_seen += 1
+            if run.orphans_seen <= ORPHANS_LOGGED:
+                service.log("pid %d (%s) lost its parent and is now our "
+                            "child, part of the service's process tree"
+                            % (pid, name))
+            elif run.orphans_seen == ORPHANS_LOGGED + 1:
+                service.log("more of its processes lost their parent; no "
+                            "more of them are logged for this run")
+
+    def sessions(self, ended):
+        """session id -> Run, for every run that may have orphans."""
+        runs = [s.run for s in self.supervisor.services.values()
+                if s.run is not None and s.run.pidfd is None]
+        runs.extend(self.members.values())
+        runs.extend(ended)
+        found = {}
+        for run in runs:
+            for sid in run.sessions:
+                found[sid] = run
+        return found
+
+    def named_run(self, pid):
+        """The current run of the service an orphan names in its
+        environment (it left its session, with setsid), or None."""
+        name = service_named_in(pid)
+        service = self.supervisor.services.get(name) if name else None
+        if service is None or service.run is None or \
+                service.run.pidfd is not None:
+            return None
+        return service.run
+
+    def take_in(self, run, pid, pgid, sid, name):
+        """An orphan of run's tree is ours: a member, treated as the run
+        is (signalled when it is being stopped, killed when it is over)."""
+        service = run.service
+        run.members[pid] = pgid
+        run.sessions.add(sid)
+        self.members[pid] = run
+        self.news.append((run, pid, name))
+        config = service.config
+        if run is not service.run:
+            if config.killasgroup:
+                self.signal_member(run, pid, signal.SIGKILL)
+        elif run.stop_phase == STOP_SIGNALLED and config.stopasgroup:
+            self.signal_member(run, pid, config.stopsignal)
+            self.signal_member(run, pid, signal.SIGCONT)
+        elif run.stop_phase == STOP_KILLED and config.killasgroup:
+            self.signal_member(run, pid, signal.SIGKILL)
+
+    def signal_member(self, run, pid, number):
+        try:
+            if run.members.get(pid) == pid:
+                os.killpg(pid, number)
+            else:
+                os.kill(pid, number)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def reaped(self, pid):
+        """A child we did not start was reaped: the run it was a member
+        of (to see whether its stop is over), or None."""
+        run = self.members.pop(pid, None)
+        if run is not None:
+            run.members.pop(pid, None)
+            return run
+        self.strays.discard(pid)
+        return None
+
+    def adopt(self, run, now):
+        """The run's main process exited 0 at once: if it left a process
+        in the background, that one becomes the run's main process.  The
+        lowest pid in a session of its own, else the lowest pid; the others
+        stay members.  Returns (pid, log it?) or None."""
+        alive = []
+        for pid in sorted(run.members):
+            ids = process_ids(pid)
+            if ids is not None and ids[0] != "Z":
+                alive.append((pid, ids))
+        if not alive:
+            return None
+        fresh = [item for item in alive if item[1][2] != run.session]
+        pid, (_state, pgid, sid, _name) = (fresh or alive)[0]
+        # The middle process of a double fork was adopted first: the
+        # daemon in its session is news to nobody.
+        logged = not run.adopted or sid != run.session
+        del run.members[pid]
+        del self.members[pid]
+        self.supervisor.children[pid] = run
+        run.pid, run.pgid, run.session = pid, pgid, sid
+        run.sessions.add(sid)
+        run.start_time, run.exit_words = None, None
+        run.started_at, run.started_wall = now, time.time()
+        run.ready, run.adopted = False, True
+        return pid, logged
+
+    def leftovers(self):
+        """The processes shutdown must still end: strays, and members of
+        runs that are over whose service kills as a group."""
+        left = set(self.strays)
+        left.update(pid for pid, run in self.members.items()
+                    if run.service.config.killasgroup)
+        return left
+
+    def stop_leftovers(self, now):
+        """At shutdown, once every service is down: TERM what is left,
+        KILL it GROUP_KILL_GRACE later, then give up.  True while there is
+        something to wait for."""
+        left = self.leftovers()
+        if not left:
+            return False
+        if self.stray_kill_at is None:
+            self.supervisor.log("stopping %d processes left by runs that "
+                                "are over: pids %s" % (len(left), ", ".join(
+                                    str(pid) for pid in sorted(left))))
+            numbers = (signal.SIGTERM, signal.SIGCONT)
+            self.stray_kill_at = now + GROUP_KILL_GRACE
+        elif now < self.stray_kill_at:
+            return True
+        elif not self.strays_killed:
+            numbers = (signal.SIGKILL,)
+            self.strays_killed = True
+            self.stray_kill_at = now + GROUP_KILL_GRACE
+        else:
+            self.supervisor.log("pids %s outlived KILL; not waiting any "
+                                "longer" % ", ".join(
+                                    str(pid) for pid in sorted(left)),
+                                LOG_WARNING)
+            return False
+        for pid in left:
+            for number in numbers:
+                try:
+                    os.kill(pid, number)
+                except (ProcessLookupError, PermissionError):
+                    pass
+        return True
+
+    def deadline(self):
+        return self.stray_kill_at if self.leftovers() else None
 
 
 # ===========================================================================
@@ -3312,11 +3714,11 @@ def release_free_memory():
     malloc_trim returns it.  Skipped quietly where there is no glibc or no
     ctypes: only memory and a little fork time are at stake.
     """
+    libc = load_libc()
     try:
-        import ctypes
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (ImportError, OSError, AttributeError):
-        pass
+        libc.malloc_trim(0)
+    except AttributeError:
+        pass  # no C library, or not glibc
 
 
 def close_on_exec_inherited():
@@ -3359,6 +3761,7 @@ class Supervisor:
         self.outputs = Outputs(self)
         self.leftovers = Leftovers(self)
         self.handover = Handover(self)
+        self.tree = Tree(self)
         self.lock_fd = -1
         self.control = None
         self.devnull = -1
@@ -3434,6 +3837,7 @@ class Supervisor:
         self.open_logging()
         self.control = ControlServer(self)
         self.setup_signals()
+        self.tree.start()
         for config in self.config.services:
             self.services[config.name] = Service(self, config)
         adopt = self.leftovers.handle()
@@ -3579,6 +3983,8 @@ class Supervisor:
         """Seconds until the earliest deadline, or None: sleep for good."""
         times = [s.next_wake() for s in self.services.values()]
         times.extend(self.control.deadlines())
+        if self.shutting_down:
+            times.append(self.tree.deadline())
         if self.status_dirty:
             times.append(self.status_written + STATUS_INTERVAL)
         times = [t for t in times if t is not None]
@@ -3616,25 +4022,44 @@ class Supervisor:
                 self.handover.begin("SIGUSR2")
 
     def reap(self):
-        """Reap every exited child: several exits can share one SIGCHLD."""
+        """Reap every exited child (several exits can share one SIGCHLD),
+        take in the orphans they left, then act on each exit."""
         now = self.clock()
+        exits = []
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
-                return
+                break
             except InterruptedError:
                 continue
             if pid == 0:
-                return
+                break
+            exits.append((pid, status))
+        if not exits:
+            return
+        tree = self.tree
+        # Before the exits are acted on: a run's orphans are known when its
+        # end is decided (adopt the daemon, or kill the leftovers).
+        tree.scan(now, [self.children[pid] for pid, _ in exits
+                        if pid in self.children])
+        touched = []
+        for pid, status in exits:
             run = self.children.pop(pid, None)
             if run is not None:
                 run.service.on_exited(run, status, now)
             elif pid in self.helpers:
                 self.helpers.pop(pid)(status)
             else:
-                self.log("reaped pid %d, not a service of ours (%s)" % (
-                    pid, decode_wait_status(status)[2]))
+                run = tree.reaped(pid)
+                if run is not None:
+                    touched.append(run)
+                elif not tree.subreaper:
+                    self.log("reaped pid %d, not a service of ours (%s)" % (
+                        pid, decode_wait_status(status)[2]))
+        for run in touched:
+            run.service.fire("tree_changed", now, run)
+        tree.report()
 
     # -- fds in the selector -----------------------------------------------
 
@@ -3896,7 +4321,8 @@ class Supervisor:
             if any(s.state in RUNNING_STATES for s in group):
                 return
             self.shutdown_order.pop(0)
-        if not any(s.state in RUNNING_STATES for s in self.services.values()):
+        if not any(s.state in RUNNING_STATES for s in self.services.values()) \
+                and not self.tree.stop_leftovers(now):
             self.exit_code = EXIT_OK
 
     def finish(self):
@@ -3948,6 +4374,7 @@ class Supervisor:
         self.open_logging()
         self.control = ControlServer(self)
         self.setup_signals()
+        self.tree.start()  # still one (it survives exec): says so again
         new_config = self.config
         now = self.clock()
         for service in self.handover.restore(state, now):
@@ -4122,16 +4549,10 @@ def remove_socket_file(path, euid):
 
 def process_start_time(pid):
     """Field 22 of /proc/PID/stat (start time in clock ticks), or None."""
+    info = read_proc_stat(pid)
     try:
-        with open("/proc/%d/stat" % pid, "rb") as handle:
-            data = handle.read()
-    except OSError:
-        return None
-    # The command name (field 2) may hold spaces and parentheses.
-    fields = data[data.rfind(b")") + 2:].split()
-    try:
-        return int(fields[19])
-    except (IndexError, ValueError):
+        return int(info[1][19])
+    except (TypeError, IndexError, ValueError):
         return None
 
 
@@ -4139,13 +4560,10 @@ def is_same_process(pid, start_time):
     """Is pid still the process that started at start_time (not a zombie)?"""
     if not pid or start_time is None:
         return False
-    if process_start_time(pid) != start_time:
-        return False
+    info = read_proc_stat(pid)
     try:
-        with open("/proc/%d/stat" % pid, "rb") as handle:
-            data = handle.read()
-        return data[data.rfind(b")") + 2:].split()[0] != b"Z"
-    except OSError:
+        return int(info[1][19]) == start_time and info[1][0] != b"Z"
+    except (TypeError, IndexError, ValueError):
         return False
 
 
@@ -4273,7 +4691,8 @@ CARRIED_SERVICE = ("state", "want", "why", "message", "fails", "spawns",
 
 #: Run fields carried as they are.
 CARRIED_RUN = ("pid", "pgid", "start_time", "started_wall", "spawn_error",
-               "ready", "stop_phase", "pidfd")
+               "ready", "stop_phase", "pidfd", "session", "adopted",
+               "orphans_seen", "exit_words")
 
 #: Monotonic times, carried as seconds from now: (object, field) pairs.
 CARRIED_TIMES = (("service", "since"), ("service", "deadline"),
@@ -4404,6 +4823,10 @@ class Handover:
                          for key in CARRIED_SERVICE)
             entry["run"] = None if run is None else dict(
                 (key, getattr(run, key)) for key in CARRIED_RUN)
+            if run is not None:
+                # JSON has no int keys and no sets.
+                entry["run"]["members"] = sorted(run.members.items())
+                entry["run"]["sessions"] = sorted(run.sessions)
             objects = {"service": service, "run": run}
             for owner, key in CARRIED_TIMES:
                 moment = getattr(objects[owner], key, None)
@@ -4419,10 +4842,17 @@ class Handover:
                 "listener": None if listener is None else [
                     listener.fileno(), listener.family]})
             services.append(entry)
+        # Members of runs that are over are strays to the next program:
+        # still ours, and stopped at shutdown.
+        current = set(id(s.run) for s in supervisor.services.values())
+        strays = set(supervisor.tree.strays)
+        strays.update(pid for pid, run in supervisor.tree.members.items()
+                      if id(run) not in current)
         return {"pid": supervisor.pid, "foreground": supervisor.foreground,
                 "started_wall": supervisor.started_wall,
                 "generation": supervisor.generation,
-                "lock_fd": supervisor.lock_fd, "services": services}
+                "lock_fd": supervisor.lock_fd, "services": services,
+                "strays": sorted(strays)}
 
     def restore(self, state, now):
         """The services of a snapshot, with their runs, pipes and sockets."""
@@ -4434,9 +4864,17 @@ class Handover:
                 setattr(service, key, entry[key])
             run = None
             if entry["run"] is not None:
-                run = Run(service, 0, now)
+                carried = entry["run"]
+                run = Run(service, carried["pid"], now)
+                run.session = carried["pgid"] or carried["pid"]
                 for key in CARRIED_RUN:
-                    setattr(run, key, entry["run"][key])
+                    # A key the old program did not carry keeps its default.
+                    setattr(run, key, carried.get(key, getattr(run, key)))
+                run.members = dict((pid, pgid) for pid, pgid in
+                                   carried.get("members", ()))
+                run.sessions = set(carried.get("sessions", (run.session,)))
+                supervisor.tree.members.update(
+                    (pid, run) for pid in run.members)
             service.run = run
             objects = {"service": service, "run": run}
             for owner, key in CARRIED_TIMES:
@@ -4464,6 +4902,7 @@ class Handover:
                                                                 UP):
                 service.probe_due = now
             services.append(service)
+        supervisor.tree.strays.update(state.get("strays", ()))
         return services
 
 

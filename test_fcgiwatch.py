@@ -341,7 +341,8 @@ class ParseConfigTests(unittest.TestCase):
         env = dict(web.env)
         self.assertEqual(env["PATH"], fcgiwatch.DEFAULT_PATH)
         self.assertEqual(set(env), {"PATH", "HOME", "USER", "LOGNAME",
-                                    "SHELL"})
+                                    "SHELL", "FCGIWATCH_SERVICE"})
+        self.assertEqual(env["FCGIWATCH_SERVICE"], "web")
         self.assertEqual(config.globals.syslog_socket[2], "/dev/log")
 
     def test_percent_is_literal_and_priority_order(self):
@@ -858,9 +859,10 @@ class CoreTests(SupervisorCase):
         self.assertEqual(env[b"LOGNAME"], b"nobody")
         self.assertEqual(env[b"HOME"], NOBODY.pw_dir.encode())
         self.assertEqual(env[b"PATH"], fcgiwatch.DEFAULT_PATH.encode())
+        self.assertEqual(env[b"FCGIWATCH_SERVICE"], b"kid")
         self.assertEqual(set(env), {b"GREETING", b"USER", b"LOGNAME",
                                     b"HOME", b"PATH", b"SHELL",
-                                    b"FWTEST_MARK"})
+                                    b"FWTEST_MARK", b"FCGIWATCH_SERVICE"})
 
     def test_environment_not_inherited_from_starter(self):
         self.write_config({"env": {"command": "sleep 1000"}})
@@ -1023,7 +1025,8 @@ class CoreTests(SupervisorCase):
         self.assertIn("bad: fatal", out)
 
     def test_daemonize_hint(self):
-        self.start({"forks": {"command": "sh -c 'sleep 1000 & exit 0'",
+        """A quick exit 0 that leaves nothing to adopt gets the hint."""
+        self.start({"forks": {"command": "sh -c 'exit 0'",
                               "startsecs": "1", "backoff_max": "5"}},
                    wait_up=False)
         wait_for(lambda: "run in the foreground" in self.log_text(), 5,
@@ -1185,6 +1188,149 @@ class SteppedClockTests(SupervisorCase):
             turn_until(lambda: slow.spawns == 3, "the restart")
             assert slow.state == "starting", slow.state
             """)
+
+
+class ProcessTreeTests(SupervisorCase):
+    """The supervisor is the subreaper of its services' trees: orphans are
+    reaped at once, descendants that left the group are stopped with the
+    service, and a daemonizing program is adopted."""
+
+    def marked(self):
+        """Live processes of the services: those whose environment holds
+        the test's mark (the supervisor's command line holds it too)."""
+        needle = ("FWTEST_MARK=%s" % self.tmp).encode()
+        found = []
+        for pid in processes_with(self.tmp):
+            try:
+                with open("/proc/%d/environ" % pid, "rb") as handle:
+                    if needle in handle.read().split(b"\0"):
+                        found.append(pid)
+            except OSError:
+                pass
+        return found
+
+    def test_no_zombie_waits_for_a_pid_1_that_never_reaps(self):
+        """In a PID namespace whose init only sleeps (an app run as PID 1),
+        the grandchild left by a stop is reaped by us, not by PID 1."""
+        unshare = shutil.which("unshare")
+        if unshare is None:
+            self.skipTest("no unshare here (util-linux)")
+        probe = subprocess.run([unshare, "-fp", "--mount-proc",
+                                "--kill-child", "true"],
+                               stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE)
+        if probe.returncode != 0:
+            self.skipTest("unshare cannot make a PID namespace here: %s"
+                          % probe.stderr.decode().strip())
+        self.write_config({"fam": {"command": "sh -c 'sleep 1000 & wait'",
+                                   "stopwaitsecs": "30"}})
+        log = open(self.log_path, "ab")
+        # PID 1 starts the supervisor and becomes sleep: it never reaps.
+        init = "%s %s -c %s & exec sleep 100000" % (
+            shlex.quote(PY), shlex.quote(PROGRAM), shlex.quote(self.conf))
+        namespace = subprocess.Popen(
+            [unshare, "-fp", "--mount-proc", "--kill-child", "sh", "-c",
+             init], stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        log.close()
+
+        def end_namespace():
+            namespace.kill()  # --kill-child: PID 1 and all in it go too
+            namespace.wait()
+        self.addCleanup(end_namespace)
+        self.wait_state("fam", "up", timeout=10)
+        wait_for(lambda: len(self.marked()) >= 2, 5, "sh and its sleep")
+        (init_pid,) = [p for p, _ in children_of(namespace.pid)]
+        began = time.monotonic()
+        code, out, err = self.cli("--stop", "fam")
+        took = time.monotonic() - began
+        self.assertEqual(code, 0, out + err)
+        # Before, the zombie kept the group alive for stopwaitsecs (30 s).
+        self.assertLess(took, 10, self.log_text())
+        self.assertNotIn("KILL", self.log_text())
+        self.assertEqual(self.marked(), [])
+        zombies = [p for p, state in children_of(init_pid) if state == "Z"]
+        self.assertEqual(zombies, [], "PID 1 holds zombies of the service")
+
+    def test_setsid_grandchild_is_stopped_with_its_service(self):
+        """A descendant in a session of its own goes at --stop, --restart
+        and TERM to the supervisor."""
+        command = self.py("""
+            import os, time
+            if os.fork() == 0:
+                os.setsid()
+                time.sleep(1000)
+            time.sleep(1000)
+        """)
+        self.start({"app": {"command": command}})
+        wait_for(lambda: len(self.marked()) == 2, 5, "the escaped child")
+        code, out, err = self.cli("--stop", "app")
+        self.assertEqual(code, 0, out + err)
+        self.assertEqual(self.marked(), [])
+        self.assertEqual(self.cli("--start", "app")[0], 0)
+        wait_for(lambda: len(self.marked()) == 2, 5, "the escaped child")
+        before = set(self.marked())
+        code, out, err = self.cli("--restart", "app")
+        self.assertEqual(code, 0, out + err)
+        wait_for(lambda: len(self.marked()) == 2, 5, "a new escaped child")
+        self.assertEqual(before & set(self.marked()), set())
+        self.proc.send_signal(signal.SIGTERM)
+        self.assertEqual(self.proc.wait(20), 0)
+        self.assertEqual(self.marked(), [])
+
+    def test_double_forking_daemon_is_adopted(self):
+        command = self.py("""
+            import os, sys, time
+            if os.fork():
+                sys.exit(0)
+            os.setsid()
+            if os.fork():
+                os._exit(0)
+            time.sleep(1000)
+        """)
+        self.start({"daemon": {"command": command, "startsecs": "1"}})
+        entry = self.entry("daemon")
+        self.assertEqual(self.marked(), [entry["pid"]])
+        self.assertIn("daemon: adopted: pid %d, which put itself in the "
+                      "background" % entry["pid"], self.log_text())
+        # One copy, the same one, for 10 s: no restart loop.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            self.assertEqual(self.marked(), [entry["pid"]])
+            time.sleep(0.2)
+        self.assertEqual(self.entry("daemon")["restarts"], 0)
+        os.kill(entry["pid"], signal.SIGKILL)
+        again = self.wait_state("daemon", "up", pid_not=entry["pid"])
+        wait_for(lambda: self.marked() == [again["pid"]], 5, "one daemon")
+        code, out, err = self.cli("--stop", "daemon")
+        self.assertEqual(code, 0, out + err)
+        self.assertEqual(self.marked(), [])
+
+    def test_tree_kept_across_reexec(self):
+        self.start({"app": {"command": "sh -c '(setsid sleep 1000 &); "
+                            "exec sleep 1000'"},
+                    "other": {"command": "sleep 1000"}})
+        wait_for(lambda: len(self.marked()) == 3, 5, "the orphan")
+        # An exit elsewhere makes the supervisor look at its children.
+        self.kill_service("other")
+        wait_for(lambda: "lost its parent" in self.log_text(), 5,
+                 "the orphan taken in")
+        code, out, err = self.cli("--reexec")
+        self.assertEqual(code, 0, out + err)
+        code, out, err = self.cli("--stop", "app")
+        self.assertEqual(code, 0, out + err)
+        self.assertEqual(len(self.marked()), 1, "only other is left")
+
+    def test_two_hundred_orphans_stopped_by_term(self):
+        services = dict(("s%03d" % n, {
+            "command": "sh -c '(sleep 1000 &); exec sleep 1000'"})
+            for n in range(200))
+        self.start(services, wait_up=False)
+        wait_for(lambda: len(children_of(self.proc.pid)) == 400, 20,
+                 "200 services and 200 orphans, all children of ours")
+        self.proc.send_signal(signal.SIGTERM)
+        self.assertEqual(self.proc.wait(30), 0)
+        self.assertEqual(self.marked(), [])
+        self.assertIn("stopped: every service is down", self.log_text())
 
 
 class LoggingTests(SupervisorCase):
