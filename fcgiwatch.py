@@ -69,6 +69,8 @@ EVENT_READ, EVENT_WRITE = 1 << 0, 1 << 1
 STARTING, UP, STOPPING, BACKOFF, DOWN, FATAL = (
     "starting", "up", "stopping", "backoff", "down", "fatal")
 
+STATES = (STARTING, UP, STOPPING, BACKOFF, DOWN, FATAL)
+
 #: Where a service's processes may exist: the states with a pid or a group.
 RUNNING_STATES = (STARTING, UP, STOPPING)
 
@@ -114,6 +116,9 @@ PR_SET_CHILD_SUBREAPER = 36
 #: Set in every service's environment to the service's name: an orphan
 #: that left its service's session is traced back by it.
 SERVICE_VARIABLE = b"FCGIWATCH_SERVICE"
+
+#: And to the supervisor's state_dir: whose service it is.
+STATE_DIR_VARIABLE = b"FCGIWATCH_STATE_DIR"
 
 #: Orphans of one run logged by pid; past that, one line says so.
 ORPHANS_LOGGED = 10
@@ -840,8 +845,7 @@ def parse_service(parser, section, name, globals_, base_dir, euid, error):
         return None
     user_name, uid, gid, groups, home, shell = user
     env = {"PATH": globals_.path, "HOME": home, "USER": user_name,
-           "LOGNAME": user_name, "SHELL": shell,
-           SERVICE_VARIABLE.decode("ascii"): name}
+           "LOGNAME": user_name, "SHELL": shell}
     env.update(values["environment"])
     values.update(
         name=name, section=section, command=raw["command"].strip(),
@@ -1118,8 +1122,9 @@ HAVE_SPAWN_SETSID = sys.version_info >= (3, 8) and hasattr(os, "posix_spawn")
 
 
 def spawn_child(config, stdin_fd, stdout_fd, stderr_fd, reset_signals,
-                home_fd=None):
-    """Start one run of a service.
+                home_fd=None, identity=()):
+    """Start one run of a service.  identity: (name, value) pairs added to
+    its environment where the config sets no such name (service_identity).
 
     Returns (pid, error_pipe_read_end).  With a fork, the read end gives
     EOF when exec succeeded, or a record "step:errno:path" when a step
@@ -1129,7 +1134,8 @@ def spawn_child(config, stdin_fd, stdout_fd, stderr_fd, reset_signals,
     fork itself fails.
     """
     argv = list(config.argv)
-    env = dict(config.env)
+    env = dict(identity)
+    env.update(config.env)
     programs = program_candidates(argv[0], env.get("PATH", DEFAULT_PATH))
     if config.uid is None and HAVE_SPAWN_SETSID and home_fd is not None:
         return spawn_without_fork(config, programs, argv, env, (
@@ -1361,6 +1367,16 @@ def list_children(pid):
             if info and len(info[1]) > 1 and info[1][1] == b"%d" % pid:
                 found.append(int(name))
     return found
+
+
+def service_identity(name, state_dir):
+    """What every run of a service carries in its environment, so that an
+    orphan (and a leftover of a supervisor that died) can be traced to its
+    service.  Added at spawn time, not in the config: a config that
+    changes its environment restarts its services, and an upgrade by
+    --reexec must not."""
+    return ((SERVICE_VARIABLE.decode("ascii"), name),
+            (STATE_DIR_VARIABLE.decode("ascii"), state_dir))
 
 
 def service_named_in(pid):
@@ -2821,7 +2837,9 @@ class Service:
             stdin_fd, stdout_fd, stderr_fd = self.child_fds()
             pid, exec_fd = spawn_child(config, stdin_fd, stdout_fd, stderr_fd,
                                        supervisor.reset_signals,
-                                       supervisor.home_fd)
+                                       supervisor.home_fd, service_identity(
+                                           self.name,
+                                           supervisor.settings.state_dir))
         except SpawnError as exc:
             self.spawn_failed(now, str(exc), cause)
             return
@@ -3774,6 +3792,10 @@ class Supervisor:
         self.generation = 0       # times re-executed
         self.status_written = -STATUS_INTERVAL
         self.status_warned = False  # one warning until a write works again
+        self.status_problem = None  # why the status file is stale, if it is
+        self.state_dir_id = None    # (st_dev, st_ino) of state_dir
+        self.lock_sock = None       # the abstract socket that is our lock
+        self.state_dir_warned = False
         self.status_path = os.path.join(self.settings.state_dir, STATUS_FILE)
 
     # -- logging ---------------------------------------------------------
@@ -3880,9 +3902,20 @@ class Supervisor:
         if info.st_mode & 0o022:
             raise Failure("state_dir %s is writable by others; chmod go-w %s"
                           % (path, path))
+        self.state_dir_id = (info.st_dev, info.st_ino)
 
     def take_lock(self):
-        """One supervisor per state_dir: flock held for our whole life."""
+        """One supervisor per state_dir, held for our whole life by two
+        locks: an abstract unix socket named after state_dir's real path,
+        which no file operation can remove (an rm -rf of state_dir leaves
+        it, so a second supervisor still sees the first), and a flock on
+        the pid file, which --status reads without waking us and which a
+        supervisor of an older version takes."""
+        self.lock_sock = bind_lock_socket(self.settings.state_dir)
+        self.lock_fd = self.open_pid_file()
+
+    def open_pid_file(self):
+        """The pid file, flocked, with our pid in it: its fd."""
         path = os.path.join(self.settings.state_dir, LOCK_FILE)
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW
@@ -3907,7 +3940,47 @@ class Supervisor:
         os.ftruncate(fd, 0)
         os.write(fd, b"%d\n" % self.pid)
         os.fchmod(fd, 0o644)
-        self.lock_fd = fd
+        return fd
+
+    def check_state_dir(self):
+        """Are state_dir, the pid file and the control socket still ours?
+        An rm -rf (a cleaner, a tmpfiles rule) may remove them under us: we
+        notice at the next status write or control request (no timer of
+        our own) and make them again.  True when they were made again."""
+        path = self.settings.state_dir
+        try:
+            info = os.stat(path)
+            pid_file = os.stat(os.path.join(path, LOCK_FILE))
+            held = os.fstat(self.lock_fd)
+            if (info.st_dev, info.st_ino) == self.state_dir_id and (
+                    pid_file.st_dev, pid_file.st_ino) == (
+                        held.st_dev, held.st_ino) and \
+                    (self.control is None or
+                     self.control.file_socket_ours()):
+                return False
+        except OSError:
+            pass
+        if not self.state_dir_warned:
+            self.warn("state_dir %s, or a file in it, was removed; making "
+                      "them again (pid file, control socket, status file)"
+                      % path)
+        try:
+            self.make_state_dir()
+            fd = self.open_pid_file()
+            os.close(self.lock_fd)
+            self.lock_fd = fd
+            if self.control is not None:
+                self.control.listen_file()
+        except Failure as exc:
+            if not self.state_dir_warned:
+                self.warn("cannot make state_dir %s again: %s; --status and "
+                          "the control commands reach us through our lock "
+                          "socket meanwhile" % (path, exc))
+            self.state_dir_warned = True
+            return False
+        self.state_dir_warned = False
+        self.status_dirty = True
+        return True
 
     def setup_signals(self):
         self.wakeup_read, self.wakeup_write = os.pipe()
@@ -4133,16 +4206,46 @@ class Supervisor:
         self.status_dirty = False
         self.status_written = self.clock()
         data = json.dumps(self.status_document(), separators=(",", ":"))
+        data = data.encode("utf-8") + b"\n"
         try:
-            replace_file(self.status_path, data.encode("utf-8") + b"\n",
-                         0o644, self.euid)
+            try:
+                replace_file(self.status_path, data, 0o644, self.euid)
+            except FileNotFoundError:
+                # state_dir was removed under us: make it again, and retry.
+                if not self.check_state_dir():
+                    raise
+                replace_file(self.status_path, data, 0o644, self.euid)
         except (OSError, UnsafePath) as exc:
+            self.status_problem = getattr(exc, "strerror", None) or str(exc)
+            self.mark_status_stale()
             if not self.status_warned:
                 self.status_warned = True
-                self.warn("cannot write %s: %s" % (self.status_path, getattr(
-                    exc, "strerror", None) or exc))
+                self.warn("cannot write %s: %s; the last good one is kept, "
+                          "marked stale, and --status asks the supervisor "
+                          "instead until a write works (free space on its "
+                          "filesystem, or choose another state_dir)" % (
+                              self.status_path, self.status_problem))
             return
+        if self.status_warned:
+            self.log("%s is written again" % self.status_path)
         self.status_warned = False
+        self.status_problem = None
+
+    def mark_status_stale(self):
+        """Clear the write bits of the status file we could not replace:
+        a change of mode needs no free space, and tells --status to ask us
+        instead (read_status)."""
+        try:
+            fd = os.open(self.status_path, os.O_RDONLY | os.O_NOFOLLOW
+                         | getattr(os, "O_CLOEXEC", 0))
+        except OSError:
+            return
+        try:
+            os.fchmod(fd, 0o444)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
 
     # -- reload --------------------------------------------------------------
 
@@ -4353,6 +4456,9 @@ class Supervisor:
         if self.lock_fd >= 0:
             os.close(self.lock_fd)
             self.lock_fd = -1
+        if self.lock_sock is not None:
+            self.lock_sock.close()
+            self.lock_sock = None
 
     # -- upgrade ----------------------------------------------------------
 
@@ -4367,6 +4473,20 @@ class Supervisor:
         self.home_fd = open_home()
         self.lock_fd = state["lock_fd"]
         fcntl.flock(self.lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # still ours
+        if state.get("lock_sock") is not None:
+            self.lock_sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM,
+                                           fileno=state["lock_sock"])
+            self.lock_sock.setblocking(False)
+        else:
+            try:  # from a version that had no lock socket
+                self.lock_sock = bind_lock_socket(self.settings.state_dir)
+            except Failure as exc:
+                sys.stderr.write("fcgiwatch: %s\n" % exc)
+        try:
+            info = os.stat(self.settings.state_dir)
+            self.state_dir_id = (info.st_dev, info.st_ino)
+        except OSError:
+            pass  # gone: made again at the first status write
         self.selector = new_selector()
         self.started_wall = state["started_wall"]
         self.started = self.clock() - (time.time() - self.started_wall)
@@ -4401,6 +4521,52 @@ class AlreadyRunning(Failure):
     def __init__(self, pid):
         Failure.__init__(self, "already running (pid %s)" % (pid or "?"))
         self.pid = pid
+
+
+def lock_address(state_dir):
+    """The abstract unix socket name that locks state_dir: its real path,
+    or a digest of it where that is too long for a socket name."""
+    real = os.path.realpath(state_dir)
+    name = "fcgiwatch:" + real
+    if len(name.encode("utf-8", "replace")) > 100:
+        import hashlib
+        name = "fcgiwatch:" + hashlib.sha256(
+            real.encode("utf-8", "replace")).hexdigest()
+    return "\0" + name
+
+
+def bind_lock_socket(state_dir):
+    """Bind and listen on state_dir's lock socket (it also takes control
+    requests: see ControlServer).  Raises AlreadyRunning when another
+    supervisor holds it."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(lock_address(state_dir))
+        sock.listen(16)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise AlreadyRunning(lock_holder(state_dir))
+        raise Failure("cannot take the lock of state_dir %s: %s" % (
+            state_dir, exc.strerror))
+    sock.setblocking(False)
+    return sock
+
+
+def lock_holder(state_dir):
+    """The pid of the supervisor that holds state_dir's lock socket, as
+    the kernel tells (SO_PEERCRED), or None."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(1.0)
+    try:
+        sock.connect(lock_address(state_dir))
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                struct.calcsize("3i"))
+        return struct.unpack("3i", creds)[0] or None
+    except OSError:
+        return None
+    finally:
+        sock.close()
 
 
 def read_pid(fd):
@@ -4587,6 +4753,59 @@ def config_fingerprint(config):
     return zlib.crc32(shape.encode("utf-8", "replace")) & 0xffffffff
 
 
+def find_by_environment(state_dir, own_pid, known):
+    """Processes that carry state_dir in their environment (every run of
+    ours does: service_identity) and are not in known (the status file's
+    entries, with their trees): leftovers of a supervisor that died, found
+    without its status file.  As status-file-like entries, each signalled
+    alone ("alone") and never taken over: nothing says how it was started."""
+    needle = STATE_DIR_VARIABLE + b"=" + state_dir.encode("utf-8",
+                                                          "replace")
+    covered = set()
+    for entry in known:
+        if is_same_process(entry.get("pid"), entry.get("start_time")):
+            covered.update((entry["pid"], entry.get("pgid")))
+    covered.discard(None)
+
+    def in_known_tree(pid):
+        # A descendant of a known run (its workers, one that called setsid
+        # under a run we take over) is that run's business.
+        for _hop in range(64):
+            info = read_proc_stat(pid)
+            try:
+                pid = int(info[1][1])
+            except (TypeError, IndexError, ValueError):
+                return False
+            if pid in covered:
+                return True
+            if pid <= 1 or pid == own_pid:
+                return False
+        return False
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == own_pid:
+            continue
+        pid = int(name)
+        try:
+            with open("/proc/%d/environ" % pid, "rb") as handle:
+                items = handle.read().split(b"\0")
+        except OSError:
+            continue  # gone, or not ours to read (not ours to stop either)
+        if needle not in items:
+            continue
+        ids = process_ids(pid)
+        if ids is None or ids[0] == "Z" or ids[1] in covered or \
+                ids[2] in covered or in_known_tree(pid):
+            continue
+        service = [item[len(SERVICE_VARIABLE) + 1:] for item in items
+                   if item.startswith(SERVICE_VARIABLE + b"=")]
+        found.append({"name": service[0].decode("utf-8", "replace")
+                      if service else "?", "pid": pid,
+                      "start_time": process_start_time(pid),
+                      "pgid": ids[1], "alone": True, "want": "down"})
+    return found
+
+
 class Leftovers:
     """What the last supervisor on this state_dir left running."""
 
@@ -4600,11 +4819,22 @@ class Leftovers:
         leftover is stopped (stop signal, stopwaitsecs, KILL) now.
         Returns {name: (status entry, pidfd)} to take over."""
         supervisor = self.supervisor
-        previous = read_status_file(supervisor.settings.state_dir)
-        if not previous:
-            return {}
+        state_dir = supervisor.settings.state_dir
+        previous, problem = read_status(state_dir)
+        if problem not in (None, "missing", "stale"):
+            supervisor.warn("%s is unreadable (%s); looking for what the "
+                            "last supervisor left running by its processes' "
+                            "environment instead" % (os.path.join(
+                                state_dir, STATUS_FILE), problem))
+        entries = previous["services"] if previous else []
+        if previous is None or problem == "stale" or \
+                not previous["supervisor"].get("stopped"):
+            # It died (or its file says too little): what it started
+            # carries our state_dir in its environment, the file or not.
+            entries = entries + find_by_environment(
+                state_dir, supervisor.pid, entries)
         adopt, stop = {}, []
-        for entry in previous.get("services", []):
+        for entry in entries:
             if not is_same_process(entry.get("pid"), entry.get("start_time")):
                 continue
             service = supervisor.services.get(entry["name"])
@@ -4668,7 +4898,10 @@ class Leftovers:
             else (number, signal.SIGCONT)
         for sig in numbers:
             try:
-                os.killpg(entry.get("pgid") or entry["pid"], sig)
+                if entry.get("alone"):
+                    os.kill(entry["pid"], sig)
+                else:
+                    os.killpg(entry.get("pgid") or entry["pid"], sig)
             except (ProcessLookupError, PermissionError):
                 pass
 
@@ -4773,6 +5006,8 @@ class Handover:
         state = self.snapshot()
         path = os.path.join(supervisor.settings.state_dir, REEXEC_FILE)
         keep = [supervisor.lock_fd]
+        if supervisor.lock_sock is not None:
+            keep.append(supervisor.lock_sock.fileno())
         for entry in state["services"]:
             keep.extend(fd for out in entry["outputs"] or ()
                         for fd in (out["read"], out["write"]))
@@ -4852,6 +5087,8 @@ class Handover:
                 "started_wall": supervisor.started_wall,
                 "generation": supervisor.generation,
                 "lock_fd": supervisor.lock_fd, "services": services,
+                "lock_sock": None if supervisor.lock_sock is None
+                else supervisor.lock_sock.fileno(),
                 "strays": sorted(strays)}
 
     def restore(self, state, now):
@@ -4957,7 +5194,8 @@ def format_status_line(entry, now):
         problem = logs.get(stream + "_problem")
         if problem and (stream == "stdout" or problem != logs.get(
                 "stdout_problem")):
-            parts.append("%s to %s: %s" % (stream, logs[stream], problem))
+            parts.append("%s to %s: %s" % (stream, logs.get(stream, "?"),
+                                           problem))
     message, why = entry.get("message"), entry.get("why") or ""
     if message and (state in (BACKOFF, FATAL, DOWN) or health == "failing") \
             and message != why and not message.startswith(why + " after"):
@@ -4974,12 +5212,14 @@ def status_exit_code(entries):
 
 
 def supervisor_pid(state_dir):
-    """The pid of the supervisor holding state_dir's lock, or None."""
+    """The pid of the supervisor holding state_dir's lock, or None.  The
+    pid file's flock says so without waking the supervisor; where the file
+    is gone (state_dir removed), the lock socket says."""
     path = os.path.join(state_dir, LOCK_FILE)
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
-        return None
+        return lock_holder(state_dir)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
@@ -4988,31 +5228,126 @@ def supervisor_pid(state_dir):
                 return read_pid(fd) or -1
             return None
         fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
     finally:
         os.close(fd)
+    return lock_holder(state_dir)
+
+
+#: The fields of a status file's entries that readers rely on, and their
+#: types: a file that does not match is unreadable, never a traceback.
+NUMBER, MAYBE_INT = (int, float), (int, type(None))
+STATUS_SUPERVISOR_TYPES = {
+    "pid": int, "written": NUMBER, "started": NUMBER, "stopped": bool,
+    "generation": int, "uptime": NUMBER, "euid": int,
+    "start_time": MAYBE_INT, "version": str, "config": str}
+STATUS_SERVICE_TYPES = {
+    "name": str, "state": str, "since": NUMBER, "pid": MAYBE_INT,
+    "restarts": int, "want": str, "health": str, "message": str,
+    "why": str, "last_exit": (dict, type(None)), "logs": (dict, type(None)),
+    "pgid": MAYBE_INT, "start_time": MAYBE_INT, "priority": int,
+    "fingerprint": MAYBE_INT, "retry_at": (int, float, type(None)),
+    "kill_at": (int, float, type(None)), "seconds": NUMBER}
+
+
+def checked_status(doc):
+    """doc if it has the shape of a status file, else None.
+
+    >>> checked_status({"supervisor": {"pid": 1}, "services": [
+    ...     {"name": "a", "state": "up", "since": 1.5}]}) is not None
+    True
+    >>> checked_status({"supervisor": {}, "services": [{"name": 1}]})
+    """
+    if not isinstance(doc, dict) or not isinstance(doc.get("supervisor"),
+                                                   dict) or \
+            not isinstance(doc.get("services"), list):
+        return None
+
+    def typed(values, types):
+        return all(key not in values or isinstance(values[key], kinds)
+                   for key, kinds in types.items())
+    if not typed(doc["supervisor"], STATUS_SUPERVISOR_TYPES):
+        return None
+    for entry in doc["services"]:
+        if not isinstance(entry, dict) or not all(
+                key in entry for key in ("name", "state", "since")) or \
+                entry["state"] not in STATES or \
+                not typed(entry, STATUS_SERVICE_TYPES):
+            return None
+        last = entry.get("last_exit") or {}
+        if not isinstance(last.get("code"), MAYBE_INT) or not isinstance(
+                last.get("signal"), (str, type(None))):
+            return None
+        if not all(isinstance(v, str) for v in (entry.get("logs")
+                                                or {}).values()):
+            return None
+    return doc
+
+
+def reject_constant(name):
+    raise ValueError("%s is not a number a status file holds" % name)
+
+
+def read_status(state_dir):
+    """(document, problem): the status file's document, or None and why
+    it could not be read ("missing", or what is wrong with it).  A file
+    the supervisor could not replace has its write bits cleared (see
+    Supervisor.write_status): problem "stale" comes with its document."""
+    import json
+    path = os.path.join(state_dir, STATUS_FILE)
+    try:
+        with open(path, "rb") as handle:
+            stale = not os.fstat(handle.fileno()).st_mode & stat.S_IWUSR
+            data = handle.read()
+    except FileNotFoundError:
+        return None, "missing"
+    except OSError as exc:
+        return None, exc.strerror or str(exc)
+    try:
+        doc = checked_status(json.loads(data.decode("utf-8"),
+                                        parse_constant=reject_constant))
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        return None, "not a status file: %s" % (str(exc)[:80] or "empty")
+    if doc is None:
+        return None, "not a status file: unexpected contents"
+    return doc, "stale" if stale else None
 
 
 def read_status_file(state_dir):
-    import json
-    try:
-        with open(os.path.join(state_dir, STATUS_FILE), "rb") as handle:
-            return json.loads(handle.read().decode("utf-8"))
-    except (OSError, ValueError):
-        return None
+    """The status file's document, or None when it is missing or unreadable."""
+    return read_status(state_dir)[0]
 
 
 def show_status(state_dir, names, as_json, out=None):
     """--status: print and return the exit code."""
     out = out or sys.stdout
     pid = supervisor_pid(state_dir)
-    doc = read_status_file(state_dir)
+    doc, problem = read_status(state_dir)
+    path = os.path.join(state_dir, STATUS_FILE)
+    if pid is not None and problem is not None:
+        # The file is missing, unreadable or stale: ask the supervisor.
+        answer = ask_status(state_dir)
+        if answer is not None:
+            why = answer["supervisor"].get("status_file")
+            sys.stderr.write("fcgiwatch: %s is %s%s; this is the "
+                             "supervisor's own answer\n" % (
+                                 path, "stale" if problem == "stale" or why
+                                 else problem,
+                                 " (cannot write it: %s)" % why if why
+                                 else ""))
+            doc = answer
+        elif doc is not None:
+            sys.stderr.write("fcgiwatch: %s is stale: the supervisor could "
+                             "not replace it; what follows may be out of "
+                             "date\n" % path)
     if pid is None:
         message = "fcgiwatch: not running (state_dir %s)" % state_dir
         if doc is not None:
             info = doc.get("supervisor", {})
-            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(
-                info.get("written", 0)))
+            try:
+                when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(
+                    info.get("written", 0)))
+            except (OverflowError, ValueError, OSError):
+                when = "an unknown time"
             if info.get("stopped"):
                 message += "; pid %s stopped at %s" % (info.get("pid"), when)
             else:
@@ -5021,9 +5356,9 @@ def show_status(state_dir, names, as_json, out=None):
         sys.stderr.write(message + "\n")
         return EXIT_FAIL
     if doc is None:
-        sys.stderr.write("fcgiwatch: running (pid %d) but %s is missing or "
-                         "unreadable\n" % (pid, os.path.join(
-                             state_dir, STATUS_FILE)))
+        sys.stderr.write("fcgiwatch: running (pid %d) but %s is %s, and "
+                         "the supervisor did not answer\n" % (
+                             pid, path, problem))
         return EXIT_FAIL
     entries = doc.get("services", [])
     if names:
@@ -5061,7 +5396,7 @@ def show_status(state_dir, names, as_json, out=None):
 # ===========================================================================
 
 COMMANDS = ("start", "stop", "restart", "signal", "reload", "shutdown",
-            "reexec")
+            "reexec", "status")
 
 
 class Connection:
@@ -5221,6 +5556,24 @@ class ControlServer:
             raise Failure("state_dir %s is too long for a unix socket path; "
                           "choose a shorter state_dir"
                           % supervisor.settings.state_dir)
+        self.sock = None
+        self.bound = None         # (st_dev, st_ino) of the socket we bound
+        self.listen_file()
+        # The lock socket takes requests too: it is how --status and the
+        # commands reach us when state_dir (and so this socket) is gone.
+        lock = supervisor.lock_sock
+        if lock is not None:
+            supervisor.watch(lock.fileno(), EVENT_READ,
+                             lambda _mask: self.on_accept(lock))
+
+    def listen_file(self):
+        """Listen on state_dir/control.sock (again, after state_dir was
+        removed)."""
+        supervisor = self.supervisor
+        if self.sock is not None:
+            supervisor.unwatch(self.sock.fileno())
+            self.sock.close()
+            self.sock = None
         try:
             os.unlink(self.path)  # we hold the lock: an old socket is stale
         except OSError:
@@ -5233,6 +5586,7 @@ class ControlServer:
         try:
             sock.bind(self.path)
             sock.listen(16)
+            info = os.stat(self.path)
         except OSError as exc:
             sock.close()
             raise Failure("cannot listen on %s: %s" % (self.path,
@@ -5241,17 +5595,29 @@ class ControlServer:
             os.umask(old_umask)
         sock.setblocking(False)
         self.sock = sock
-        supervisor.watch(sock.fileno(), EVENT_READ, self.on_accept)
+        self.bound = (info.st_dev, info.st_ino)
+        supervisor.watch(sock.fileno(), EVENT_READ,
+                         lambda _mask: self.on_accept(sock))
+
+    def file_socket_ours(self):
+        try:
+            info = os.stat(self.path)
+        except OSError:
+            return False
+        return (info.st_dev, info.st_ino) == self.bound
 
     def close(self):
         for connection in list(self.connections):
             connection.close()
+        if self.supervisor.lock_sock is not None:
+            self.supervisor.unwatch(self.supervisor.lock_sock.fileno())
         self.supervisor.unwatch(self.sock.fileno())
         self.sock.close()
-        try:
-            os.unlink(self.path)
-        except OSError:
-            pass
+        if self.file_socket_ours():
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
 
     def deadlines(self):
         times = [r.deadline for r in self.requests if r.deadline is not None]
@@ -5259,9 +5625,9 @@ class ControlServer:
                      if c.deadline is not None)
         return times
 
-    def on_accept(self, _mask):
+    def on_accept(self, listener):
         try:
-            sock, _address = self.sock.accept()
+            sock, _address = listener.accept()
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
@@ -5278,6 +5644,7 @@ class ControlServer:
         if len(self.connections) >= Connection.MAX_OPEN:
             self.connections[0].close()
         self.connections.append(Connection(self, sock, uid))
+        self.supervisor.check_state_dir()
 
     def handle(self, connection, line):
         """Check and carry out one request line."""
@@ -5296,6 +5663,13 @@ class ControlServer:
                 raise ValueError("names must be a list of strings")
         except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             connection.reply_error("bad request: %s" % exc, EXIT_USAGE)
+            return
+        if command == "status":
+            # Anyone may read the status file: anyone may ask for it.
+            doc = supervisor.status_document()
+            doc["supervisor"]["status_file"] = supervisor.status_problem
+            connection.send({"status": doc})
+            connection.finish(EXIT_OK)
             return
         if connection.uid not in (0, supervisor.euid):
             connection.reply_error(
@@ -5489,11 +5863,10 @@ def send_command(state_dir, request, out=None, err=None):
     import json
     out, err = out or sys.stdout, err or sys.stderr
     path = os.path.join(state_dir, CONTROL_SOCKET)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(CONTROL_ANSWER_TIMEOUT)
+    sock = None
     try:
         try:
-            sock.connect(path)
+            sock = connect_control(state_dir)
         except (FileNotFoundError, ConnectionRefusedError):
             pid = supervisor_pid(state_dir)
             if pid is None:
@@ -5546,7 +5919,57 @@ def send_command(state_dir, request, out=None, err=None):
             path, exc.strerror or exc))
         return EXIT_FAIL
     finally:
+        if sock is not None:
+            sock.close()
+
+
+def connect_control(state_dir, lock_first=False):
+    """A socket connected to state_dir's supervisor: at its control
+    socket, or, where that is gone (state_dir removed), at its lock
+    socket.  lock_first: the lock socket first (--status: anyone may ask
+    there, where the control socket is only for root and the owner).
+    Raises the OSError of the first way tried when neither works."""
+    ways = [os.path.join(state_dir, CONTROL_SOCKET), lock_address(state_dir)]
+    if lock_first:
+        ways.reverse()
+    first = None
+    for address in ways:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(CONTROL_ANSWER_TIMEOUT)
+        try:
+            sock.connect(address)
+            return sock
+        except OSError as exc:
+            sock.close()
+            first = first or exc
+            if not isinstance(exc, (FileNotFoundError,
+                                    ConnectionRefusedError)) and \
+                    not lock_first:
+                break
+    raise first
+
+
+def ask_status(state_dir):
+    """The status document from the supervisor itself, or None."""
+    import json
+    try:
+        sock = connect_control(state_dir, lock_first=True)
+    except OSError:
+        return None
+    try:
+        handle = sock.makefile("rb")
+        sock.sendall(b'{"cmd": "status", "names": []}\n')
+        for line in handle:
+            message = json.loads(line.decode("utf-8"))
+            if isinstance(message, dict) and "status" in message:
+                return checked_status(message["status"])
+            if isinstance(message, dict) and "exit" in message:
+                return None
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    finally:
         sock.close()
+    return None
 
 
 # ===========================================================================

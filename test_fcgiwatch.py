@@ -12,11 +12,16 @@ environment, which is how leftovers are found).  Waiting is always for a
 condition with a deadline, never a bare sleep.
 """
 
+import contextlib
 import doctest
+import fcntl
 import hashlib
+import io
 import json
 import os
 import pwd
+import random
+import re
 import shlex
 import shutil
 import signal
@@ -341,8 +346,7 @@ class ParseConfigTests(unittest.TestCase):
         env = dict(web.env)
         self.assertEqual(env["PATH"], fcgiwatch.DEFAULT_PATH)
         self.assertEqual(set(env), {"PATH", "HOME", "USER", "LOGNAME",
-                                    "SHELL", "FCGIWATCH_SERVICE"})
-        self.assertEqual(env["FCGIWATCH_SERVICE"], "web")
+                                    "SHELL"})
         self.assertEqual(config.globals.syslog_socket[2], "/dev/log")
 
     def test_percent_is_literal_and_priority_order(self):
@@ -666,6 +670,20 @@ class SupervisorCase(unittest.TestCase):
         return [pid for pid, state in children_of(self.proc.pid)
                 if state == "Z"]
 
+    def marked(self):
+        """Live processes of the services: those whose environment holds
+        the test's mark (the supervisor's command line holds it too)."""
+        needle = ("FWTEST_MARK=%s" % self.tmp).encode()
+        found = []
+        for pid in processes_with(self.tmp):
+            try:
+                with open("/proc/%d/environ" % pid, "rb") as handle:
+                    if needle in handle.read().split(b"\0"):
+                        found.append(pid)
+            except OSError:
+                pass
+        return found
+
 
 class CommandLineTests(SupervisorCase):
     """Bad input: one clear line, exit 2, nothing started."""
@@ -860,9 +878,12 @@ class CoreTests(SupervisorCase):
         self.assertEqual(env[b"HOME"], NOBODY.pw_dir.encode())
         self.assertEqual(env[b"PATH"], fcgiwatch.DEFAULT_PATH.encode())
         self.assertEqual(env[b"FCGIWATCH_SERVICE"], b"kid")
+        self.assertEqual(env[b"FCGIWATCH_STATE_DIR"],
+                         self.state_dir.encode())
         self.assertEqual(set(env), {b"GREETING", b"USER", b"LOGNAME",
                                     b"HOME", b"PATH", b"SHELL",
-                                    b"FWTEST_MARK", b"FCGIWATCH_SERVICE"})
+                                    b"FWTEST_MARK", b"FCGIWATCH_SERVICE",
+                                    b"FCGIWATCH_STATE_DIR"})
 
     def test_environment_not_inherited_from_starter(self):
         self.write_config({"env": {"command": "sleep 1000"}})
@@ -1190,24 +1211,186 @@ class SteppedClockTests(SupervisorCase):
             """)
 
 
+class StateDirTests(SupervisorCase):
+    """Never two copies, whatever happens to state_dir: a full disk, a
+    status file truncated or garbled, the whole directory removed."""
+
+    def sleepers(self, count):
+        return dict(("s%02d" % n, {"command": "sleep 1000"})
+                    for n in range(count))
+
+    def launch(self):
+        """Start a supervisor without waiting for its status file (it may
+        not be able to write one); wait until --status answers."""
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([PY, PROGRAM, "-c", self.conf],
+                                     stdin=subprocess.DEVNULL, stdout=log,
+                                     stderr=log)
+        log.close()
+        wait_for(lambda: self.proc.poll() is not None or
+                 self.cli("--status")[0] == 0, 20, "every service up")
+        self.assertIsNone(self.proc.poll(), self.log_text())
+
+    def status_pids(self):
+        code, out, _err = self.cli("--status")
+        return sorted(int(word) for word in re.findall(r"\(pid (\d+)\)",
+                                                       out))
+
+    def kill_supervisor(self):
+        self.proc.kill()
+        self.proc.wait()
+
+    def test_full_disk_status_still_answers_and_no_duplicates(self):
+        os.mkdir(self.state_dir, 0o755)
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o",
+                                  "size=12k,mode=755", "tmpfs",
+                                  self.state_dir],
+                                 stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT)
+        if mounted.returncode != 0:
+            self.skipTest("cannot mount a tmpfs here: %s"
+                          % mounted.stdout.decode().strip())
+
+        def unmount():
+            self.stop_supervisor()
+            subprocess.run(["umount", "-l", self.state_dir])
+        self.addCleanup(unmount)
+        self.write_config(self.sleepers(40))
+        self.launch()
+        code, out, err = self.cli("--status")
+        self.assertEqual(code, 0, err)
+        self.assertEqual(len(out.splitlines()), 40)
+        self.assertIn("supervisor's own answer", err)
+        self.assertIn("No space left on device", err)
+        self.assertIn("cannot write %s" % os.path.join(
+            self.state_dir, "status.json"), self.log_text())
+        # The OOM killer is likely on a box whose disk is full.
+        self.kill_supervisor()
+        self.launch()
+        wait_for(lambda: len(self.marked()) == 40 and
+                 sorted(self.marked()) == self.status_pids(), 20,
+                 "exactly the 40 the new supervisor runs")
+        self.assertEqual(len(self.marked()), 40)
+        # Room again: the next change is written, and the log says so.
+        subprocess.run(["mount", "-o", "remount,size=1m", self.state_dir],
+                       check=True)
+        self.assertEqual(self.cli("--restart", "s00")[0], 0)
+        wait_for(lambda: fcgiwatch.read_status(self.state_dir)[1] is None,
+                 5, "a fresh status file")
+        self.assertIn("status.json is written again", self.log_text())
+        self.assertEqual(self.cli("--status")[2], "")
+
+    def test_garbled_status_file_then_kill_leaves_no_duplicate(self):
+        for garble in ("truncate", "garbage"):
+            with self.subTest(garble=garble):
+                self.start(self.sleepers(5))
+                path = os.path.join(self.state_dir, "status.json")
+                with open(path, "rb") as handle:
+                    data = handle.read()
+                with open(path, "wb") as handle:
+                    handle.write(data[:len(data) // 2] if garble ==
+                                 "truncate" else b"\x00garbage{[" * 50)
+                self.kill_supervisor()
+                self.start(self.sleepers(5))
+                self.assertEqual(sorted(self.marked()), sorted(
+                    e["pid"] for e in self.doc()["services"]))
+                self.assertIn("is unreadable", self.log_text())
+                self.stop_supervisor()
+
+    def test_removed_state_dir_keeps_one_supervisor(self):
+        self.start(self.sleepers(2))
+        pid = self.proc.pid
+        before = sorted(self.marked())
+        shutil.rmtree(self.state_dir)
+        code, out, err = self.cli("--daemon")
+        self.assertEqual((code, out.strip()), (
+            0, "fcgiwatch: already running (pid %d)" % pid), err)
+        code, out, err = self.cli(timeout=30)
+        self.assertEqual(code, 1, out + err)
+        self.assertIn("already running (pid %d)" % pid, err)
+        self.assertEqual(sorted(self.marked()), before)
+        code, out, err = self.cli("--status")
+        self.assertEqual(code, 0, err)
+        self.assertEqual(len(out.splitlines()), 2)
+        code, out, err = self.cli("--restart", "s00")
+        self.assertEqual(code, 0, out + err)
+        for name in ("status.json", "pid", "control.sock"):
+            wait_for(lambda: os.path.exists(os.path.join(
+                self.state_dir, name)), 5, "%s made again" % name)
+        wait_for(lambda: (self.entry("s00") or {}).get("pid") not in
+                 before, 5, "the status file shows the restart")
+        self.assertEqual(fcgiwatch.supervisor_pid(self.state_dir), pid)
+        self.assertEqual(len(self.marked()), 2)
+        self.assertIn("was removed; making them again", self.log_text())
+
+
+class StatusReaderFuzzTests(unittest.TestCase):
+    """Whatever is in the status file, reading it never raises."""
+
+    def test_mutated_status_files(self):
+        rng = random.Random(1313)
+        tmp = tempfile.mkdtemp(prefix="fwt")
+        self.addCleanup(shutil.rmtree, tmp, True)
+        good = {"supervisor": {"pid": 7, "written": 1e9, "started": 1e9,
+                               "stopped": False, "generation": 0},
+                "services": [{
+                    "name": "web", "state": "backoff", "pid": None,
+                    "since": 1e9, "restarts": 3, "want": "up",
+                    "health": "failing", "message": "exited 1", "why": "x",
+                    "retry_at": 1e9 + 5, "kill_at": None, "pgid": 9,
+                    "start_time": 5, "fingerprint": 1,
+                    "last_exit": {"code": 1, "signal": None},
+                    "logs": {"stdout": "syslog", "stdout_problem": "p"}}]}
+        pid_path = os.path.join(tmp, "pid")
+        with open(pid_path, "w") as handle:
+            handle.write("7\n")
+        path = os.path.join(tmp, "status.json")
+        values = [None, True, -1, 0, 1e308, -1e308, "", "up", [], {},
+                  [1, "a"], {"code": "x"}, 2 ** 70]
+        for round_ in range(1500):
+            doc = json.loads(json.dumps(good))
+            kind = round_ % 3
+            if kind == 0:
+                # Swap one value anywhere for one of another type.
+                holder = doc if rng.random() < 0.2 else (
+                    doc["supervisor"] if rng.random() < 0.3
+                    else doc["services"][0])
+                if rng.random() < 0.3 and "last_exit" in holder:
+                    holder = holder["last_exit"] or holder
+                key = rng.choice(sorted(holder))
+                holder[key] = rng.choice(values)
+                data = json.dumps(doc).encode()
+            else:
+                data = bytearray(json.dumps(doc).encode())
+                if kind == 1:
+                    data = data[:rng.randrange(len(data))]
+                else:
+                    for _ in range(rng.randint(1, 5)):
+                        data[rng.randrange(len(data))] = rng.randrange(256)
+                data = bytes(data)
+            with open(path, "wb") as handle:
+                handle.write(data)
+            os.chmod(path, rng.choice((0o644, 0o444)))
+            fcgiwatch.read_status(tmp)
+            # With a supervisor that seems to run (our flock on its pid
+            # file) and without one.
+            for running in (True, False):
+                lock = os.open(pid_path, os.O_RDONLY)
+                if running:
+                    fcntl.flock(lock, fcntl.LOCK_EX)
+                try:
+                    for as_json in (False, True):
+                        with contextlib.redirect_stderr(io.StringIO()):
+                            fcgiwatch.show_status(tmp, [], as_json,
+                                                  out=io.StringIO())
+                finally:
+                    os.close(lock)
+
+
 class ProcessTreeTests(SupervisorCase):
     """The supervisor is the subreaper of its services' trees: orphans are
     reaped at once, descendants that left the group are stopped with the
     service, and a daemonizing program is adopted."""
-
-    def marked(self):
-        """Live processes of the services: those whose environment holds
-        the test's mark (the supervisor's command line holds it too)."""
-        needle = ("FWTEST_MARK=%s" % self.tmp).encode()
-        found = []
-        for pid in processes_with(self.tmp):
-            try:
-                with open("/proc/%d/environ" % pid, "rb") as handle:
-                    if needle in handle.read().split(b"\0"):
-                        found.append(pid)
-            except OSError:
-                pass
-        return found
 
     def test_no_zombie_waits_for_a_pid_1_that_never_reaps(self):
         """In a PID namespace whose init only sleeps (an app run as PID 1),
