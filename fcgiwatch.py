@@ -2236,17 +2236,27 @@ class Outputs:
             return
         if sender.sock is not None:
             supervisor.unwatch(sender.sock.fileno())
+        self.resume_waiters()
+
+    def resume_waiters(self, only_unblocked=False):
+        """Read again the pipes paused on syslog's backlog (only_unblocked:
+        those whose destination takes output again: a log file that was
+        on syslog after a failed reopen and is a file again)."""
+        sender = self.supervisor.syslog
         waiters, sender.waiters = sender.waiters, []
         for pipe in waiters:
-            if pipe.read_fd >= 0:
-                supervisor.watch(pipe.read_fd, EVENT_READ,
-                                 lambda _mask, pipe=pipe: self.on_readable(
-                                     pipe))
+            if only_unblocked and pipe.dest.is_blocked():
+                sender.waiters.append(pipe)
+            elif pipe.read_fd >= 0:
+                self.supervisor.watch(
+                    pipe.read_fd, EVENT_READ,
+                    lambda _mask, pipe=pipe: self.on_readable(pipe))
 
     def reopen(self):
         """SIGUSR1: logrotate renamed our files; open fresh ones."""
         for log_file in self.files.values():
             log_file.reopen()
+        self.resume_waiters(only_unblocked=True)
 
 
 # ===========================================================================

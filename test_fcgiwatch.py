@@ -2710,6 +2710,36 @@ class SafetyAsRootTests(SupervisorCase):
         self.assertIn("writing to it again", self.log_text())
         self.assert_target_untouched()
 
+    def test_file_back_from_a_backlogged_syslog(self):
+        """Output that fell back to syslog, paused because syslog does not
+        keep up, goes to the file again at the next reopen."""
+        logs = self.nobody_dir("logs")
+        log = os.path.join(logs, "app.log")
+        _server, sock_path = self.syslog_server()  # never read: it fills
+        self.start({"app": {"command": "yes tick", "user": "nobody",
+                            "stdout_logfile": log,
+                            "stdout_logfile_maxbytes": "1MB",
+                            "stdout_logfile_backups": "1"}},
+                   {"syslog_socket": sock_path})
+        pid = self.entry("app")["pid"]
+        self.plant_link(log, self.target)
+        self.proc.send_signal(signal.SIGUSR1)
+        wait_for(lambda: self.entry("app")["logs"]["stdout"] == "syslog",
+                 5, "the fallback")
+
+        def writer_waits():
+            # yes blocks in write(2) once the supervisor stops reading.
+            try:
+                return read_text("/proc/%d/syscall" % pid).split()[0] == "1"
+            except IndexError:
+                return False
+        wait_for(writer_waits, 10, "the output paused on syslog")
+        os.unlink(log)
+        self.proc.send_signal(signal.SIGUSR1)
+        wait_for(lambda: "tick" in read_text(log)[:100], 5,
+                 "output in the file again")
+        self.assert_target_untouched()
+
     def test_rotation_never_overwrites_or_deletes_elsewhere(self):
         self.nobody_dir("logs")
         sub = self.nobody_dir("logs", "sub")
