@@ -265,6 +265,14 @@ PROCESS_KEYS = (
     "stderr_logfile_maxbytes", "stderr_logfile_backups", "redirect_stderr",
     "socket", "socket_owner", "socket_mode")
 
+#: The process keys that shape a service's output pipes: a run keeps its
+#: pipes across a change of any other (an overlapping restart's old run
+#: writes on while the new one starts).
+OUTPUT_KEYS = (
+    "stdout_logfile", "stderr_logfile", "stdout_logfile_maxbytes",
+    "stdout_logfile_backups", "stderr_logfile_maxbytes",
+    "stderr_logfile_backups", "redirect_stderr")
+
 #: Service keys and their defaults (None: required; "": derived later).
 SERVICE_DEFAULTS = {
     "command": None, "user": "", "group": "", "directory": "",
@@ -2288,10 +2296,16 @@ class Outputs:
 #                                                         check: on its pass)
 #   starting         probe_ok       first_probe_passed    up
 #   starting, up     health_failed  restart_unhealthy     stopping, then
-#                                                         starting
+#                                                         starting (or as
+#                                                         restart does)
 #   starting, up     want_down      stop_running          stopping
 #   starting, up     restart        restart_running       stopping, then
-#                                                         starting
+#                                                         starting; from up
+#                                                         on a held socket:
+#                                                         up, a replacement
+#                                                         beside (see
+#                                                         "overlapping
+#                                                         restarts" below)
 #   starting, up     exited         run_ended             starting (at once
 #                                                         after a good run),
 #                                                         backoff, fatal, down;
@@ -2394,6 +2408,9 @@ class Run:
         self.adopted = False    # the main process is a daemon we adopted
         self.orphans_seen = 0
         self.exit_words = None  # how the main process ended, once it did
+        self.number = 0         # the service's spawn count at its start
+        self.ready_at = None    # a replacement: when it counts as ready
+        self.poll_at = None     # a retiring run: when to look at its group
 
     def signal(self, number, as_group):
         """Signal this run's process, or its whole tree; never a stranger.
@@ -2453,6 +2470,11 @@ class Service:
         self.why = "not started"  # short reason shown in (...) when no pid
         self.message = ""         # the last error, for --status
         self.run = None
+        self.next_run = None      # a replacement starting beside run
+        self.retiring = []        # runs replaced, being stopped
+        self.replace_due = None   # when to try a failed replacement again
+        self.replace_why = None   # what the replacement is for
+        self.replace_failure = None  # (spawn count, why) of the last
         self.since = supervisor.clock()
         self.since_wall = time.time()
         self.deadline = None
@@ -2504,6 +2526,8 @@ class Service:
         times = [t for t in (self.deadline, self.probe_due) if t is not None]
         if self.probe is not None:
             times.append(self.probe.deadline)
+        if self.next_run is not None or self.retiring or self.replace_due:
+            times.extend(self.run_times())
         return min(times) if times else None
 
     # -- events: from the operator, the clock, the reaper, the probe -----
@@ -2524,6 +2548,8 @@ class Service:
         self.fire("restart", now)
 
     def on_deadline(self, now):
+        if self.next_run is not None or self.retiring or self.replace_due:
+            self.run_deadlines(now)
         if self.deadline is not None and now >= self.deadline:
             self.deadline = None
             self.fire("deadline", now)
@@ -2543,10 +2569,23 @@ class Service:
         run.pid = 0
         run.exit_words = "%s after %s" % (words, format_seconds(ran))
         self.drain_output()
+        if run in self.retiring:
+            self.retired_exited(now, run, run.exit_words)
+            return
         self.previous_exit = self.last_exit  # back, if a daemon is adopted
         self.last_exit = {"code": code, "signal": signame,
                           "at": time.time(), "ran": round(ran, 3)}
+        if run is self.next_run:
+            self.replacement_failed(now, run, run.exit_words)
+            return
         self.fire("exited", now, run, code, run.exit_words)
+
+    def on_tree_changed(self, now, run):
+        """A member of one of our runs' trees was reaped."""
+        if run in self.retiring:
+            self.retired_check(now, run)
+        else:
+            self.fire("tree_changed", now, run)
 
     def on_exec_report(self, run):
         """The exec pipe is readable: EOF means exec succeeded."""
@@ -2656,20 +2695,40 @@ class Service:
         self.log("health failed %d times in a row, restarting: %s" % (
             self.health_fails, reason), LOG_ERR)
         self.want = "up"
-        self.begin_stop(now, "health")  # STARTING/UP -> STOPPING -> respawn
+        if self.can_overlap():
+            self.begin_overlap(now, "health")  # UP, a replacement beside
+        else:
+            self.begin_stop(now, "health")  # -> STOPPING -> respawn
 
     def stop_running(self, now, why):
         self.begin_stop(now, why)  # STARTING/UP -> STOPPING
 
     def restart_running(self, now):
         self.fails = 0
-        self.begin_stop(now, "restart")  # -> STOPPING, respawn when gone
+        if self.can_overlap():
+            self.begin_overlap(now, "restart")  # UP, a replacement beside
+        else:
+            self.begin_stop(now, "restart")  # -> STOPPING, respawn when gone
 
     def run_ended(self, now, run, code, what):
         """STARTING/UP: the run ended by itself: adopt the daemon it left,
         or restart now, back off, give up, or stay down.  What was left of
         its tree goes too."""
         config = self.config
+        if self.next_run is not None:
+            # The serving run ended while its replacement starts: that is
+            # the run now, still starting.
+            run_next, self.next_run = self.next_run, None
+            self.run = run_next
+            self.deadline = max(now, run_next.ready_at)
+            run_next.ready_at = None
+            self.replace_due = None
+            self.change_state(STARTING, "", "old run %s while pid %d "
+                              "starts; that is the run now" % (
+                                  what, run_next.pid), LOG_WARNING)
+            if config.killasgroup:
+                self.kill_leftovers(run)
+            return
         ran = now - run.started_at
         quick = (not run.ready and ran < config.startsecs) or (
             ran < MIN_GOOD_RUN)
@@ -2779,7 +2838,9 @@ class Service:
         if run is not self.run or run.pid:
             return
         as_group = config.stopasgroup or config.killasgroup
-        if not run.tree_alive(as_group):
+        if not run.tree_alive(as_group) and self.retiring:
+            self.deadline = None  # retired_check() calls again when done
+        elif not run.tree_alive(as_group):
             self.stop_finished(now, "stopped: " + run.exit_words)
         elif run.members and self.supervisor.tree.subreaper:
             self.deadline = run.kill_at
@@ -2804,6 +2865,9 @@ class Service:
             self.deadline = run.kill_at if now < run.kill_at else None
             return
         if not run.tree_alive(config.stopasgroup or config.killasgroup):
+            if self.retiring:
+                self.deadline = None  # retired_check() calls again
+                return
             self.stop_finished(now, "stopped: %s; the rest of its process "
                                "tree is gone" % run.exit_words)
         elif now >= run.kill_at:
@@ -2839,33 +2903,13 @@ class Service:
         never on the restart path, but ahead of the "spawned" line."""
         if self.pending_config is not None:
             self.apply_config(self.pending_config)
-        supervisor, config = self.supervisor, self.config
-        if self.spawns:
-            self.restarts += 1
-        self.spawns += 1
-        try:
-            stdin_fd, stdout_fd, stderr_fd = self.child_fds()
-            pid, exec_fd = spawn_child(config, stdin_fd, stdout_fd, stderr_fd,
-                                       supervisor.reset_signals,
-                                       supervisor.home_fd, service_identity(
-                                           self.name,
-                                           supervisor.settings.state_dir))
-        except SpawnError as exc:
-            self.spawn_failed(now, str(exc), cause)
+        config = self.config
+        run = self.launch(now)
+        if not isinstance(run, Run):
+            self.spawn_failed(now, run, cause)
             return
-        except OSError as exc:
-            # Fork failed (no memory, too many processes): warn and retry
-            # after a backoff, as supervise.c does; never give up the loop.
-            self.spawn_failed(now, "fork failed: %s" % (exc.strerror or exc),
-                              cause)
-            return
-        run = Run(self, pid, now, exec_fd)
-        supervisor.children[pid] = run
         self.run = run
-        if exec_fd >= 0:
-            os.set_blocking(exec_fd, False)
-            supervisor.watch(exec_fd, EVENT_READ,
-                             lambda _mask: self.on_exec_report(run))
+        pid = run.pid
         self.health_fails = 0
         if config.healthcheck:
             self.health = "unknown"
@@ -2880,6 +2924,35 @@ class Service:
             self.deadline = None
             run.ready = True  # startsecs = 0 trusts it at once
             self.change_state(UP, "", "spawned: pid %d" % pid)
+
+    def launch(self, now):
+        """Start a process of the service: its Run, or the reason it could
+        not be started (a string)."""
+        supervisor, config = self.supervisor, self.config
+        if self.spawns:
+            self.restarts += 1
+        self.spawns += 1
+        try:
+            stdin_fd, stdout_fd, stderr_fd = self.child_fds()
+            pid, exec_fd = spawn_child(config, stdin_fd, stdout_fd, stderr_fd,
+                                       supervisor.reset_signals,
+                                       supervisor.home_fd, service_identity(
+                                           self.name,
+                                           supervisor.settings.state_dir))
+        except SpawnError as exc:
+            return str(exc)
+        except OSError as exc:
+            # Fork failed (no memory, too many processes): warn and retry
+            # after a backoff, as supervise.c does; never give up the loop.
+            return "fork failed: %s" % (exc.strerror or exc)
+        run = Run(self, pid, now, exec_fd)
+        run.number = self.spawns
+        supervisor.children[pid] = run
+        if exec_fd >= 0:
+            os.set_blocking(exec_fd, False)
+            supervisor.watch(exec_fd, EVENT_READ,
+                             lambda _mask: self.on_exec_report(run))
+        return run
 
     def child_fds(self):
         """stdin, stdout, stderr for the next run (pipes made on first use)."""
@@ -2905,6 +2978,10 @@ class Service:
         self.probe_due = None
         # Orphans of the tree send no SIGCHLD when they become ours: look.
         self.supervisor.tree.scan(now)
+        if self.next_run is not None:
+            self.retire(self.next_run, now)  # it goes with the service
+            self.next_run = None
+        self.replace_due = None
         number = config.stopsignal
         run.signal(number, config.stopasgroup)
         if number not in (signal.SIGKILL, signal.SIGCONT):
@@ -2935,6 +3012,194 @@ class Service:
             self.supervisor.unwatch(run.exec_fd)
             os.close(run.exec_fd)
             run.exec_fd = -1
+
+    # -- overlapping restarts ----------------------------------------------
+    #
+    # With a held socket, a restart starts the replacement (next_run) on
+    # the same listening socket while the current run serves, and retires
+    # the current run (stop signal, stopwaitsecs, KILL) only once the
+    # replacement is ready.  The service stays UP meanwhile; its runs have
+    # a small machine of their own:
+    #   next_run reaches ready_at      promote: it is the run, the old one
+    #                                  retires
+    #   next_run ends before that      replacement_failed: the old run
+    #                                  serves on; another try after the
+    #                                  backoff (a health restart stops the
+    #                                  unhealthy run instead: see there)
+    #   the serving run ends first     next_run is the run at once, still
+    #                                  starting (run_ended)
+    #   stop, shutdown, a new restart  next_run retires too
+    #   a retiring run's tree is gone  it is forgotten (retired_check)
+
+    def can_overlap(self):
+        """May a restart overlap now?  Only on a held socket (without one
+        the new run's port would clash), only from UP, and only where the
+        new config (a reload's) keeps the outputs and the socket."""
+        run, new = self.run, self.pending_config or self.config
+        return self.listener is not None and self.state == UP and \
+            run is not None and bool(run.pid) and run.pidfd is None and \
+            not self.supervisor.shutting_down and all(
+                getattr(self.config, key) == getattr(new, key)
+                for key in OUTPUT_KEYS) and \
+            socket_key(self.config) == socket_key(new)
+
+    def begin_overlap(self, now, why):
+        """UP -> UP: start a replacement beside the serving run."""
+        if self.next_run is not None:
+            # A newer restart: the replacement under way may run old code.
+            self.retire(self.next_run, now)
+            self.next_run = None
+        self.replace_due = None
+        if self.pending_config is not None:
+            self.apply_config(self.pending_config)
+        run = self.launch(now)
+        if not isinstance(run, Run):
+            self.replacement_failed(now, None, run, why)
+            return
+        run.ready_at = now + max(self.config.startsecs, MIN_GOOD_RUN)
+        self.next_run = run
+        self.replace_why = why
+        self.supervisor.status_dirty = True
+        self.log("restarting (%s), overlapping: pid %d starts on the held "
+                 "socket beside pid %d, which serves until it is ready" % (
+                     STOP_REASONS.get(why, why), run.pid, self.run.pid))
+
+    def promote(self, now):
+        """UP -> UP (STARTING until a probe passes, with a health check):
+        the replacement is ready; the old run retires."""
+        old, run = self.run, self.next_run
+        self.next_run = None
+        run.ready = True
+        run.ready_at = None
+        self.run = run
+        self.fails = 0
+        self.message = ""
+        self.retire(old, now)
+        words = "restarted: pid %d is ready; pid %d gets %s" % (
+            run.pid, old.pid, signal_name(self.config.stopsignal))
+        if self.config.healthcheck:
+            self.cancel_probe()
+            self.health, self.health_fails = "unknown", 0
+            self.probe_due = now
+            self.deadline = None
+            self.change_state(STARTING, "", words)
+        else:
+            self.change_state(UP, "", words)
+
+    def replacement_failed(self, now, run, what, why=None):
+        """The replacement ended (or could not start) before it was ready:
+        the old run serves on, and another try comes after the backoff, as
+        a quick failure would be retried; startretries ends the tries."""
+        config = self.config
+        why = why or self.replace_why
+        if run is not None:
+            self.next_run = None
+            what = run.spawn_error or what
+            if config.killasgroup:
+                self.kill_leftovers(run)
+        self.fails += 1
+        self.replace_failure = (self.spawns, what)
+        if why == "health":
+            # The serving run is unhealthy: overlapping bought nothing, so
+            # stop it and start afresh, backing off as usual.
+            self.log("restart failed: %s; stopping the unhealthy run (pid "
+                     "%d) instead" % (what, self.run.pid), LOG_ERR)
+            self.want = "up"
+            self.begin_stop(now, "health")
+            return
+        line = "restart failed: %s; the old run (pid %d) keeps serving" % (
+            what, self.run.pid)
+        self.message = line
+        if config.startretries is not None and \
+                self.fails > config.startretries:
+            self.log("%s; no more tries (startretries = %d): --restart %s "
+                     "tries again" % (line, config.startretries, self.name),
+                     LOG_ERR)
+        else:
+            delay = backoff_delay(self.fails, config.backoff_max)
+            self.replace_due = now + delay
+            self.replace_why = why
+            self.log("%s; trying again in %s" % (line, format_seconds(delay)),
+                     LOG_ERR)
+        self.supervisor.status_dirty = True
+
+    def retire(self, run, now):
+        """Stop a run that is no longer the service's: the stop signal to
+        its tree now, KILL at stopwaitsecs."""
+        config = self.config
+        self.supervisor.tree.scan(now)
+        run.ready_at = None
+        number = config.stopsignal
+        run.signal(number, config.stopasgroup)
+        if number not in (signal.SIGKILL, signal.SIGCONT):
+            run.signal(signal.SIGCONT, config.stopasgroup)
+        run.stop_phase = STOP_SIGNALLED
+        run.kill_at = now + config.stopwaitsecs
+        if run not in self.retiring:
+            self.retiring.append(run)
+        self.supervisor.status_dirty = True
+
+    def retired_exited(self, now, run, what):
+        self.log("old run ended: %s" % what)
+        self.retired_check(now, run)
+
+    def retired_check(self, now, run):
+        """A retiring run's tree changed, or its deadline came: KILL at
+        stopwaitsecs, forget it once nothing of it is left."""
+        config = self.config
+        as_group = config.stopasgroup or config.killasgroup
+        if run not in self.retiring:
+            return
+        if not run.tree_alive(as_group):
+            self.retiring.remove(run)
+            self.supervisor.status_dirty = True
+            if self.state == STOPPING and self.run is not None:
+                self.stopping_tree_changed(now, self.run)
+            return
+        if now >= run.kill_at:
+            if run.stop_phase == STOP_SIGNALLED:
+                run.stop_phase = STOP_KILLED
+                run.signal(signal.SIGKILL, config.killasgroup)
+                self.log("killed: the old run was still running %s after "
+                         "the %s signal; sent KILL" % (
+                             format_seconds(config.stopwaitsecs),
+                             signal_name(config.stopsignal)), LOG_WARNING)
+                run.kill_at = now + GROUP_KILL_GRACE
+            elif not run.pid:
+                self.log("the old run's process tree outlived KILL; not "
+                         "waiting any longer", LOG_WARNING)
+                self.retiring.remove(run)
+                return
+        if not run.pid and not (run.members and
+                                self.supervisor.tree.subreaper):
+            run.poll_at = min(run.kill_at, now + GROUP_POLL)
+        else:
+            run.poll_at = None
+
+    def run_deadlines(self, now):
+        """The overlap's times: a replacement's readiness, a retry of one,
+        a retiring run's KILL or poll."""
+        run = self.next_run
+        if run is not None and run.ready_at is not None and \
+                now >= run.ready_at:
+            self.promote(now)
+        if self.replace_due is not None and now >= self.replace_due:
+            self.replace_due = None
+            if self.can_overlap():
+                self.begin_overlap(now, self.replace_why or "restart")
+        for old in list(self.retiring):
+            due = old.poll_at if old.poll_at is not None else old.kill_at
+            if now >= due:
+                self.retired_check(now, old)
+
+    def run_times(self):
+        times = [self.replace_due]
+        if self.next_run is not None:
+            times.append(self.next_run.ready_at)
+        for old in self.retiring:
+            times.append(old.poll_at if old.poll_at is not None
+                         else old.kill_at)
+        return [t for t in times if t is not None]
 
     # -- leftovers of a supervisor that died -------------------------------
 
@@ -2997,7 +3262,7 @@ class Service:
         self.pending_config = None
         old = self.config
         self.config = config
-        if any(getattr(old, k) != getattr(config, k) for k in PROCESS_KEYS):
+        if any(getattr(old, k) != getattr(config, k) for k in OUTPUT_KEYS):
             self.close_outputs()  # the next run gets pipes for the new one
         if bool(old.healthcheck) != bool(config.healthcheck):
             self.health = "unknown" if config.healthcheck else "none"
@@ -3057,6 +3322,12 @@ class Service:
             entry["kill_at"] = round(wall + run.kill_at - now, 3)
         if config.healthcheck:
             entry["healthcheck"] = config.healthcheck.url
+        if self.next_run is not None:
+            entry["next_pid"] = self.next_run.pid or None
+        if self.retiring:
+            entry["retiring_pids"] = [r.pid for r in self.retiring if r.pid]
+        if self.replace_due is not None:
+            entry["replace_at"] = round(wall + self.replace_due - now, 3)
         return entry
 
 
@@ -3199,8 +3470,11 @@ class Tree:
 
     def sessions(self, ended):
         """session id -> Run, for every run that may have orphans."""
-        runs = [s.run for s in self.supervisor.services.values()
-                if s.run is not None and s.run.pidfd is None]
+        runs = []
+        for service in self.supervisor.services.values():
+            runs.extend(run for run in [service.run, service.next_run]
+                        + service.retiring
+                        if run is not None and run.pidfd is None)
         runs.extend(self.members.values())
         runs.extend(ended)
         found = {}
@@ -3228,8 +3502,9 @@ class Tree:
         self.members[pid] = run
         self.news.append((run, pid, name))
         config = service.config
-        if run is not service.run:
-            if config.killasgroup:
+        if run is not service.run and run is not service.next_run and \
+                run not in service.retiring:
+            if config.killasgroup:  # the run is over: so is its tree
                 self.signal_member(run, pid, signal.SIGKILL)
         elif run.stop_phase == STOP_SIGNALLED and config.stopasgroup:
             self.signal_member(run, pid, config.stopsignal)
@@ -4141,7 +4416,7 @@ class Supervisor:
                     self.log("reaped pid %d, not a service of ours (%s)" % (
                         pid, decode_wait_status(status)[2]))
         for run in touched:
-            run.service.fire("tree_changed", now, run)
+            run.service.on_tree_changed(now, run)
         tree.report()
 
     # -- fds in the selector -----------------------------------------------
@@ -4932,14 +5207,54 @@ CARRIED_SERVICE = ("state", "want", "why", "message", "fails", "spawns",
                    "restarts", "last_exit", "health", "health_fails",
                    "removing", "since_wall")
 
-#: Run fields carried as they are.
+#: Run fields carried as they are (for the current run, a replacement
+#: starting beside it, and the runs being retired).
 CARRIED_RUN = ("pid", "pgid", "start_time", "started_wall", "spawn_error",
                "ready", "stop_phase", "pidfd", "session", "adopted",
-               "orphans_seen", "exit_words")
+               "orphans_seen", "exit_words", "number")
 
-#: Monotonic times, carried as seconds from now: (object, field) pairs.
-CARRIED_TIMES = (("service", "since"), ("service", "deadline"),
-                 ("run", "started_at"), ("run", "kill_at"))
+#: Monotonic times, carried as seconds from now.
+CARRIED_SERVICE_TIMES = ("since", "deadline", "replace_due")
+CARRIED_RUN_TIMES = ("started_at", "kill_at", "ready_at", "poll_at")
+
+
+def run_snapshot(run, now):
+    """A Run as JSON: its fields, its tree (JSON has no int keys and no
+    sets) and its times as seconds from now."""
+    if run is None:
+        return None
+    carried = dict((key, getattr(run, key)) for key in CARRIED_RUN)
+    carried["members"] = sorted(run.members.items())
+    carried["sessions"] = sorted(run.sessions)
+    for key in CARRIED_RUN_TIMES:
+        moment = getattr(run, key)
+        carried[key] = None if moment is None else moment - now
+    return carried
+
+
+def run_restore(service, carried, now):
+    """The Run of run_snapshot(), registered as our child (or watched
+    through its pidfd) with its members."""
+    if carried is None:
+        return None
+    supervisor = service.supervisor
+    run = Run(service, carried["pid"], now)
+    run.session = carried["pgid"] or carried["pid"]
+    for key in CARRIED_RUN:
+        # A key the old program did not carry keeps its default.
+        setattr(run, key, carried.get(key, getattr(run, key)))
+    for key in CARRIED_RUN_TIMES:
+        ahead = carried.get(key)
+        setattr(run, key, None if ahead is None else now + ahead)
+    run.members = dict((pid, pgid) for pid, pgid in
+                       carried.get("members", ()))
+    run.sessions = set(carried.get("sessions", (run.session,)))
+    supervisor.tree.members.update((pid, run) for pid in run.members)
+    if run.pidfd is not None:
+        service.watch_pidfd(run, run.pidfd)
+    elif run.pid:
+        supervisor.children[run.pid] = run
+    return run
 
 
 class Handover:
@@ -5054,8 +5369,9 @@ class Handover:
         now = supervisor.clock()
         services = []
         for service in supervisor.services.values():
-            run = service.run
-            if run is not None:
+            runs = [r for r in [service.run, service.next_run]
+                    + service.retiring if r is not None]
+            for run in runs:
                 service.close_exec_pipe(run)  # a run between fork and exec
             service.cancel_probe()
             outputs = None
@@ -5066,18 +5382,14 @@ class Handover:
                 service.drain_output()
             entry = dict((key, getattr(service, key))
                          for key in CARRIED_SERVICE)
-            entry["run"] = None if run is None else dict(
-                (key, getattr(run, key)) for key in CARRIED_RUN)
-            if run is not None:
-                # JSON has no int keys and no sets.
-                entry["run"]["members"] = sorted(run.members.items())
-                entry["run"]["sessions"] = sorted(run.sessions)
-            objects = {"service": service, "run": run}
-            for owner, key in CARRIED_TIMES:
-                moment = getattr(objects[owner], key, None)
-                target = entry if owner == "service" else entry["run"]
-                if target is not None:
-                    target[key] = None if moment is None else moment - now
+            entry["run"] = run_snapshot(service.run, now)
+            entry["next_run"] = run_snapshot(service.next_run, now)
+            entry["retiring"] = [run_snapshot(r, now)
+                                 for r in service.retiring]
+            entry["replace_why"] = service.replace_why
+            for key in CARRIED_SERVICE_TIMES:
+                moment = getattr(service, key)
+                entry[key] = None if moment is None else moment - now
             listener = service.listener
             entry.update({
                 "config": config_to_json(service.config),
@@ -5089,7 +5401,8 @@ class Handover:
             services.append(entry)
         # Members of runs that are over are strays to the next program:
         # still ours, and stopped at shutdown.
-        current = set(id(s.run) for s in supervisor.services.values())
+        current = set(id(r) for s in supervisor.services.values()
+                      for r in [s.run, s.next_run] + s.retiring)
         strays = set(supervisor.tree.strays)
         strays.update(pid for pid, run in supervisor.tree.members.items()
                       if id(run) not in current)
@@ -5109,27 +5422,15 @@ class Handover:
             service = Service(supervisor, config_from_json(entry["config"]))
             for key in CARRIED_SERVICE:
                 setattr(service, key, entry[key])
-            run = None
-            if entry["run"] is not None:
-                carried = entry["run"]
-                run = Run(service, carried["pid"], now)
-                run.session = carried["pgid"] or carried["pid"]
-                for key in CARRIED_RUN:
-                    # A key the old program did not carry keeps its default.
-                    setattr(run, key, carried.get(key, getattr(run, key)))
-                run.members = dict((pid, pgid) for pid, pgid in
-                                   carried.get("members", ()))
-                run.sessions = set(carried.get("sessions", (run.session,)))
-                supervisor.tree.members.update(
-                    (pid, run) for pid in run.members)
-            service.run = run
-            objects = {"service": service, "run": run}
-            for owner, key in CARRIED_TIMES:
-                source = entry if owner == "service" else entry["run"]
-                if source is not None:
-                    ahead = source[key]
-                    setattr(objects[owner], key,
-                            None if ahead is None else now + ahead)
+            for key in CARRIED_SERVICE_TIMES:
+                ahead = entry.get(key)
+                setattr(service, key, None if ahead is None else now + ahead)
+            service.run = run_restore(service, entry["run"], now)
+            service.next_run = run_restore(service, entry.get("next_run"),
+                                           now)
+            service.retiring = [run_restore(service, carried, now)
+                                for carried in entry.get("retiring", ())]
+            service.replace_why = entry.get("replace_why")
             if entry["pending_config"] is not None:
                 service.pending_config = config_from_json(
                     entry["pending_config"])
@@ -5141,10 +5442,6 @@ class Handover:
                 fd, family = entry["listener"]
                 service.listener = socket.socket(family, socket.SOCK_STREAM,
                                                  fileno=fd)
-            if run is not None and run.pidfd is not None:
-                service.watch_pidfd(run, run.pidfd)
-            elif run is not None and run.pid:
-                supervisor.children[run.pid] = run
             if service.config.healthcheck and service.state in (STARTING,
                                                                 UP):
                 service.probe_due = now
@@ -5186,6 +5483,18 @@ def format_status_line(entry, now):
             entry["kill_at"] - now)))
     if state in (DOWN, FATAL) and entry.get("want") == "up":
         parts.append("wanted up")
+    if entry.get("next_pid"):
+        parts.append("restarting: pid %d starting beside it"
+                     % entry["next_pid"])
+    if entry.get("retiring_pids"):
+        parts.append("old run stopping (pid %s)" % ", ".join(
+            "%d" % pid for pid in entry["retiring_pids"]))
+    message = entry.get("message") or ""
+    if state == UP and message.startswith("restart failed"):
+        parts.append(message)
+        if entry.get("replace_at") is not None:
+            parts.append("next try in %d seconds" % max(0, math.ceil(
+                entry["replace_at"] - now)))
     if entry.get("restarts"):
         parts.append("restarts %d" % entry["restarts"])
     last = entry.get("last_exit")
@@ -5256,7 +5565,9 @@ STATUS_SERVICE_TYPES = {
     "why": str, "last_exit": (dict, type(None)), "logs": (dict, type(None)),
     "pgid": MAYBE_INT, "start_time": MAYBE_INT, "priority": int,
     "fingerprint": MAYBE_INT, "retry_at": (int, float, type(None)),
-    "kill_at": (int, float, type(None)), "seconds": NUMBER}
+    "kill_at": (int, float, type(None)), "seconds": NUMBER,
+    "next_pid": MAYBE_INT, "retiring_pids": list,
+    "replace_at": (int, float, type(None))}
 
 
 def checked_status(doc):
@@ -5289,6 +5600,9 @@ def checked_status(doc):
             return None
         if not all(isinstance(v, str) for v in (entry.get("logs")
                                                 or {}).values()):
+            return None
+        if not all(isinstance(pid, int) for pid in entry.get(
+                "retiring_pids") or ()):
             return None
     return doc
 
@@ -5846,10 +6160,14 @@ class ControlServer:
         elif goal == "down":
             if service.state in (DOWN, FATAL):
                 return True, "%s: stopped" % name
-        elif service.state == UP and service.spawns > mark:
+        elif service.state == UP and service.next_run is None and \
+                service.run is not None and service.run.number > mark:
             return True, "%s: %s (pid %d)" % (name, {
                 "start": "started", "restart": "restarted",
                 "reload": "running"}[request.verb], service.pid)
+        elif service.replace_failure and service.replace_failure[0] > mark \
+                and service.next_run is None:
+            return False, "%s: %s" % (name, service.message)
         elif service.state in (BACKOFF, FATAL, DOWN):
             return False, "%s: did not start: %s" % (
                 name, service.message or service.why or service.state)

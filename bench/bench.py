@@ -20,6 +20,7 @@ import platform
 import select
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -496,6 +497,85 @@ def bench_output():
             "supervisor_cpu_per_100mb_s": cpu * 100.0 / (size >> 20)}
 
 
+#: An app on the held socket (fd 0) that takes START seconds to start,
+#: answers each connection with its pid, and on TERM finishes the one in
+#: hand (what a graceful FastCGI server does).
+DEPLOY_APP = r"""
+import os, select, signal, socket, sys, time
+time.sleep(float(sys.argv[1]))
+server = socket.fromfd(0, socket.AF_INET, socket.SOCK_STREAM)
+server.setblocking(False)
+wake_read, wake_write = os.pipe()
+os.set_blocking(wake_write, False)
+signal.set_wakeup_fd(wake_write)
+stop = []
+signal.signal(signal.SIGTERM, lambda number, frame: stop.append(number))
+while not stop:
+    if server not in select.select([server, wake_read], [], [])[0]:
+        continue
+    try:
+        conn, _ = server.accept()
+    except BlockingIOError:
+        continue
+    conn.setblocking(True)
+    try:
+        conn.recv(16)
+        conn.sendall(b"%d\n" % os.getpid())
+    except OSError:
+        pass
+    conn.close()
+"""
+
+
+def bench_deploy():
+    """--restart of an app with a 2 s start-up on a held socket, under a
+    steady client: the longest request, as a share of the start-up."""
+    import threading
+    startup = 2.0
+    (port,) = free_ports(1)
+
+    def services(bench):
+        app = os.path.join(bench.tmp, "app.py")
+        with open(app, "w") as handle:
+            handle.write(DEPLOY_APP)
+        return [("app", {"command": "%s %s %s" % (PY, app, startup),
+                         "socket": "tcp://127.0.0.1:%d" % port,
+                         "startsecs": str(startup + 0.5)})]
+    bench = Bench(services)
+    bench.start()
+    wait_until(bench.all_up, timeout=30)
+    times, failures, stop = [], [], threading.Event()
+
+    def client():
+        while not stop.is_set():
+            began = time.monotonic()
+            try:
+                conn = socket.create_connection(("127.0.0.1", port), 30)
+                conn.sendall(b"GET\n")
+                if not conn.recv(64):
+                    failures.append("empty answer")
+                conn.close()
+            except OSError as exc:
+                failures.append(str(exc))
+            times.append(time.monotonic() - began)
+    thread = threading.Thread(target=client)
+    thread.start()
+    restarts = 2 if QUICK else 5
+    try:
+        for _ in range(restarts):
+            subprocess.run([PY, PROGRAM, "-c", bench.conf, "--restart",
+                            "app"], stdout=subprocess.DEVNULL, timeout=60)
+    finally:
+        stop.set()
+        thread.join(60)
+        bench.stop()
+    longest = max(times)
+    return {"startup_s": startup, "restarts": restarts,
+            "requests": len(times), "failed": len(failures),
+            "longest_ms": longest * 1000,
+            "longest_to_startup": longest / startup}
+
+
 FIGURES = [
     ("restart", bench_restart),
     ("crash_loop", bench_crash_loop),
@@ -504,6 +584,7 @@ FIGURES = [
     ("status", bench_status),
     ("mass", bench_mass_death_and_startup),
     ("output", bench_output),
+    ("deploy", bench_deploy),
 ]
 
 
@@ -600,6 +681,13 @@ def report(results):
             "%.0f (%d MB; supervisor CPU %.2f s per 100 MB)" % (
                 r["mb_per_s"], r["megabytes"],
                 r["supervisor_cpu_per_100mb_s"]), ">= 100")
+    if "deploy" in results:
+        r = results["deploy"]
+        row("--restart under load, app with a %.0f s start-up: longest "
+            "request / start-up" % r["startup_s"],
+            "%.3f (%.0f ms; %d restarts, %d requests, %d failed)" % (
+                r["longest_to_startup"], r["longest_ms"], r["restarts"],
+                r["requests"], r["failed"]), "< 0.05; 0 failed")
     width = max(len(r[0]) for r in rows)
     info = results["machine"]
     print("fcgiwatch bench, %s; %d cores (%s), kernel %s, Python %s%s" % (
