@@ -252,7 +252,12 @@ ServiceConfig = namedtuple("ServiceConfig", [
     "stdout_logfile_backups", "stderr_logfile_maxbytes",
     "stderr_logfile_backups", "redirect_stderr", "healthcheck",
     "healthcheck_interval", "healthcheck_timeout", "healthcheck_retries",
-    "priority", "socket", "socket_owner", "socket_mode"])
+    "priority", "socket", "socket_owner", "socket_mode", "ready",
+    "watchdog_secs"])
+
+#: Values for the ServiceConfig fields that a --reexec hand-over from an
+#: older version does not carry (fields are only ever added at the end).
+LATER_FIELDS = {"ready": "startsecs", "watchdog_secs": 0}
 
 Config = namedtuple("Config", ["globals", "services"])
 
@@ -263,7 +268,7 @@ PROCESS_KEYS = (
     "directory", "environment", "env", "umask", "stdout_logfile",
     "stderr_logfile", "stdout_logfile_maxbytes", "stdout_logfile_backups",
     "stderr_logfile_maxbytes", "stderr_logfile_backups", "redirect_stderr",
-    "socket", "socket_owner", "socket_mode")
+    "socket", "socket_owner", "socket_mode", "ready", "watchdog_secs")
 
 #: The process keys that shape a service's output pipes: a run keeps its
 #: pipes across a change of any other (an overlapping restart's old run
@@ -286,7 +291,8 @@ SERVICE_DEFAULTS = {
     "redirect_stderr": "false", "healthcheck": "",
     "healthcheck_interval": "10", "healthcheck_timeout": "3",
     "healthcheck_retries": "3", "priority": "999", "socket": "",
-    "socket_owner": "", "socket_mode": "0700",
+    "socket_owner": "", "socket_mode": "0700", "ready": "startsecs",
+    "watchdog_secs": "0",
 }
 
 GLOBAL_KEYS = ("state_dir", "syslog", "syslog_facility", "syslog_socket",
@@ -436,6 +442,16 @@ def to_retries(value):
     if value.strip().lower() in ("forever", "infinite", "unlimited"):
         return None
     return to_int(value)
+
+
+def to_ready(value):
+    """startsecs or notify."""
+    word = value.strip().lower()
+    if word not in ("startsecs", "notify"):
+        raise ValueError("%r is not one of startsecs (ready once it ran "
+                         "startsecs), notify (ready when it sends READY=1 "
+                         "to $NOTIFY_SOCKET)" % value)
+    return word
 
 
 def to_autorestart(value):
@@ -877,7 +893,8 @@ SERVICE_CONVERTERS = (
     ("healthcheck_timeout", to_seconds),
     ("healthcheck_retries", lambda v: to_int(v, 1)),
     ("priority", lambda v: to_int(v, None)),
-    ("socket_mode", to_octal))
+    ("socket_mode", to_octal), ("ready", to_ready),
+    ("watchdog_secs", to_seconds))
 
 
 def convert_service_keys(raw, base_dir, euid, report):
@@ -922,6 +939,10 @@ def convert_service_keys(raw, base_dir, euid, report):
         values["stderr_logfile"] = values.get("stdout_logfile")
     if values.get("healthcheck_interval") == 0:
         report("healthcheck_interval", "must be more than 0 seconds")
+        ok[0] = False
+    if values.get("watchdog_secs") and values.get("ready") == "startsecs":
+        report("watchdog_secs", "needs ready = notify: the watchdog is the "
+               "program's WATCHDOG=1 messages to $NOTIFY_SOCKET")
         ok[0] = False
     directory = base_dir
     if raw["directory"].strip():
@@ -1040,7 +1061,8 @@ def config_from_json(values):
         if isinstance(value, list):
             return tuple(tuples(item) for item in value)
         return value
-    fields = dict(zip(ServiceConfig._fields, values))
+    fields = dict(LATER_FIELDS)
+    fields.update(zip(ServiceConfig._fields, values))
     for key in ("argv", "groups", "environment", "env", "exitcodes",
                 "socket_owner"):
         fields[key] = tuples(fields[key])
@@ -2294,7 +2316,15 @@ class Outputs:
 #                                                         pending config ends)
 #   starting, up     deadline       startsecs_reached     up (with a health
 #                                                         check: on its pass)
+#                                                         (ready = notify:
+#                                                         no READY=1 yet:
+#                                                         stopping, then
+#                                                         backoff)
 #   starting         probe_ok       first_probe_passed    up
+#   starting         notified_ready ready_notified        up (READY=1; with
+#                                                         a health check, at
+#                                                         its first pass)
+#   starting, up     watchdog       watchdog_expired      as health_failed
 #   starting, up     health_failed  restart_unhealthy     stopping, then
 #                                                         starting (or as
 #                                                         restart does)
@@ -2334,7 +2364,9 @@ class Outputs:
 #: How a stop's cause reads in the log.
 STOP_REASONS = {"stopped": "on request", "restart": "for a restart",
                 "health": "health check failed", "shutdown": "shutdown",
-                "removed": "removed from the config"}
+                "removed": "removed from the config",
+                "watchdog": "no WATCHDOG=1 in watchdog_secs",
+                "not ready": "no READY=1 within startsecs"}
 
 #: Run.stop_phase values (None while the run is not being stopped).
 STOP_SIGNALLED, STOP_KILLED = "signalled", "killed"
@@ -2411,6 +2443,8 @@ class Run:
         self.number = 0         # the service's spawn count at its start
         self.ready_at = None    # a replacement: when it counts as ready
         self.poll_at = None     # a retiring run: when to look at its group
+        self.ready_by = None    # ready = notify: when READY=1 is overdue
+        self.watchdog_at = None  # watchdog_secs: when WATCHDOG=1 is overdue
 
     def signal(self, number, as_group):
         """Signal this run's process, or its whole tree; never a stranger.
@@ -2475,6 +2509,8 @@ class Service:
         self.replace_due = None   # when to try a failed replacement again
         self.replace_why = None   # what the replacement is for
         self.replace_failure = None  # (spawn count, why) of the last
+        self.notify_status = ""   # the last STATUS= the run sent
+        self.pending_backoff = False  # back off once the stop is over
         self.since = supervisor.clock()
         self.since_wall = time.time()
         self.deadline = None
@@ -2528,6 +2564,8 @@ class Service:
             times.append(self.probe.deadline)
         if self.next_run is not None or self.retiring or self.replace_due:
             times.extend(self.run_times())
+        if self.run is not None and self.run.watchdog_at is not None:
+            times.append(self.run.watchdog_at)
         return min(times) if times else None
 
     # -- events: from the operator, the clock, the reaper, the probe -----
@@ -2550,6 +2588,11 @@ class Service:
     def on_deadline(self, now):
         if self.next_run is not None or self.retiring or self.replace_due:
             self.run_deadlines(now)
+        run = self.run
+        if run is not None and run.watchdog_at is not None and \
+                now >= run.watchdog_at:
+            run.watchdog_at = None
+            self.fire("watchdog", now)
         if self.deadline is not None and now >= self.deadline:
             self.deadline = None
             self.fire("deadline", now)
@@ -2636,6 +2679,24 @@ class Service:
             return
         self.fire("health_failed", now, reason)
 
+    def on_notify(self, run, fields, now):
+        """A run of ours spoke on NOTIFY_SOCKET (sd_notify)."""
+        config = self.config
+        if "STATUS" in fields and run is self.run:
+            self.notify_status = fields["STATUS"][:200]
+            self.supervisor.status_dirty = True
+        if fields.get("STOPPING") == "1" and run.stop_phase is None:
+            self.log("pid %d says it is stopping (STOPPING=1)" % run.pid)
+        if fields.get("WATCHDOG") == "1" and config.watchdog_secs and \
+                run.ready:
+            run.watchdog_at = now + config.watchdog_secs
+        if fields.get("READY") == "1" and config.ready == "notify" and \
+                not run.ready:
+            if run is self.next_run:
+                self.promote(now)
+            elif run is self.run:
+                self.fire("notified_ready", now)
+
     def send_signal(self, number):
         """--signal: to the main process only, as svc -h does."""
         run = self.run
@@ -2680,7 +2741,19 @@ class Service:
     def startsecs_reached(self, now):
         # STARTING -> UP: it ran startsecs, a good start.  With a health
         # check it stays STARTING until a probe passes (or is UP already,
-        # when one passed first).
+        # when one passed first).  With ready = notify, startsecs was the
+        # time it had to say READY=1: it did not (-> STOPPING, then a
+        # backoff as after a quick failure).
+        if self.config.ready == "notify":
+            if not self.run.ready:
+                self.message = "no READY=1 within startsecs (%s)" % (
+                    format_seconds(self.config.startsecs))
+                self.log("%s from pid %d; stopping it" % (
+                    self.message, self.run.pid), LOG_ERR)
+                self.want = "up"
+                self.pending_backoff = True
+                self.begin_stop(now, "not ready")
+            return
         self.run.ready = True
         self.fails = 0
         if not self.config.healthcheck and self.state == STARTING:
@@ -2688,8 +2761,35 @@ class Service:
                               format_seconds(self.config.startsecs))
 
     def first_probe_passed(self, now):
+        if self.config.ready == "notify" and not self.run.ready:
+            return  # it answers, but has not said READY=1 yet
         self.change_state(UP, "", "up: %s answers" %
                           self.config.healthcheck.url)  # STARTING -> UP
+
+    def ready_notified(self, now):
+        # STARTING -> UP: the run sent READY=1 (with a health check, UP at
+        # the first probe that passes, if none has yet).
+        config, run = self.config, self.run
+        run.ready = True
+        self.fails = 0
+        self.deadline = None
+        self.message = ""
+        if config.watchdog_secs:
+            run.watchdog_at = now + config.watchdog_secs
+        if config.healthcheck and self.health != "ok":
+            return
+        self.change_state(UP, "", "up: pid %d sent READY=1" % run.pid)
+
+    def watchdog_expired(self, now):
+        config = self.config
+        self.message = "no WATCHDOG=1 for %s (watchdog_secs)" % (
+            format_seconds(config.watchdog_secs))
+        self.log("%s; restarting" % self.message, LOG_ERR)
+        self.want = "up"
+        if self.can_overlap():
+            self.begin_overlap(now, "watchdog")  # UP, a replacement beside
+        else:
+            self.begin_stop(now, "watchdog")  # -> STOPPING -> respawn
 
     def restart_unhealthy(self, now, reason):
         self.log("health failed %d times in a row, restarting: %s" % (
@@ -2883,7 +2983,12 @@ class Service:
         """STOPPING -> DOWN, or -> STARTING when a restart is wanted."""
         self.run = None
         self.deadline = None
-        if self.want == "up" and not self.supervisor.shutting_down:
+        if self.want == "up" and not self.supervisor.shutting_down and \
+                self.pending_backoff:
+            self.pending_backoff = False
+            self.log(line)
+            self.after_run(now, "not ready", None, True, self.message)
+        elif self.want == "up" and not self.supervisor.shutting_down:
             self.spawn(now, line)
         else:
             self.change_state(DOWN, "stopped", line)
@@ -2917,7 +3022,14 @@ class Service:
                                                  config.healthcheck_interval))
         if cause:
             self.log(cause)
-        if config.startsecs > 0 or config.healthcheck:
+        if config.ready == "notify":
+            # startsecs bounds the wait for READY=1 (0: no bound).
+            self.deadline = now + config.startsecs if config.startsecs \
+                else None
+            self.notify_status = ""
+            self.change_state(STARTING, "", "spawned: pid %d; ready when "
+                              "it sends READY=1" % pid)
+        elif config.startsecs > 0 or config.healthcheck:
             self.deadline = now + config.startsecs
             self.change_state(STARTING, "", "spawned: pid %d" % pid)
         else:
@@ -2932,13 +3044,19 @@ class Service:
         if self.spawns:
             self.restarts += 1
         self.spawns += 1
+        identity = service_identity(self.name, supervisor.settings.state_dir)
         try:
+            if config.ready == "notify":
+                identity += (("NOTIFY_SOCKET", supervisor.notify_socket()),)
+                if config.watchdog_secs:
+                    identity += (("WATCHDOG_USEC", "%d" % (
+                        config.watchdog_secs * 1000000)),)
             stdin_fd, stdout_fd, stderr_fd = self.child_fds()
             pid, exec_fd = spawn_child(config, stdin_fd, stdout_fd, stderr_fd,
                                        supervisor.reset_signals,
-                                       supervisor.home_fd, service_identity(
-                                           self.name,
-                                           supervisor.settings.state_dir))
+                                       supervisor.home_fd, identity)
+        except Failure as exc:
+            return str(exc)
         except SpawnError as exc:
             return str(exc)
         except OSError as exc:
@@ -3056,7 +3174,12 @@ class Service:
         if not isinstance(run, Run):
             self.replacement_failed(now, None, run, why)
             return
-        run.ready_at = now + max(self.config.startsecs, MIN_GOOD_RUN)
+        config = self.config
+        if config.ready == "notify":
+            run.ready_by = now + config.startsecs if config.startsecs \
+                else None
+        else:
+            run.ready_at = now + max(config.startsecs, MIN_GOOD_RUN)
         self.next_run = run
         self.replace_why = why
         self.supervisor.status_dirty = True
@@ -3070,7 +3193,9 @@ class Service:
         old, run = self.run, self.next_run
         self.next_run = None
         run.ready = True
-        run.ready_at = None
+        run.ready_at = run.ready_by = None
+        if self.config.watchdog_secs:
+            run.watchdog_at = now + self.config.watchdog_secs
         self.run = run
         self.fails = 0
         self.message = ""
@@ -3183,6 +3308,13 @@ class Service:
         if run is not None and run.ready_at is not None and \
                 now >= run.ready_at:
             self.promote(now)
+        elif run is not None and run.ready_by is not None and \
+                now >= run.ready_by:
+            self.next_run = None
+            self.retire(run, now)
+            self.replacement_failed(now, None, "no READY=1 within startsecs "
+                                    "(%s)" % format_seconds(
+                                        self.config.startsecs))
         if self.replace_due is not None and now >= self.replace_due:
             self.replace_due = None
             if self.can_overlap():
@@ -3195,7 +3327,7 @@ class Service:
     def run_times(self):
         times = [self.replace_due]
         if self.next_run is not None:
-            times.append(self.next_run.ready_at)
+            times.extend((self.next_run.ready_at, self.next_run.ready_by))
         for old in self.retiring:
             times.append(old.poll_at if old.poll_at is not None
                          else old.kill_at)
@@ -3328,6 +3460,8 @@ class Service:
             entry["retiring_pids"] = [r.pid for r in self.retiring if r.pid]
         if self.replace_due is not None:
             entry["replace_at"] = round(wall + self.replace_due - now, 3)
+        if self.notify_status:
+            entry["notify_status"] = self.notify_status
         return entry
 
 
@@ -3362,12 +3496,14 @@ for _state in (STARTING, UP):
     TRANSITIONS[(_state, "want_down")] = Service.stop_running
     TRANSITIONS[(_state, "restart")] = Service.restart_running
     TRANSITIONS[(_state, "exited")] = Service.run_ended
+    TRANSITIONS[(_state, "watchdog")] = Service.watchdog_expired
 TRANSITIONS.update({
     (BACKOFF, "deadline"): Service.backoff_over,
     (BACKOFF, "want_down"): Service.give_up_retrying,
     (FATAL, "want_down"): Service.give_up_retrying,
     (DOWN, "want_down"): Service.settle_down,
     (STARTING, "probe_ok"): Service.first_probe_passed,
+    (STARTING, "notified_ready"): Service.ready_notified,
     (STOPPING, "exited"): Service.stopping_exited,
     (STOPPING, "tree_changed"): Service.stopping_tree_changed,
     (STOPPING, "deadline"): Service.stopping_deadline,
@@ -3601,6 +3737,124 @@ class Tree:
 
     def deadline(self):
         return self.stray_kill_at if self.leftovers() else None
+
+
+# ===========================================================================
+# Readiness from the program (sd_notify)
+#
+# With ready = notify a run is ready when it says so: systemd's sd_notify
+# protocol, which uWSGI, php-fpm, go-systemd and python's sdnotify speak.
+# The supervisor gives such runs NOTIFY_SOCKET, one datagram socket in
+# state_dir for all of them, read in the one loop.  Each datagram carries
+# its sender's credentials (SO_PASSCRED; the kernel fills them in and only
+# root may forge them), and counts only for the run that pid belongs to:
+# a process of another service, or a stranger, cannot speak for this one.
+# ===========================================================================
+
+NOTIFY_SOCKET = "notify.sock"
+
+#: Largest datagram read; sd_notify messages are a few lines.
+NOTIFY_MAX = 4096
+
+
+def parse_notify(data):
+    """An sd_notify datagram as {name: value}: newline-separated NAME=VALUE
+    pairs; anything else is skipped.
+
+    >>> sorted(parse_notify(b"READY=1\\nSTATUS=Serving 4 workers\\nbad\\n")
+    ...        .items())
+    [('READY', '1'), ('STATUS', 'Serving 4 workers')]
+    """
+    fields = {}
+    for line in data.decode("utf-8", "replace").split("\n"):
+        name, sep, value = line.partition("=")
+        if sep and name and name.isupper():
+            fields[name] = value
+    return fields
+
+
+class NotifySocket:
+    """state_dir/notify.sock: where ready = notify runs say READY=1."""
+
+    def __init__(self, supervisor):
+        self.supervisor = supervisor
+        self.path = os.path.join(supervisor.settings.state_dir,
+                                 NOTIFY_SOCKET)
+        self.sock = None
+        self.bound = None
+        self.strangers = set()    # pids told about once
+        self.listen()
+
+    def listen(self):
+        """Bind (again, after state_dir was removed).  Any user may send
+        (services run as many users): credentials decide what counts."""
+        supervisor = self.supervisor
+        self.close()
+        try:
+            os.unlink(self.path)  # we hold the lock: an old socket is stale
+        except OSError:
+            pass
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        old_umask = os.umask(0o111)
+        try:
+            sock.bind(self.path)
+            info = os.stat(self.path)
+        except OSError as exc:
+            sock.close()
+            raise Failure("cannot bind %s: %s" % (self.path, exc.strerror))
+        finally:
+            os.umask(old_umask)
+        sock.setblocking(False)
+        self.sock = sock
+        self.bound = (info.st_dev, info.st_ino)
+        supervisor.watch(sock.fileno(), EVENT_READ, self.on_readable)
+
+    def ours(self):
+        try:
+            info = os.stat(self.path)
+        except OSError:
+            return False
+        return (info.st_dev, info.st_ino) == self.bound
+
+    def close(self):
+        if self.sock is not None:
+            self.supervisor.unwatch(self.sock.fileno())
+            self.sock.close()
+            self.sock = None
+            if self.ours():
+                try:
+                    os.unlink(self.path)
+                except OSError:
+                    pass
+
+    def on_readable(self, _mask):
+        supervisor = self.supervisor
+        size = struct.calcsize("3i")
+        for _ in range(64):  # a burst, then back to the loop
+            try:
+                data, ancillary, _flags, _address = self.sock.recvmsg(
+                    NOTIFY_MAX, socket.CMSG_SPACE(size))
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            pid = None
+            for level, kind, value in ancillary:
+                if level == socket.SOL_SOCKET and \
+                        kind == socket.SCM_CREDENTIALS and len(value) >= size:
+                    pid = struct.unpack("3i", value[:size])[0]
+            run = supervisor.children.get(pid) or \
+                supervisor.tree.members.get(pid)
+            if run is None:
+                if pid not in self.strangers and len(self.strangers) < 100:
+                    self.strangers.add(pid)
+                    supervisor.log("notify socket: a message from pid %s, "
+                                   "not a process of any service; ignored"
+                                   % pid)
+                continue
+            run.service.on_notify(run, parse_notify(data),
+                                  supervisor.clock())
 
 
 # ===========================================================================
@@ -4065,6 +4319,7 @@ class Supervisor:
         self.leftovers = Leftovers(self)
         self.handover = Handover(self)
         self.tree = Tree(self)
+        self.notify = None        # NotifySocket, made when first needed
         self.lock_fd = -1
         self.control = None
         self.devnull = -1
@@ -4227,6 +4482,12 @@ class Supervisor:
         os.fchmod(fd, 0o644)
         return fd
 
+    def notify_socket(self):
+        """The path of NOTIFY_SOCKET, bound on first use.  Raises Failure."""
+        if self.notify is None:
+            self.notify = NotifySocket(self)
+        return self.notify.path
+
     def check_state_dir(self):
         """Are state_dir, the pid file and the control socket still ours?
         An rm -rf (a cleaner, a tmpfiles rule) may remove them under us: we
@@ -4256,6 +4517,8 @@ class Supervisor:
             self.lock_fd = fd
             if self.control is not None:
                 self.control.listen_file()
+            if self.notify is not None:
+                self.notify.listen()
         except Failure as exc:
             if not self.state_dir_warned:
                 self.warn("cannot make state_dir %s again: %s; --status and "
@@ -4730,6 +4993,9 @@ class Supervisor:
         if self.control is not None:
             self.control.close()
             self.control = None
+        if self.notify is not None:
+            self.notify.close()
+            self.notify = None
         try:
             signal.set_wakeup_fd(-1)
         except ValueError:
@@ -4787,6 +5053,11 @@ class Supervisor:
         self.config = Config(new_config.globals, tuple(
             s.config for s in self.services.values()))
         self.order_services()
+        if any(s.config.ready == "notify" for s in self.services.values()):
+            try:
+                self.notify_socket()  # the runs carried on send to its path
+            except Failure as exc:
+                self.warn(str(exc))
         release_free_memory()
         signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
         self.reap()  # a child that ended during the exec sent no SIGCHLD
@@ -5205,7 +5476,8 @@ class Leftovers:
 #: Service fields carried as they are.
 CARRIED_SERVICE = ("state", "want", "why", "message", "fails", "spawns",
                    "restarts", "last_exit", "health", "health_fails",
-                   "removing", "since_wall")
+                   "removing", "since_wall", "notify_status",
+                   "pending_backoff")
 
 #: Run fields carried as they are (for the current run, a replacement
 #: starting beside it, and the runs being retired).
@@ -5215,7 +5487,8 @@ CARRIED_RUN = ("pid", "pgid", "start_time", "started_wall", "spawn_error",
 
 #: Monotonic times, carried as seconds from now.
 CARRIED_SERVICE_TIMES = ("since", "deadline", "replace_due")
-CARRIED_RUN_TIMES = ("started_at", "kill_at", "ready_at", "poll_at")
+CARRIED_RUN_TIMES = ("started_at", "kill_at", "ready_at", "poll_at",
+                     "ready_by", "watchdog_at")
 
 
 def run_snapshot(run, now):
@@ -5421,7 +5694,8 @@ class Handover:
         for entry in state["services"]:
             service = Service(supervisor, config_from_json(entry["config"]))
             for key in CARRIED_SERVICE:
-                setattr(service, key, entry[key])
+                # A key the old program did not carry keeps its default.
+                setattr(service, key, entry.get(key, getattr(service, key)))
             for key in CARRIED_SERVICE_TIMES:
                 ahead = entry.get(key)
                 setattr(service, key, None if ahead is None else now + ahead)
@@ -5508,6 +5782,8 @@ def format_status_line(entry, now):
     health = entry.get("health", "none")
     if health != "none":
         parts.append("health %s" % health)
+    if entry.get("notify_status"):
+        parts.append("status: %s" % entry["notify_status"])
     logs = entry.get("logs") or {}
     for stream in ("stdout", "stderr"):
         problem = logs.get(stream + "_problem")
@@ -5567,7 +5843,7 @@ STATUS_SERVICE_TYPES = {
     "fingerprint": MAYBE_INT, "retry_at": (int, float, type(None)),
     "kill_at": (int, float, type(None)), "seconds": NUMBER,
     "next_pid": MAYBE_INT, "retiring_pids": list,
-    "replace_at": (int, float, type(None))}
+    "replace_at": (int, float, type(None)), "notify_status": str}
 
 
 def checked_status(doc):

@@ -376,6 +376,10 @@ class ParseConfigTests(unittest.TestCase):
              "octal"),
             ("[a]\ncommand = x\nstopsignal = FOO\n", "[a] stopsignal: 'FOO' "
              "is not a signal"),
+            ("[a]\ncommand = x\nready = soon\n", "[a] ready: 'soon' is not "
+             "one of startsecs"),
+            ("[a]\ncommand = x\nwatchdog_secs = 5\n", "[a] watchdog_secs: "
+             "needs ready = notify"),
             ("[a]\ncommand = x\n[program:a]\ncommand = y\n",
              "[program:a]: service 'a' is already defined in [a]"),
             ("[a]\ncommand = x\nuser = no-such-user-here\n",
@@ -1566,6 +1570,111 @@ class OverlapTests(SupervisorCase):
         load.stop()
         self.assertEqual(load.failures, [])
         self.assertIn("overlapping", self.log_text())
+
+
+#: A ready = notify service: says READY=1 (and a STATUS=) after argv[1]
+#: seconds, then WATCHDOG=1 every half of $WATCHDOG_USEC, argv[2] times
+#: (-1: for ever).
+NOTIFY_APP = r"""
+import os, socket, sys, time
+delay, watchdogs = float(sys.argv[1]), int(sys.argv[2])
+address = os.environ["NOTIFY_SOCKET"]
+
+def say(text):
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.connect(address)
+    sock.send(text.encode())
+    sock.close()
+
+time.sleep(delay)
+say("READY=1\nSTATUS=serving as pid %d" % os.getpid())
+usec = int(os.environ.get("WATCHDOG_USEC", "0"))
+sent = 0
+while True:
+    time.sleep(usec / 2e6 if usec else 1000)
+    if usec and (watchdogs < 0 or sent < watchdogs):
+        say("WATCHDOG=1")
+        sent += 1
+"""
+
+
+class NotifyTests(SupervisorCase):
+    """ready = notify: systemd's sd_notify protocol on NOTIFY_SOCKET."""
+
+    def app(self, delay, watchdogs=-1, **keys):
+        path = os.path.join(self.tmp, "notify_app.py")
+        with open(path, "w") as handle:
+            handle.write(NOTIFY_APP)
+        keys.setdefault("startsecs", "10")
+        keys.update(command="%s %s %s %d" % (PY, path, delay, watchdogs),
+                    ready="notify")
+        return keys
+
+    def test_starting_until_ready_and_strangers_ignored(self):
+        self.start({"app": self.app(2)}, wait_up=False)
+        entry = self.wait_state("app", "starting")
+        # A process of no service says READY=1: it does not count.
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.sendto(b"READY=1", os.path.join(self.state_dir, "notify.sock"))
+        sock.close()
+        wait_for(lambda: "not a process of any service; ignored" in
+                 self.log_text(), 5, "the stranger's message ignored")
+        self.assertEqual(self.entry("app")["state"], "starting")
+        self.wait_state("app", "up", timeout=10)
+        self.assertIn("up: pid %d sent READY=1" % entry["pid"],
+                      self.log_text())
+        code, out, _err = self.cli("--status")
+        self.assertIn("status: serving as pid %d" % entry["pid"], out)
+        self.assertEqual(self.entry("app")["notify_status"],
+                         "serving as pid %d" % entry["pid"])
+
+    def test_no_ready_within_startsecs_backs_off(self):
+        self.start({"app": self.app(1000, startsecs="0.5")}, wait_up=False)
+        first = self.wait_state("app", "starting")["pid"]
+        self.wait_state("app", "backoff", timeout=10)
+        self.assertFalse(is_alive(first))
+        self.assertIn("no READY=1 within startsecs (0.5 s)", self.log_text())
+
+    def test_restart_on_a_held_socket_waits_for_ready(self):
+        keys = self.app(1.0)
+        keys["socket"] = "tcp://127.0.0.1:%d" % free_port()
+        self.start({"app": keys}, wait_up=False)
+        first = self.wait_state("app", "up", timeout=10)["pid"]
+        began = time.monotonic()
+        restart = subprocess.Popen(
+            [PY, PROGRAM, "-c", self.conf, "--restart", "app"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            universal_newlines=True)
+        wait_for(lambda: (self.entry("app") or {}).get("next_pid"), 5,
+                 "the replacement starting")
+        self.assertTrue(is_alive(first), "the old run serves meanwhile")
+        out, err = restart.communicate(timeout=30)
+        self.assertEqual(restart.returncode, 0, out + err)
+        self.assertGreaterEqual(time.monotonic() - began, 1.0)
+        self.assertNotEqual(self.entry("app")["pid"], first)
+        wait_for(lambda: not is_alive(first), 5, "the old run gone")
+
+    def test_notify_socket_after_reexec(self):
+        keys = self.app(0.3)
+        keys["socket"] = "tcp://127.0.0.1:%d" % free_port()
+        self.start({"app": keys}, wait_up=False)
+        first = self.wait_state("app", "up", timeout=10)["pid"]
+        code, out, err = self.cli("--reexec")
+        self.assertEqual(code, 0, out + err)
+        self.assertEqual(self.entry("app")["pid"], first)
+        # The replacement's READY=1 reaches the new program's socket.
+        code, out, err = self.cli("--restart", "app")
+        self.assertEqual(code, 0, out + err)
+        self.assertNotEqual(self.entry("app")["pid"], first)
+
+    def test_watchdog_restarts_a_run_that_goes_quiet(self):
+        self.start({"app": self.app(0.2, 3, watchdog_secs="0.5")},
+                   wait_up=False)
+        first = self.wait_state("app", "up", timeout=10)["pid"]
+        self.wait_state("app", "up", timeout=15, pid_not=first)
+        self.assertIn("no WATCHDOG=1 for 0.5 s (watchdog_secs); restarting",
+                      self.log_text())
+        self.assertFalse(is_alive(first))
 
 
 class ProcessTreeTests(SupervisorCase):
