@@ -253,11 +253,13 @@ ServiceConfig = namedtuple("ServiceConfig", [
     "stderr_logfile_backups", "redirect_stderr", "healthcheck",
     "healthcheck_interval", "healthcheck_timeout", "healthcheck_retries",
     "priority", "socket", "socket_owner", "socket_mode", "ready",
-    "watchdog_secs"])
+    "watchdog_secs", "program", "process_num", "numprocs"])
 
 #: Values for the ServiceConfig fields that a --reexec hand-over from an
-#: older version does not carry (fields are only ever added at the end).
-LATER_FIELDS = {"ready": "startsecs", "watchdog_secs": 0}
+#: older version does not carry (fields are only ever added at the end;
+#: program None: the service's own name).
+LATER_FIELDS = {"ready": "startsecs", "watchdog_secs": 0, "program": None,
+                "process_num": 0, "numprocs": 1}
 
 Config = namedtuple("Config", ["globals", "services"])
 
@@ -292,8 +294,18 @@ SERVICE_DEFAULTS = {
     "healthcheck_interval": "10", "healthcheck_timeout": "3",
     "healthcheck_retries": "3", "priority": "999", "socket": "",
     "socket_owner": "", "socket_mode": "0700", "ready": "startsecs",
-    "watchdog_secs": "0",
+    "watchdog_secs": "0", "numprocs": "1", "numprocs_start": "0",
+    "process_name": "%(program_name)s",
 }
+
+#: Keys that shape the instances of a program, read before its sections'
+#: other keys are expanded for each instance.
+POOL_KEYS = ("numprocs", "numprocs_start", "process_name")
+
+#: supervisord's expansions: %(NAME)s with Python's width and type, %% for
+#: a %.  Any other % is left as it is (date +%s stays date +%s).
+EXPANSION_RE = re.compile(
+    r"%%|%\(([^)]*)\)([#0 +-]*[0-9]*(?:\.[0-9]+)?[diouxXeEfFgGcrs])")
 
 GLOBAL_KEYS = ("state_dir", "syslog", "syslog_facility", "syslog_socket",
                "log_file", "path")
@@ -726,7 +738,8 @@ def parse_config(text, filename, euid=None):
               "with a command = line")
         raise ConfigErrors(errors)
     # No DEFAULT magic: a [DEFAULT] section would silently add its keys to
-    # every service.  No interpolation: a % is a %.
+    # every service.  No configparser interpolation: supervisord's own
+    # expansions are done per instance (parse_program).
     parser = configparser.ConfigParser(
         interpolation=None, strict=True, default_section="\0none",
         delimiters=("=", ":"), comment_prefixes=("#", ";"))
@@ -752,7 +765,14 @@ def parse_config(text, filename, euid=None):
 
     base_dir = os.path.dirname(os.path.abspath(filename))
     globals_ = parse_globals(parser, filename, base_dir, euid, error)
-    services, seen = [], {}
+    services, seen, instances, sockets = [], {}, {}, {}
+    reported = set()
+
+    def error_once(section, key, message):
+        # A pool's instances share their section: one report each.
+        if (section, key, message) not in reported:
+            reported.add((section, key, message))
+            error(section, key, message)
     for section in parser.sections():
         if section == OWN_SECTION:
             continue
@@ -767,9 +787,21 @@ def parse_config(text, filename, euid=None):
                   "keep one of them" % (name, seen[name]))
             continue
         seen[name] = section
-        config = parse_service(parser, section, name, globals_, base_dir,
-                               euid, error)
-        if config is not None:
+        for config in parse_program(parser, section, name, globals_,
+                                    base_dir, euid, error_once) or ():
+            if config.name in instances:
+                error(section, "process_name", "instance %r is already "
+                      "defined in [%s]; give each a name of its own" % (
+                          config.name, instances[config.name]))
+                continue
+            instances[config.name] = section
+            key = socket_key(config)
+            if config.socket is not None and sockets.setdefault(
+                    key, (config.program, section))[0] != config.program:
+                error(section, "socket", "%s is [%s]'s socket already; a "
+                      "socket belongs to one program (its instances share "
+                      "it)" % (config.socket.url, sockets[key][1]))
+                continue
             services.append(config)
     if not seen and not errors:
         error(None, None, "no services defined; add a [program:NAME] "
@@ -844,10 +876,96 @@ def parse_globals(parser, filename, base_dir, euid, error):
         path=convert("path", path_list, DEFAULT_PATH))
 
 
-def parse_service(parser, section, name, globals_, base_dir, euid, error):
-    """One service section as a ServiceConfig, or None after reporting
-    its problems through error(section, key, message)."""
+def expand(value, names):
+    """value with supervisord's %(NAME)s expansions done.  Raises
+    ValueError naming an unknown name or a format that does not fit.
+
+    >>> expand("app_%(process_num)02d %%s %s", {"process_num": 3})
+    'app_03 %s %s'
+    """
+    def one(match):
+        if match.group(0) == "%%":
+            return "%"
+        name, spec = match.group(1), match.group(2)
+        if name not in names:
+            raise ValueError("%%(%s) is not a name fcgiwatch expands; it "
+                             "knows %s, and ENV_X for the variable X" % (
+                                 name, ", ".join(sorted(
+                                     n for n in names
+                                     if not n.startswith("ENV_")))))
+        try:
+            return ("%" + spec) % (names[name],)
+        except (TypeError, ValueError, OverflowError):
+            raise ValueError("%%(%s)%s does not fit its value %r" % (
+                name, spec, names[name]))
+    return EXPANSION_RE.sub(one, value)
+
+
+def expansion_names(program, base_dir, numprocs):
+    """The names a program's values may expand (process_num is added for
+    each instance)."""
+    names = dict(("ENV_" + k, v) for k, v in os.environ.items())
+    names.update(here=base_dir, program_name=program, group_name=program,
+                 numprocs=numprocs, host_node_name=socket.gethostname())
+    return names
+
+
+def parse_program(parser, section, program, globals_, base_dir, euid,
+                  error):
+    """The instances of one program section (numprocs of them, named by
+    process_name), each with the section's values expanded for its
+    process_num: [ServiceConfig], or None after reporting."""
     given = dict(parser.items(section))
+    ok = True
+    try:
+        numprocs = to_int(given.get("numprocs", "1"), 1)
+    except ValueError as exc:
+        error(section, "numprocs", str(exc))
+        numprocs, ok = 1, False
+    try:
+        first = to_int(given.get("numprocs_start", "0"))
+    except ValueError as exc:
+        error(section, "numprocs_start", str(exc))
+        first, ok = 0, False
+    template = given.get("process_name", SERVICE_DEFAULTS["process_name"])
+    if numprocs > 1 and "%(process_num)" not in template:
+        error(section, "process_name", "must contain %%(process_num)d (or "
+              "%%(process_num)02d ...) when numprocs is more than 1, so that "
+              "each instance has a name of its own (now %r)" % template)
+        ok = False
+    if not ok:
+        return None
+    names = expansion_names(program, base_dir, numprocs)
+    instances = []
+    for number in range(first, first + numprocs):
+        names["process_num"] = number
+        expanded = {}
+        for key, value in given.items():
+            try:
+                expanded[key] = expand(value, names)
+            except ValueError as exc:
+                error(section, key, str(exc))
+                ok = False
+        if not ok:
+            return None
+        name = expanded.get("process_name", program).strip()
+        if not SERVICE_NAME_RE.match(name):
+            error(section, "process_name", "%r is not a service name; use "
+                  "letters, digits, '_', '.', '-'" % name)
+            return None
+        config = parse_service(expanded, section, name, globals_, base_dir,
+                               euid, error)
+        if config is None:
+            return None
+        instances.append(config._replace(
+            program=program, process_num=number, numprocs=numprocs))
+    return instances
+
+
+def parse_service(given, section, name, globals_, base_dir, euid, error):
+    """One service instance, from its section's values (expanded), as a
+    ServiceConfig, or None after reporting its problems through
+    error(section, key, message)."""
     bad = False
     for key in given:
         if key not in SERVICE_DEFAULTS:
@@ -875,7 +993,10 @@ def parse_service(parser, section, name, globals_, base_dir, euid, error):
         name=name, section=section, command=raw["command"].strip(),
         argv=values.pop("command"), user=user_name, uid=uid, gid=gid,
         groups=groups, home=home, shell=shell,
-        env=tuple(sorted(env.items())), socket_owner=socket_owner)
+        env=tuple(sorted(env.items())), socket_owner=socket_owner,
+        program=name, process_num=0, numprocs=1)
+    for key in POOL_KEYS[1:]:
+        values.pop(key, None)
     return ServiceConfig(**values)
 
 
@@ -1063,6 +1184,8 @@ def config_from_json(values):
         return value
     fields = dict(LATER_FIELDS)
     fields.update(zip(ServiceConfig._fields, values))
+    if fields["program"] is None:
+        fields["program"] = fields["name"]
     for key in ("argv", "groups", "environment", "env", "exitcodes",
                 "socket_owner"):
         fields[key] = tuples(fields[key])
@@ -2510,6 +2633,7 @@ class Service:
         self.replace_why = None   # what the replacement is for
         self.replace_failure = None  # (spawn count, why) of the last
         self.notify_status = ""   # the last STATUS= the run sent
+        self.roll_note = None     # (spawn count, why) a roll skipped it
         self.pending_backoff = False  # back off once the stop is over
         self.since = supervisor.clock()
         self.since_wall = time.time()
@@ -3045,6 +3169,8 @@ class Service:
             self.restarts += 1
         self.spawns += 1
         identity = service_identity(self.name, supervisor.settings.state_dir)
+        if config.numprocs > 1:
+            identity += (("FCGIWATCH_PROCESS_NUM", "%d" % config.process_num),)
         try:
             if config.ready == "notify":
                 identity += (("NOTIFY_SOCKET", supervisor.notify_socket()),)
@@ -3447,6 +3573,9 @@ class Service:
             "priority": config.priority,
             "fingerprint": config_fingerprint(config),
         }
+        if config.numprocs > 1:
+            entry.update(program=config.program,
+                         process_num=config.process_num)
         if self.state == BACKOFF and self.deadline is not None:
             entry["retry_at"] = round(wall + self.deadline - now, 3)
         if self.state == STOPPING and run is not None and \
@@ -4294,6 +4423,39 @@ def close_on_exec_inherited():
                 pass
 
 
+class Roll:
+    """A pool's instances restarted one at a time, so that its capacity
+    never drops: each instance's restart (overlapping on a held socket)
+    starts once the one before it is up with its new run."""
+
+    def __init__(self, services):
+        self.waiting = list(services)
+        self.current = None
+        self.mark = 0
+
+    def start_next(self, now):
+        service = self.waiting.pop(0)
+        self.current, self.mark = service, service.spawns
+        service.roll_note = None
+        service.on_restart(now)
+
+    def outcome(self, service):
+        """True once the instance is up with a run started by its restart;
+        why not, once its restart failed; None while under way."""
+        run = service.run
+        if service.next_run is not None or service.state in (STARTING,
+                                                             STOPPING):
+            return None
+        if service.state == UP and run is not None and run.number > self.mark:
+            return True
+        if service.replace_failure and service.replace_failure[0] > \
+                self.mark:
+            return service.replace_failure[1]
+        if service.state in (BACKOFF, FATAL, DOWN):
+            return service.message or service.why or service.state
+        return None
+
+
 class Supervisor:
     """Owns the services, the pid map, the wake-up pipe and the control
     socket, and runs the one loop."""
@@ -4320,6 +4482,7 @@ class Supervisor:
         self.handover = Handover(self)
         self.tree = Tree(self)
         self.notify = None        # NotifySocket, made when first needed
+        self.rolls = []           # Roll: pools restarted one at a time
         self.lock_fd = -1
         self.control = None
         self.devnull = -1
@@ -4575,6 +4738,8 @@ class Supervisor:
                 self.guarded(self.on_service_timer, service, now)
         if self.shutting_down:
             self.guarded(self.advance_shutdown, now)
+        if self.rolls:
+            self.guarded(self.advance_rolls, now)
         self.guarded(self.control.check, now)
         if self.status_dirty and now >= self.status_written + \
                 STATUS_INTERVAL:
@@ -4715,16 +4880,37 @@ class Supervisor:
         try:
             for service in self.services.values():
                 if service.config.socket is not None:
-                    service.listener = open_listener(service.config,
-                                                     self.euid)
+                    service.listener = self.shared_listener(
+                        service.config) or open_listener(service.config,
+                                                         self.euid)
         except Failure:
             self.close_everything()
             raise
 
-    def close_listener(self, sock, endpoint):
-        if endpoint is not None and endpoint.family == socket.AF_UNIX:
+    def release_listener(self, service):
+        """Close a service's copy of its held socket; a unix socket's file
+        goes with the last copy (a pool's instances share one socket)."""
+        sock, endpoint = service.listener, service.config.socket
+        service.listener = None
+        key = socket_key(service.config)
+        shared = any(other.listener is not None and
+                     socket_key(other.config) == key
+                     for other in self.services.values())
+        if not shared and endpoint is not None and \
+                endpoint.family == socket.AF_UNIX:
             remove_socket_file(endpoint.address, self.euid)
         sock.close()
+
+    def shared_listener(self, config, exclude=()):
+        """A copy (dup) of the held socket that another instance of the
+        same program holds, or None."""
+        key = socket_key(config)
+        for other in self.services.values():
+            if other.listener is not None and other.name not in exclude \
+                    and other.config.program == config.program and \
+                    socket_key(other.config) == key:
+                return other.listener.dup()
+        return None
 
     # -- status ------------------------------------------------------------
 
@@ -4852,9 +5038,12 @@ class Supervisor:
         for name in updated:
             self.services[name].apply_config(new_by_name[name])
             note("%s: updated without a restart" % name)
+        rolled = []
         for name in changed:
-            self.change_service(self.services[name], new_by_name[name],
-                                opened.pop(name, None), now, note)
+            if self.change_service(self.services[name], new_by_name[name],
+                                   opened.pop(name, None), now, note):
+                rolled.append(self.services[name])
+        self.restart_services(rolled, now)
         for name in unchanged:
             service = self.services[name]
             pid = " (pid %d)" % service.pid if service.pid else ""
@@ -4873,7 +5062,7 @@ class Supervisor:
     def open_new_sockets(self, names, new_by_name):
         """{name: listening socket} for each service whose socket is new or
         changed; raises Failure, with none left open, when one fails."""
-        opened = {}
+        opened, fresh = {}, {}
         try:
             for name in names:
                 new = new_by_name[name]
@@ -4881,7 +5070,16 @@ class Supervisor:
                     else None
                 if new.socket is not None and socket_key(new) != socket_key(
                         old):
-                    opened[name] = open_listener(new, self.euid)
+                    key = socket_key(new)
+                    # A pool's instances share one socket: one opened in
+                    # this reload, else one an unchanged instance holds.
+                    if key in fresh:
+                        opened[name] = fresh[key].dup()
+                    else:
+                        opened[name] = self.shared_listener(
+                            new, exclude=names) or open_listener(
+                                new, self.euid)
+                        fresh[key] = opened[name]
         except Failure:
             for sock in opened.values():
                 sock.close()
@@ -4897,20 +5095,21 @@ class Supervisor:
         service.on_want_down(now, "removed")
 
     def change_service(self, service, new, listener, now, note):
-        """A process key changed: restart it onto the new config (or start
-        it, or keep it down, as it was wanted)."""
+        """A process key changed: give it the new config, to take at its
+        restart (True: it runs, and the caller restarts it), or start it,
+        or keep it down, as it was wanted."""
         name = service.name
         if socket_key(service.config) != socket_key(new):
             # The running process keeps its own copy as fd 0; the next run
             # gets the new socket (or /dev/null without one).
             if service.listener is not None:
-                self.close_listener(service.listener, service.config.socket)
+                self.release_listener(service)
             service.listener = listener
         service.pending_config = new
         if service.state in RUNNING_STATES:
             note("%s: changed, restarting" % name, (name, "up",
                                                     service.spawns))
-            service.on_restart(now)
+            return True  # the caller restarts it (a pool's roll)
         elif service.want == "up":
             note("%s: changed, starting" % name, (name, "up",
                                                   service.spawns))
@@ -4940,9 +5139,60 @@ class Supervisor:
             del self.services[service.name]
         service.close_outputs()
         if service.listener is not None:
-            self.close_listener(service.listener, service.config.socket)
-            service.listener = None
+            self.release_listener(service)
         self.status_dirty = True
+
+    # -- pools: rolling restarts ---------------------------------------------
+
+    def restart_services(self, services, now):
+        """Restart these: at once, except the instances of a pool, which
+        roll (see Roll)."""
+        by_program = {}
+        for service in services:
+            by_program.setdefault(service.config.program, []).append(service)
+        for program, instances in by_program.items():
+            if len(instances) > 1:
+                self.rolls.append(Roll(instances))
+            else:
+                instances[0].on_restart(now)
+        if self.rolls:
+            self.advance_rolls(now)
+
+    def roll_position(self, service):
+        """How many restarts of its pool come before this instance's."""
+        for roll in self.rolls:
+            if service in roll.waiting:
+                return roll.waiting.index(service) + 1
+        return 0
+
+    def advance_rolls(self, now):
+        """Start the next instance of each roll whose current one is done:
+        up again with a new run.  One that failed stops its roll: the
+        instances after it keep their runs (and say why)."""
+        for roll in list(self.rolls):
+            while True:
+                current = roll.current
+                if current is not None and \
+                        self.services.get(current.name) is current:
+                    outcome = roll.outcome(current)
+                    if outcome is None:
+                        break  # still under way
+                    if outcome is not True:
+                        for service in roll.waiting:
+                            service.roll_note = (service.spawns, "%s failed "
+                                                 "first (%s), so the rolling "
+                                                 "restart stopped" % (
+                                                     current.name, outcome))
+                        self.log("%s: rolling restart stopped: %s did not "
+                                 "come back (%s); %d instances keep their "
+                                 "runs" % (current.config.program,
+                                           current.name, outcome,
+                                           len(roll.waiting)), LOG_ERR)
+                        roll.waiting = []
+                if not roll.waiting or self.shutting_down:
+                    self.rolls.remove(roll)
+                    break
+                roll.start_next(now)
 
     # -- shutdown ----------------------------------------------------------
 
@@ -4988,8 +5238,7 @@ class Supervisor:
         for service in self.services.values():
             service.close_outputs()
             if service.listener is not None:
-                self.close_listener(service.listener, service.config.socket)
-                service.listener = None
+                self.release_listener(service)
         if self.control is not None:
             self.control.close()
             self.control = None
@@ -5843,7 +6092,8 @@ STATUS_SERVICE_TYPES = {
     "fingerprint": MAYBE_INT, "retry_at": (int, float, type(None)),
     "kill_at": (int, float, type(None)), "seconds": NUMBER,
     "next_pid": MAYBE_INT, "retiring_pids": list,
-    "replace_at": (int, float, type(None)), "notify_status": str}
+    "replace_at": (int, float, type(None)), "notify_status": str,
+    "program": str, "process_num": int}
 
 
 def checked_status(doc):
@@ -6292,15 +6542,23 @@ class ControlServer:
             raise UsageError("name at least one service, or all")
         if names == ["all"]:
             return list(services.values())
-        unknown = [n for n in names if n not in services]
+        programs = {}
+        for service in services.values():
+            programs.setdefault(service.config.program, []).append(service)
+        unknown = [n for n in names if n not in services and n not in
+                   programs]
         if unknown:
             raise UsageError("no such service: %s; nothing was done (known: "
                              "%s)" % (", ".join(unknown),
                                       ", ".join(services) or "none"))
         chosen = []
         for name in names:
-            if services[name] not in chosen:
-                chosen.append(services[name])
+            # An instance's name is that instance; a pool's program name
+            # is all its instances.
+            for service in [services[name]] if name in services else \
+                    programs[name]:
+                if service not in chosen:
+                    chosen.append(service)
         return chosen
 
     # -- the commands ------------------------------------------------------
@@ -6335,10 +6593,10 @@ class ControlServer:
     def command_restart(self, connection, request, names):
         now = self.supervisor.clock()
         waits = []
-        for service in self.select(names):
-            mark = service.spawns
-            service.on_restart(now)
-            waits.append((service.name, "up", mark))
+        chosen = self.select(names)
+        for service in chosen:
+            waits.append((service.name, "up", service.spawns))
+        self.supervisor.restart_services(chosen, now)
         self.wait(connection, "restart", waits)
 
     def command_signal(self, connection, request, names):
@@ -6393,7 +6651,8 @@ class ControlServer:
             connection.finish(EXIT_OK)
             return
         services = self.supervisor.services
-        bound = max([wait_time(services[name].config)
+        bound = max([wait_time(services[name].config) * (
+            1 + self.supervisor.roll_position(services[name]))
                      for name, _goal, _mark in waits if name in services]
                     + [5])
         connection.send({"timeout": bound})
@@ -6444,6 +6703,9 @@ class ControlServer:
         elif service.replace_failure and service.replace_failure[0] > mark \
                 and service.next_run is None:
             return False, "%s: %s" % (name, service.message)
+        elif service.roll_note is not None and service.roll_note[0] == mark:
+            return False, "%s: not restarted: %s" % (name,
+                                                     service.roll_note[1])
         elif service.state in (BACKOFF, FATAL, DOWN):
             return False, "%s: did not start: %s" % (
                 name, service.message or service.why or service.state)

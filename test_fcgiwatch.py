@@ -1677,6 +1677,146 @@ class NotifyTests(SupervisorCase):
         self.assertFalse(is_alive(first))
 
 
+class PoolTests(SupervisorCase):
+    """numprocs: N instances of one program, sharing its held socket,
+    restarted one at a time."""
+
+    def pool(self, count, startup=0.3):
+        self.port = free_port()
+        path = os.path.join(self.tmp, "overlap_app.py")
+        with open(path, "w") as handle:
+            handle.write(OVERLAP_APP)
+        self.broken = os.path.join(self.tmp, "broken")
+        return {"command": "%s %s %s %s" % (PY, path, startup, self.broken),
+                "socket": "tcp://127.0.0.1:%d" % self.port,
+                "numprocs": str(count),
+                "process_name": "%(program_name)s_%(process_num)d",
+                "environment": "SLOT=%(process_num)02d",
+                "startsecs": str(startup + 0.4), "backoff_max": "2"}
+
+    def pids(self):
+        return dict((e["name"], e["pid"]) for e in self.doc()["services"])
+
+    def test_three_instances_share_the_socket_and_roll(self):
+        import threading
+        self.start({"app": self.pool(3)}, wait_up=False)
+        for name in ("app_0", "app_1", "app_2"):
+            self.wait_state(name, "up", timeout=10)
+        code, out, _err = self.cli("--status")
+        self.assertEqual([line.split(":")[0] for line in out.splitlines()],
+                         ["app_0", "app_1", "app_2"])
+        before = self.pids()
+        sockets = set(os.readlink("/proc/%d/fd/0" % pid)
+                      for pid in before.values())
+        self.assertEqual(len(sockets), 1, "one listening socket")
+        with open("/proc/%d/environ" % before["app_1"], "rb") as handle:
+            env = handle.read().split(b"\0")
+        self.assertIn(b"FCGIWATCH_PROCESS_NUM=1", env)
+        self.assertIn(b"SLOT=01", env)
+        load = Load(self.port)
+        self.addCleanup(load.stop)
+        wait_for(lambda: load.answers, 10, "the first answer")
+        fewest, watching = [3], [True]
+
+        def watch():
+            while watching[0]:
+                fewest[0] = min(fewest[0], len(self.marked()))
+                time.sleep(0.01)  # sampling, not waiting on a state
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        try:
+            code, out, err = self.cli("--restart", "app")
+        finally:
+            watching[0] = False
+            watcher.join(10)
+        self.assertEqual(code, 0, out + err)
+        after = self.pids()
+        self.assertEqual(set(before.values()) & set(after.values()), set())
+        load.stop()
+        self.assertEqual(load.failures, [])
+        self.assertGreaterEqual(fewest[0], 3, "capacity dropped")
+        self.assertEqual(len(out.splitlines()), 3)
+
+    def test_a_broken_version_stops_the_roll(self):
+        self.start({"app": self.pool(3)}, wait_up=False)
+        for name in ("app_0", "app_1", "app_2"):
+            self.wait_state(name, "up", timeout=10)
+        before = self.pids()
+        with open(self.broken, "w"):
+            pass
+        code, out, err = self.cli("--restart", "app")
+        self.assertEqual(code, 1, out + err)
+        self.assertIn("app_0: restart failed", err)
+        self.assertIn("app_1: not restarted: app_0 failed first", err)
+        self.assertEqual(self.pids(), before)
+
+    def test_instances_controlled_alone_or_together(self):
+        self.start({"app": self.pool(2)}, wait_up=False)
+        for name in ("app_0", "app_1"):
+            self.wait_state(name, "up", timeout=10)
+        self.assertEqual(self.cli("--stop", "app_1")[0], 0)
+        self.assertEqual(self.entry("app_1")["state"], "down")
+        self.assertEqual(self.entry("app_0")["state"], "up")
+        self.assertEqual(self.cli("--stop", "app")[0], 0)
+        self.assertEqual(self.marked(), [])
+        self.assertEqual(self.cli("--start", "app")[0], 0)
+        self.assertEqual(len(self.marked()), 2)
+
+    def test_reexec_and_crash_in_the_middle_of_an_overlap(self):
+        keys = self.pool(1, startup=1.0)
+        del keys["numprocs"], keys["process_name"]
+        self.start({"app": keys}, wait_up=False)
+        first = self.wait_state("app", "up", timeout=10)["pid"]
+        restart = subprocess.Popen(
+            [PY, PROGRAM, "-c", self.conf, "--restart", "app"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        wait_for(lambda: (self.entry("app") or {}).get("next_pid"), 5,
+                 "the replacement starting")
+        replacement = self.entry("app")["next_pid"]
+        # --reexec now: both runs are carried; the replacement still
+        # takes over once ready, and the old run is retired.
+        code, out, err = self.cli("--reexec")
+        self.assertEqual(code, 0, out + err)
+        restart.communicate(timeout=30)
+        self.wait_state("app", "up", pid_not=first, timeout=10)
+        self.assertEqual(self.entry("app")["pid"], replacement)
+        wait_for(lambda: not is_alive(first), 5, "the old run retired")
+        # A supervisor killed during an overlap: the next one starts one
+        # copy, whatever the status file says.
+        restart = subprocess.Popen(
+            [PY, PROGRAM, "-c", self.conf, "--restart", "app"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        wait_for(lambda: (self.entry("app") or {}).get("next_pid"), 5,
+                 "the replacement starting")
+        self.proc.kill()
+        self.proc.wait()
+        restart.communicate(timeout=30)
+        self.start({"app": keys}, wait_up=False)
+        self.wait_state("app", "up", timeout=15)
+        wait_for(lambda: self.marked() == [self.entry("app")["pid"]], 10,
+                 "one copy of the service")
+
+    def test_numprocs_changed_by_reload(self):
+        services = {"app": self.pool(2)}
+        self.start(services, wait_up=False)
+        for name in ("app_0", "app_1"):
+            self.wait_state(name, "up", timeout=10)
+        before = self.pids()
+        services["app"]["numprocs"] = "3"
+        self.write_config(services)
+        self.assertEqual(self.cli("--reload")[0], 0)
+        self.wait_state("app_2", "up", timeout=10)
+        after = self.pids()
+        self.assertEqual((after["app_0"], after["app_1"]),
+                         (before["app_0"], before["app_1"]))
+        services["app"]["numprocs"] = "1"
+        self.write_config(services)
+        self.assertEqual(self.cli("--reload")[0], 0)
+        self.assertEqual(sorted(self.pids()), ["app_0"])
+        self.assertEqual(self.pids()["app_0"], before["app_0"])
+        wait_for(lambda: len(self.marked()) == 1, 5, "one instance left")
+
+
 class ProcessTreeTests(SupervisorCase):
     """The supervisor is the subreaper of its services' trees: orphans are
     reaped at once, descendants that left the group are stopped with the
