@@ -1555,6 +1555,41 @@ class OverlapTests(SupervisorCase):
         self.assertEqual(self.marked(), [])
         self.assertFalse(is_alive(first))
 
+    def test_health_restart_of_a_hung_run(self):
+        """A hung run (SIGSTOP) fails its probes: the replacement starts
+        beside it and takes over; were the replacement broken, the hung
+        run is stopped instead, as without a socket."""
+        port = free_port()
+        app = os.path.join(self.tmp, "fcgi_app.py")
+        with open(app, "w") as handle:
+            handle.write(FCGI_APP)
+        broken = os.path.join(self.tmp, "broken")
+        command = "sh -c 'test -e %s && exit 1; exec %s %s fd0 0'" % (
+            broken, PY, app)
+        self.start({"app": {"command": command,
+                            "socket": "tcp://127.0.0.1:%d" % port,
+                            "healthcheck": "fcgi://127.0.0.1:%d/" % port,
+                            "healthcheck_interval": "0.3",
+                            "healthcheck_timeout": "0.3",
+                            "healthcheck_retries": "2", "startsecs": "0.5",
+                            "stopwaitsecs": "2"}}, wait_up=False)
+        hung = self.wait_state("app", "up", timeout=10)["pid"]
+        os.kill(hung, signal.SIGSTOP)
+        self.wait_state("app", "up", pid_not=hung, timeout=15)
+        self.assertIn("restarting (health check failed), overlapping",
+                      self.log_text())
+        wait_for(lambda: not is_alive(hung), 5, "the hung run gone")
+        # Now with a replacement that cannot start.
+        hung = self.entry("app")["pid"]
+        with open(broken, "w"):
+            pass
+        os.kill(hung, signal.SIGSTOP)
+        wait_for(lambda: "stopping the unhealthy run (pid %d) instead"
+                 % hung in self.log_text(), 15, "the hung run stopped")
+        wait_for(lambda: not is_alive(hung), 5, "the hung run gone")
+        os.unlink(broken)
+        self.wait_state("app", "up", pid_not=hung, timeout=15)
+
     def test_reload_that_changes_the_command_overlaps(self):
         services = {"app": self.app(0.5)}
         self.start(services, wait_up=False)
