@@ -1170,12 +1170,15 @@ class SteppedClockTests(SupervisorCase):
         self.assertLess(time.monotonic() - began, 20)
 
     def test_stopwaitsecs_then_kill(self):
+        trapped = os.path.join(self.tmp, "trapped")
         self.scenario({"stubborn": {
-            "command": "sh -c 'trap \"\" TERM; sleep 1000 & while :; do "
-                       "sleep 0.05; done'",
+            "command": "sh -c 'trap \"\" TERM; touch %s; sleep 1000 & "
+                       "while :; do sleep 0.05; done'" % trapped,
             "stopwaitsecs": "30", "startsecs": "0"}}, """
             stubborn = service("stubborn")
             turn_until(lambda: stubborn.state == "up", "up")
+            # TERM before the shell has set its trap would end it at once.
+            turn_until(lambda: os.path.exists(%r), "the trap set")
             run = stubborn.run
             stubborn.on_want_down(clock.now)
             assert stubborn.state == "stopping"
@@ -1188,7 +1191,7 @@ class SteppedClockTests(SupervisorCase):
             # The rest of the group is polled on our clock: move it along.
             turn_until(lambda: advance(0.05) or stubborn.state == "down",
                        "down")
-            """)
+            """ % trapped)
         self.assertEqual(processes_with(self.tmp), [])
 
     def test_startsecs_decides_up_and_quick_failures(self):
