@@ -7,7 +7,7 @@ only.  Services are /bin/sh scripts that announce themselves on a FIFO and
 exec sleep, as in ../shared/PEERS.md, so the figures compare with the
 daemontools, runit, s6 and supervisord figures measured the same way.
 
-    python3 bench/bench.py                 # everything (about 3 minutes)
+    python3 bench/bench.py                 # everything (about 5 minutes)
     python3 bench/bench.py restart output  # some figures
     BENCH_QUICK=1 python3 bench/bench.py   # shorter runs, rougher figures
 
