@@ -5219,10 +5219,11 @@ class Supervisor:
                 if service.want != "down" or service.state in (
                         STARTING, UP, BACKOFF):
                     service.on_want_down(now, "shutdown")
-            if any(s.state in RUNNING_STATES for s in group):
+            if any(s.state in RUNNING_STATES or s.retiring for s in group):
                 return
             self.shutdown_order.pop(0)
-        if not any(s.state in RUNNING_STATES for s in self.services.values()) \
+        if not any(s.state in RUNNING_STATES or s.retiring
+                   for s in self.services.values()) \
                 and not self.tree.stop_leftovers(now):
             self.exit_code = EXIT_OK
 
