@@ -3703,6 +3703,17 @@ class Tree:
             _state, pgid, sid, name = ids
             run = sessions.get(sid) or sessions.get(pgid) or \
                 self.named_run(pid)
+            if run is None and self.named_service(pid) is not None:
+                # Left by a run of a service that has none now (it ended,
+                # and the next has not started): what a run leaves goes.
+                service = self.named_service(pid)
+                if service.config.killasgroup:
+                    service.log("killed pid %d (%s), left behind by a run "
+                                "that ended" % (pid, name), LOG_WARNING)
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except (ProcessLookupError, PermissionError):
+                        pass
             if run is None:
                 self.strays.add(pid)
                 supervisor.log("pid %d (%s), orphaned by a process we do "
@@ -3748,11 +3759,15 @@ class Tree:
                 found[sid] = run
         return found
 
+    def named_service(self, pid):
+        """The service an orphan names in its environment, or None."""
+        name = service_named_in(pid)
+        return self.supervisor.services.get(name) if name else None
+
     def named_run(self, pid):
         """The current run of the service an orphan names in its
         environment (it left its session, with setsid), or None."""
-        name = service_named_in(pid)
-        service = self.supervisor.services.get(name) if name else None
+        service = self.named_service(pid)
         if service is None or service.run is None or \
                 service.run.pidfd is not None:
             return None
@@ -3801,11 +3816,14 @@ class Tree:
         in the background, that one becomes the run's main process.  The
         lowest pid in a session of its own, else the lowest pid; the others
         stay members.  Returns (pid, log it?) or None."""
-        alive = []
-        for pid in sorted(run.members):
-            ids = process_ids(pid)
-            if ids is not None and ids[0] != "Z":
-                alive.append((pid, ids))
+        def alive():
+            found = []
+            for pid in sorted(run.members):
+                ids = process_ids(pid)
+                if ids is not None and ids[0] != "Z":
+                    found.append((pid, ids))
+            return found
+        alive = alive() or (self.rescan(now, run) and alive())
         if not alive:
             return None
         fresh = [item for item in alive if item[1][2] != run.session]
@@ -3822,6 +3840,15 @@ class Tree:
         run.started_at, run.started_wall = now, time.time()
         run.ready, run.adopted = False, True
         return pid, logged
+
+    def rescan(self, now, run):
+        """Look at our children again: the kernel's list of them can miss
+        one that was forked while it was read.  True when run gained a
+        member."""
+        before = len(run.members)
+        self.scanned = None
+        self.scan(now, [run])
+        return len(run.members) > before
 
     def leftovers(self):
         """The processes shutdown must still end: strays, and members of
