@@ -83,6 +83,7 @@ STATUS_FILE = "status.json"
 CONTROL_SOCKET = "control.sock"
 REEXEC_FILE = "reexec.json"
 REEXEC_CHECK_FILE = "reexec-check.out"
+AUTO_LOG_DIR = "logs"     # supervisord's AUTO log files, without childlogdir
 
 #: This file, for --reexec: the daemon's cwd is /, so resolve it now.
 PROGRAM_PATH = os.path.abspath(__file__)
@@ -241,7 +242,7 @@ class Failure(Exception):
 
 GlobalConfig = namedtuple("GlobalConfig", [
     "filename", "state_dir", "syslog", "syslog_facility", "syslog_socket",
-    "log_file", "path"])
+    "log_file", "path", "pidfile", "minfds", "minprocs"])
 
 ServiceConfig = namedtuple("ServiceConfig", [
     "name", "section", "command", "argv", "user", "uid", "gid", "groups",
@@ -261,7 +262,10 @@ ServiceConfig = namedtuple("ServiceConfig", [
 LATER_FIELDS = {"ready": "startsecs", "watchdog_secs": 0, "program": None,
                 "process_num": 0, "numprocs": 1}
 
-Config = namedtuple("Config", ["globals", "services"])
+#: A whole config: globals, services (instances, in priority order), the
+#: warnings that reading it gave (ConfigError each), and the groups as
+#: ((name, (program, ...)), ...).
+Config = namedtuple("Config", ["globals", "services", "warnings", "groups"])
 
 #: Keys that shape the process itself: a change restarts the service on
 #: reload.  Every other key only changes how it is supervised.
@@ -722,50 +726,43 @@ def parse_config(text, filename, euid=None):
     """Parse config text into a Config, or raise ConfigErrors listing every
     problem found, each naming file, section and key.
 
+    Read the way supervisord reads its files, so that one means the same in
+    both: ';' or '#' at the start of a line or after white space starts a
+    comment, a key or section given twice is the later one (a warning),
+    [include] reads more files, and supervisord's own sections are used for
+    what fcgiwatch has and otherwise noted.  Warnings never stop a start:
+    they come back in Config.warnings.
+
     Nothing here starts a process: --check, the supervisor and reload all
     call this first and act only on a Config that came back whole.
     """
-    import configparser
     if euid is None:
         euid = os.geteuid()
-    errors = []
+    errors, warnings, files = [], [], {}
 
     def error(section, key, message):
-        errors.append(ConfigError(filename, section, key, message))
+        errors.append(ConfigError(files.get(section, filename), section, key,
+                                  message))
+
+    def warn(section, key, message):
+        warnings.append(ConfigError(files.get(section, filename), section,
+                                    key, message))
 
     if not text.strip():
         error(None, None, "the file is empty; add a [program:NAME] section "
               "with a command = line")
         raise ConfigErrors(errors)
-    # No DEFAULT magic: a [DEFAULT] section would silently add its keys to
-    # every service.  No configparser interpolation: supervisord's own
-    # expansions are done per instance (parse_program).
-    parser = configparser.ConfigParser(
-        interpolation=None, strict=True, default_section="\0none",
-        delimiters=("=", ":"), comment_prefixes=("#", ";"))
-    try:
-        parser.read_string(text, filename)
-    except configparser.MissingSectionHeaderError as exc:
-        error(None, None, "line %d: text before the first [section]: %r; "
-              "is this an INI file?" % (exc.lineno, exc.line.strip()))
-    except configparser.DuplicateSectionError as exc:
-        error(exc.section, None, "line %s: the section appears twice; merge "
-              "them" % exc.lineno)
-    except configparser.DuplicateOptionError as exc:
-        error(exc.section, exc.option, "line %s: the key appears twice in "
-              "this section; keep one" % exc.lineno)
-    except configparser.ParsingError as exc:
-        for lineno, line in exc.errors:
-            error(None, None, "line %d: not a key = value line or [section]:"
-                  " %s" % (lineno, line.strip()))
-    except configparser.Error as exc:
-        error(None, None, str(exc).splitlines()[0])
+    ini = IniReader(errors, warnings, files)
+    ini.read(text, filename)
     if errors:
         raise ConfigErrors(errors)
 
     base_dir = os.path.dirname(os.path.abspath(filename))
-    globals_ = parse_globals(parser, filename, base_dir, euid, error)
+    supervisord = parse_supervisord_section(ini, base_dir, euid, error, warn)
+    globals_ = parse_globals(ini.values.get(OWN_SECTION, {}), filename,
+                             base_dir, euid, error, supervisord)
     services, seen, instances, sockets = [], {}, {}, {}
+    groups = {}
     reported = set()
 
     def error_once(section, key, message):
@@ -773,11 +770,34 @@ def parse_config(text, filename, euid=None):
         if (section, key, message) not in reported:
             reported.add((section, key, message))
             error(section, key, message)
-    for section in parser.sections():
-        if section == OWN_SECTION:
+
+    def warn_once(section, key, message):
+        if (section, key, message) not in reported:
+            reported.add((section, key, message))
+            warn(section, key, message)
+    for section in ini.order:
+        kind, _colon, name = section.partition(":") if ":" in section \
+            else ("", "", section)
+        if section in (OWN_SECTION, "supervisord", "include"):
             continue
-        name = section[len("program:"):] if section.startswith(
-            "program:") else section
+        if section in SUPERVISORD_IGNORED or kind in ("rpcinterface",
+                                                      "ctlplugin"):
+            warn(section, None, "supervisord's own section; not used by "
+                 "fcgiwatch (its control commands and --status do that)")
+            continue
+        if kind == "eventlistener":
+            warn(section, None, "event listeners are not run; "
+                 "alert_command in [fcgiwatch] does what crashmail and "
+                 "superlance do")
+            continue
+        if kind == "group":
+            groups[name] = section
+            continue
+        if kind not in ("", "program", "fcgi-program"):
+            error(section, None, "not a section fcgiwatch knows: use "
+                  "[program:NAME], [fcgi-program:NAME], [group:NAME] or "
+                  "[NAME]")
+            continue
         if not SERVICE_NAME_RE.match(name):
             error(section, None, "%r is not a service name; use [NAME] or "
                   "[program:NAME] with letters, digits, '_', '.', '-'" % name)
@@ -787,8 +807,17 @@ def parse_config(text, filename, euid=None):
                   "keep one of them" % (name, seen[name]))
             continue
         seen[name] = section
-        for config in parse_program(parser, section, name, globals_,
-                                    base_dir, euid, error_once) or ():
+        flavour = Flavour(
+            supervisord=bool(kind), fcgi=kind == "fcgi-program",
+            here=os.path.dirname(os.path.abspath(files.get(section,
+                                                           filename))),
+            cuts=ini.cuts, defaults=supervisord["service_defaults"],
+            warn=warn_once, environment=supervisord["environment"],
+            childlogdir=supervisord["childlogdir"],
+            state_dir=globals_.state_dir)
+        for config in parse_program(ini.values[section], section, name,
+                                    globals_, base_dir, euid, error_once,
+                                    flavour) or ():
             if config.name in instances:
                 error(section, "process_name", "instance %r is already "
                       "defined in [%s]; give each a name of its own" % (
@@ -803,13 +832,274 @@ def parse_config(text, filename, euid=None):
                       "it)" % (config.socket.url, sockets[key][1]))
                 continue
             services.append(config)
+    group_members = parse_groups(ini, groups, seen, error)
+    services = [apply_group_priority(s, ini, groups, group_members)
+                for s in services]
     if not seen and not errors:
         error(None, None, "no services defined; add a [program:NAME] "
               "section with a command = line")
     if errors:
         raise ConfigErrors(errors)
     services.sort(key=lambda s: (s.priority, s.name))
-    return Config(globals_, tuple(services))
+    return Config(globals_, tuple(services), tuple(warnings),
+                  tuple(sorted(group_members.items())))
+
+
+#: supervisord's sections that hold nothing for fcgiwatch.
+SUPERVISORD_IGNORED = ("supervisorctl", "unix_http_server",
+                       "inet_http_server")
+
+#: What a service section is, beyond its keys: supervisord's or ours, and
+#: what the file around it says.
+Flavour = namedtuple("Flavour", [
+    "supervisord", "fcgi", "here", "cuts", "defaults", "warn",
+    "environment", "childlogdir", "state_dir"])
+
+#: [supervisord] keys fcgiwatch uses (the rest are noted as ignored).
+SUPERVISORD_USED = ("logfile", "pidfile", "childlogdir", "environment",
+                    "umask", "minfds", "minprocs")
+
+#: Why a supervisord service key that fcgiwatch does not have is ignored,
+#: where a word helps.
+SUPERVISORD_HINTS = {
+    "stdout_events_enabled": "events are not sent; see alert_command",
+    "stderr_events_enabled": "events are not sent; see alert_command",
+    "stdout_capture_maxbytes": "there is no capture mode",
+    "stderr_capture_maxbytes": "there is no capture mode",
+    "stdout_syslog": "write stdout_logfile = syslog instead",
+    "stderr_syslog": "write stderr_logfile = syslog instead",
+    "serverurl": "there is no XML-RPC server",
+}
+
+
+class IniReader:
+    """The sections of a config file and the files it includes, read with
+    supervisord's rules: values (later ones win), the file of each
+    section, and the values a comment cut short (for the error that a
+    command split then gives)."""
+
+    def __init__(self, errors, warnings, files):
+        self.errors, self.warnings, self.files = errors, warnings, files
+        self.order, self.values = [], {}
+        self.cuts = {}            # (section, key) -> the value uncut
+        self.read_files = set()
+
+    def problem(self, kind, filename, section, key, message):
+        kind.append(ConfigError(filename, section, key, message))
+
+    def read(self, text, filename, depth=0):
+        import configparser
+        self.read_files.add(os.path.abspath(filename))
+
+        def parser(inline):
+            # No DEFAULT magic: a [DEFAULT] section would silently add its
+            # keys to every service.  No configparser interpolation:
+            # supervisord's expansions are done per instance.
+            return configparser.ConfigParser(
+                interpolation=None, strict=False, default_section="\0none",
+                delimiters=("=", ":"), comment_prefixes=("#", ";"),
+                inline_comment_prefixes=("#", ";") if inline else None)
+        cut, whole = parser(True), parser(False)
+        try:
+            cut.read_string(text, filename)
+            whole.read_string(text, filename)
+        except configparser.MissingSectionHeaderError as exc:
+            self.problem(self.errors, filename, None, None, "line %d: text "
+                         "before the first [section]: %r; is this an INI "
+                         "file?" % (exc.lineno, exc.line.strip()))
+            return
+        except configparser.ParsingError as exc:
+            for lineno, line in exc.errors:
+                self.problem(self.errors, filename, None, None, "line %d: "
+                             "not a key = value line or [section]: %s" % (
+                                 lineno, line.strip()))
+            return
+        except configparser.Error as exc:
+            self.problem(self.errors, filename, None, None,
+                         str(exc).splitlines()[0])
+            return
+        for section, key, lineno in repeated_keys(text):
+            self.problem(self.warnings, filename, section, key, "line %d: "
+                         "given again in this %s; the later one counts, as "
+                         "in supervisord" % (lineno, "section" if key
+                                             else "file"))
+        for section in cut.sections():
+            if section in self.values and self.files.get(section) != \
+                    filename:
+                self.problem(self.warnings, filename, section, None,
+                             "also in %s; the values here count where both "
+                             "give one" % self.files[section])
+            items = dict(cut.items(section))
+            self.values.setdefault(section, {}).update(items)
+            self.files[section] = filename
+            if section not in self.order:
+                self.order.append(section)
+            for key, value in items.items():
+                if whole.has_option(section, key) and \
+                        whole.get(section, key) != value:
+                    self.cuts[(section, key)] = whole.get(section, key)
+        if cut.has_section("include"):
+            self.include(cut.get("include", "files", fallback=""), filename,
+                         depth)
+
+    def include(self, patterns, filename, depth):
+        """[include] files = GLOB ...: relative to the including file, each
+        glob in sorted order; one that matches nothing is fine."""
+        import glob
+        if depth >= 10:
+            self.problem(self.errors, filename, "include", "files",
+                         "includes nest more than 10 deep; is one file "
+                         "including itself?")
+            return
+        here = os.path.dirname(os.path.abspath(filename))
+        for pattern in patterns.split():
+            for path in sorted(glob.glob(os.path.join(
+                    here, os.path.expanduser(pattern)))):
+                path = os.path.abspath(path)
+                if path in self.read_files or os.path.isdir(path):
+                    continue
+                try:
+                    text = read_config_file(path)
+                except ConfigErrors as exc:
+                    for problem in exc.errors:
+                        self.problem(self.errors, filename, "include",
+                                     "files", "%s: %s" % (path,
+                                                          problem.message))
+                    continue
+                self.read(text, path, depth + 1)
+
+
+def repeated_keys(text):
+    """(section, key or None, line) for each section header or key that
+    appears a second time in one file: supervisord takes the later one,
+    and so do we, with a word.
+
+    >>> list(repeated_keys("[a]\\nx=1\\nx = 2\\n[a]\\n"))
+    [('a', 'x', 3), ('a', None, 4)]
+    """
+    seen_sections, seen_keys, section = set(), set(), None
+    for number, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        if not stripped or stripped[0] in "#;" or line[0] in " \t":
+            continue
+        if stripped.startswith("[") and "]" in stripped:
+            section = stripped[1:stripped.index("]")].strip()
+            if section in seen_sections:
+                yield section, None, number
+            seen_sections.add(section)
+            continue
+        cut = min(i for i in (stripped.find("="), stripped.find(":"),
+                              len(stripped)) if i >= 0)
+        key = stripped[:cut].strip().lower()
+        if section is not None and key:
+            if (section, key) in seen_keys:
+                yield section, key, number
+            seen_keys.add((section, key))
+
+
+def parse_supervisord_section(ini, base_dir, euid, error, warn):
+    """What [supervisord] says that fcgiwatch uses: logfile (as log_file),
+    pidfile, childlogdir, environment (added to every service's), umask
+    (the services' default), minfds and minprocs (raised as rlimits)."""
+    values = ini.values.get("supervisord", {})
+    here = os.path.dirname(os.path.abspath(ini.files.get(
+        "supervisord", base_dir + "/x")))
+    names = expansion_names("supervisord", here, 1)
+    out = {"log_file": None, "pidfile": None, "childlogdir": None,
+           "environment": (), "minfds": None, "minprocs": None,
+           "service_defaults": {}}
+    ignored = sorted(k for k in values if k not in SUPERVISORD_USED)
+    if ignored:
+        warn("supervisord", None, "not used by fcgiwatch: %s (the "
+             "supervisor runs as whoever starts it, logs to syslog and "
+             "log_file, and never daemonizes unless told --daemon)"
+             % ", ".join(ignored))
+
+    def value(key):
+        try:
+            return expand(values[key], names)
+        except ValueError as exc:
+            error("supervisord", key, str(exc))
+            return None
+    for key, function, target in (
+            ("logfile", lambda v: to_logfile(v, here, euid), "log_file"),
+            ("pidfile", lambda v: to_logfile(v, here, euid), "pidfile"),
+            ("childlogdir", lambda v: existing_directory(v, here),
+             "childlogdir"),
+            ("environment", to_environment, "environment"),
+            ("minfds", lambda v: to_int(v, 1), "minfds"),
+            ("minprocs", lambda v: to_int(v, 1), "minprocs"),
+            ("umask", to_octal, None)):
+        if key not in values:
+            continue
+        text = value(key)
+        if text is None:
+            continue
+        try:
+            converted = function(text)
+        except ValueError as exc:
+            error("supervisord", key, str(exc))
+            continue
+        if key in ("logfile", "pidfile") and converted in (
+                "syslog", "null", "inherit"):
+            continue  # supervisord's "syslog" logfile: ours already is
+        if target is None:
+            out["service_defaults"]["umask"] = text.strip()
+        else:
+            out[target] = converted
+    return out
+
+
+def existing_directory(value, base_dir):
+    path = os.path.normpath(os.path.join(base_dir, os.path.expanduser(
+        value.strip())))
+    if not os.path.isdir(path):
+        raise ValueError("%s is not a directory; create it or fix the path"
+                         % path)
+    return path
+
+
+def parse_groups(ini, groups, programs, error):
+    """{group name: (program names)} from the [group:NAME] sections; a
+    program named there must exist."""
+    members = {}
+    for name, section in groups.items():
+        if not SERVICE_NAME_RE.match(name):
+            error(section, None, "%r is not a group name" % name)
+            continue
+        listed = [p.strip() for p in ini.values[section].get(
+            "programs", "").split(",") if p.strip()]
+        if not listed:
+            error(section, "programs", "missing or empty; name the "
+                  "programs of the group, e.g. programs = web,worker")
+            continue
+        unknown = [p for p in listed if p not in programs]
+        if unknown:
+            error(section, "programs", "no such program: %s" % ", ".join(
+                unknown))
+            continue
+        for key in ini.values[section]:
+            if key not in ("programs", "priority"):
+                error(section, key, "unknown key; a group takes programs "
+                      "and priority")
+        try:
+            to_int(ini.values[section].get("priority", "0"), None)
+        except ValueError as exc:
+            error(section, "priority", str(exc))
+            continue
+        members[name] = tuple(listed)
+    return members
+
+
+def apply_group_priority(config, ini, groups, members):
+    """A group's priority is its programs' (supervisord starts a group's
+    processes at the group's priority)."""
+    for name, programs in members.items():
+        if config.program in programs:
+            text = ini.values[groups[name]].get("priority")
+            if text is not None:
+                return config._replace(priority=to_int(text, None))
+    return config
 
 
 def multiline_message():
@@ -817,10 +1107,10 @@ def multiline_message():
             "continues the key above it); put it on one line")
 
 
-def parse_globals(parser, filename, base_dir, euid, error):
-    """The [fcgiwatch] section, with the contract's defaults."""
-    values = dict(parser.items(OWN_SECTION)) if parser.has_section(
-        OWN_SECTION) else {}
+def parse_globals(values, filename, base_dir, euid, error, supervisord):
+    """The [fcgiwatch] section, with the contract's defaults (and what
+    [supervisord] says where [fcgiwatch] says nothing)."""
+    values = dict(values)
     for key in list(values):
         if key not in GLOBAL_KEYS:
             error(OWN_SECTION, key, "unknown key; known keys are "
@@ -872,8 +1162,10 @@ def parse_globals(parser, filename, base_dir, euid, error):
         syslog_facility=convert("syslog_facility", facility, 3),
         syslog_socket=convert("syslog_socket", to_syslog_socket,
                               ("unix", socket.AF_UNIX, "/dev/log")),
-        log_file=convert("log_file", log_file, None),
-        path=convert("path", path_list, DEFAULT_PATH))
+        log_file=convert("log_file", log_file, supervisord["log_file"]),
+        path=convert("path", path_list, DEFAULT_PATH),
+        pidfile=supervisord["pidfile"], minfds=supervisord["minfds"],
+        minprocs=supervisord["minprocs"])
 
 
 def expand(value, names):
@@ -887,6 +1179,11 @@ def expand(value, names):
         if match.group(0) == "%%":
             return "%"
         name, spec = match.group(1), match.group(2)
+        if name not in names and name.startswith("ENV_"):
+            raise ValueError("%%(%s)s: the supervisor's environment has no "
+                             "%s (it is what fcgiwatch was started with: "
+                             "cron's is small); set it there, or write the "
+                             "value" % (name, name[4:]))
         if name not in names:
             raise ValueError("%%(%s) is not a name fcgiwatch expands; it "
                              "knows %s, and ENV_X for the variable X" % (
@@ -910,12 +1207,11 @@ def expansion_names(program, base_dir, numprocs):
     return names
 
 
-def parse_program(parser, section, program, globals_, base_dir, euid,
-                  error):
+def parse_program(given, section, program, globals_, base_dir, euid,
+                  error, flavour=None):
     """The instances of one program section (numprocs of them, named by
     process_name), each with the section's values expanded for its
     process_num: [ServiceConfig], or None after reporting."""
-    given = dict(parser.items(section))
     ok = True
     try:
         numprocs = to_int(given.get("numprocs", "1"), 1)
@@ -935,7 +1231,8 @@ def parse_program(parser, section, program, globals_, base_dir, euid,
         ok = False
     if not ok:
         return None
-    names = expansion_names(program, base_dir, numprocs)
+    names = expansion_names(program, flavour.here if flavour else base_dir,
+                            numprocs)
     instances = []
     for number in range(first, first + numprocs):
         names["process_num"] = number
@@ -954,7 +1251,7 @@ def parse_program(parser, section, program, globals_, base_dir, euid,
                   "letters, digits, '_', '.', '-'" % name)
             return None
         config = parse_service(expanded, section, name, globals_, base_dir,
-                               euid, error)
+                               euid, error, flavour)
         if config is None:
             return None
         instances.append(config._replace(
@@ -962,13 +1259,21 @@ def parse_program(parser, section, program, globals_, base_dir, euid,
     return instances
 
 
-def parse_service(given, section, name, globals_, base_dir, euid, error):
+def parse_service(given, section, name, globals_, base_dir, euid, error,
+                  flavour=None):
     """One service instance, from its section's values (expanded), as a
     ServiceConfig, or None after reporting its problems through
-    error(section, key, message)."""
+    error(section, key, message).  flavour: a supervisord section
+    ([program:x], [fcgi-program:x]) takes supervisord's defaults where
+    they differ, and ignores (with a warning) a key fcgiwatch has not."""
     bad = False
+    lenient = flavour is not None and flavour.supervisord
     for key in given:
-        if key not in SERVICE_DEFAULTS:
+        if key not in SERVICE_DEFAULTS and lenient:
+            hint = SUPERVISORD_HINTS.get(key)
+            flavour.warn(section, key, "ignored: fcgiwatch has no such key%s"
+                         % ("; " + hint if hint else ""))
+        elif key not in SERVICE_DEFAULTS:
             error(section, key, "unknown key; see the config reference in "
                   "README.md for the keys a service takes")
             bad = True
@@ -976,11 +1281,27 @@ def parse_service(given, section, name, globals_, base_dir, euid, error):
             error(section, key, multiline_message())
             bad = True
     raw = dict(SERVICE_DEFAULTS)
+    if flavour is not None:
+        raw.update(flavour.defaults)
+    if lenient:
+        # supervisord's default: a one-shot job that exits 0 (a migration,
+        # a cache warm-up) is not run again.
+        raw["autorestart"] = "unexpected"
     raw.update((k, v) for k, v in given.items() if k in SERVICE_DEFAULTS)
+    trusted = auto_log_files(raw, name, flavour)
+    if flavour is not None and flavour.fcgi and not raw["socket"].strip():
+        error(section, "socket", "missing: an [fcgi-program:x] section "
+              "needs socket = tcp://HOST:PORT or unix:///PATH")
+        bad = True
 
     def report(key, message):
+        uncut = flavour.cuts.get((section, key)) if flavour else None
+        if uncut is not None:
+            message += ("; note that a ';' or '#' after white space starts "
+                        "a comment, as in supervisord, and cut this value "
+                        "from %r: write it with no space before it" % uncut)
         error(section, key, message)
-    values = convert_service_keys(raw, base_dir, euid, report)
+    values = convert_service_keys(raw, base_dir, euid, report, trusted)
     user = resolve_run_user(raw, euid, report)
     socket_owner = resolve_socket_owner(raw, euid, report)
     if bad or values is None or user is None or socket_owner is False:
@@ -988,6 +1309,8 @@ def parse_service(given, section, name, globals_, base_dir, euid, error):
     user_name, uid, gid, groups, home, shell = user
     env = {"PATH": globals_.path, "HOME": home, "USER": user_name,
            "LOGNAME": user_name, "SHELL": shell}
+    if flavour is not None:
+        env.update(flavour.environment)  # [supervisord] environment
     env.update(values["environment"])
     values.update(
         name=name, section=section, command=raw["command"].strip(),
@@ -1018,9 +1341,31 @@ SERVICE_CONVERTERS = (
     ("watchdog_secs", to_seconds))
 
 
-def convert_service_keys(raw, base_dir, euid, report):
+def auto_log_files(raw, name, flavour):
+    """supervisord's AUTO for a log file: NAME-stdout.log (-stderr.log) in
+    [supervisord] childlogdir, else in state_dir/logs, which the supervisor
+    makes.  Returns the paths that need no check of their directory now."""
+    trusted = set()
+    for stream in ("stdout", "stderr"):
+        key = stream + "_logfile"
+        if raw[key].strip().upper() != "AUTO":
+            continue
+        if flavour is not None and flavour.childlogdir:
+            directory = flavour.childlogdir
+        else:
+            directory = os.path.join(
+                flavour.state_dir if flavour else default_state_dir(
+                    os.geteuid()), AUTO_LOG_DIR)
+            trusted.add(os.path.join(directory, "%s-%s.log" % (name,
+                                                               stream)))
+        raw[key] = os.path.join(directory, "%s-%s.log" % (name, stream))
+    return trusted
+
+
+def convert_service_keys(raw, base_dir, euid, report, trusted=()):
     """The values of a service's own keys (not user or socket owner), or
-    None after reporting each problem through report(key, message)."""
+    None after reporting each problem through report(key, message).
+    trusted: log file paths in state_dir, made by the supervisor."""
     values, ok = {}, [True]
 
     def convert(key, function, *args):
@@ -1045,11 +1390,15 @@ def convert_service_keys(raw, base_dir, euid, report):
             convert(key, function)
         else:
             values[key] = () if key == "environment" else None
-    convert("stdout_logfile", to_logfile, base_dir, euid)
+    def log_file(value, base_dir, euid):
+        if value.strip() in trusted:
+            return value.strip()
+        return to_logfile(value, base_dir, euid)
+    convert("stdout_logfile", log_file, base_dir, euid)
     # stderr: its own keys where given, else stdout's (and with
     # redirect_stderr, stdout's destination whatever was given).
     for key, function, args in (
-            ("stderr_logfile", to_logfile, (base_dir, euid)),
+            ("stderr_logfile", log_file, (base_dir, euid)),
             ("stderr_logfile_maxbytes", to_byte_size, ()),
             ("stderr_logfile_backups", to_int, ())):
         if raw[key].strip():
@@ -4597,6 +4946,10 @@ class Supervisor:
         release_free_memory()  # before the first fork
         self.log("started: pid %d, config %s, %d services" % (
             self.pid, self.settings.filename, len(self.services)))
+        for warning in self.config.warnings:
+            self.warn("config: %s" % warning)
+        self.raise_limits()
+        self.write_pidfile()
         now = self.clock()
         for service in self.services.values():
             if service.name in adopt:
@@ -4605,6 +4958,61 @@ class Supervisor:
             elif service.config.autostart:
                 service.on_want_up(now)
         self.write_status()
+
+    def raise_limits(self):
+        """[supervisord] minfds and minprocs: raise RLIMIT_NOFILE and
+        RLIMIT_NPROC to at least these (children inherit them)."""
+        import resource
+        for value, limit, name in (
+                (self.settings.minfds, resource.RLIMIT_NOFILE, "minfds"),
+                (self.settings.minprocs, resource.RLIMIT_NPROC, "minprocs")):
+            if not value:
+                continue
+            soft, hard = resource.getrlimit(limit)
+            if soft == resource.RLIM_INFINITY or soft >= value:
+                continue
+            if hard != resource.RLIM_INFINITY and hard < value and \
+                    self.euid != 0:
+                self.warn("[supervisord] %s = %d: the hard limit is %d, and "
+                          "only root may raise it; running with %d" % (
+                              name, value, hard, hard))
+                value = hard
+            try:
+                resource.setrlimit(limit, (value, max(value, hard) if hard
+                                           != resource.RLIM_INFINITY
+                                           else hard))
+            except (ValueError, OSError) as exc:
+                self.warn("[supervisord] %s = %d: cannot raise the limit: "
+                          "%s" % (name, value, exc))
+
+    def write_pidfile(self):
+        """[supervisord] pidfile: our pid there too, so that an existing
+        logrotate rule's kill -USR1 $(cat PIDFILE) reaches us.  Replaced
+        whole, never through a link (replace_file)."""
+        path = self.settings.pidfile
+        if not path:
+            return
+        try:
+            replace_file(path, b"%d\n" % self.pid, 0o644, self.euid)
+        except (OSError, UnsafePath) as exc:
+            self.warn("cannot write the pidfile %s: %s" % (
+                path, getattr(exc, "strerror", None) or exc))
+
+    def remove_pidfile(self):
+        path = self.settings.pidfile
+        if not path:
+            return
+        try:
+            with open(path, "rb") as handle:
+                if handle.read().strip() != b"%d" % self.pid:
+                    return  # another program's by now
+            place = walk_path(path, self.euid)
+            try:
+                os.unlink(place.name, dir_fd=place.fd)
+            finally:
+                os.close(place.fd)
+        except (OSError, UnsafePath):
+            pass
 
     def make_state_dir(self):
         """Create state_dir if need be and check that nobody else can
@@ -4633,6 +5041,14 @@ class Supervisor:
             raise Failure("state_dir %s is writable by others; chmod go-w %s"
                           % (path, path))
         self.state_dir_id = (info.st_dev, info.st_ino)
+        logs = os.path.join(path, AUTO_LOG_DIR)
+        if any(c.stdout_logfile.startswith(logs + "/") or
+               c.stderr_logfile.startswith(logs + "/")
+               for c in self.config.services) and not os.path.isdir(logs):
+            try:
+                os.mkdir(logs, 0o755)  # supervisord's AUTO log files
+            except OSError as exc:
+                raise Failure("cannot create %s: %s" % (logs, exc.strerror))
 
     def take_lock(self):
         """One supervisor per state_dir, held for our whole life by two
@@ -5029,7 +5445,11 @@ class Supervisor:
                 self.log("reload (%s) refused, nothing changed: %s" % (
                     cause, line[len("fcgiwatch: "):]), LOG_ERR)
             return EXIT_USAGE, exc.lines(), []
-        return self.apply(config, "reload (%s)" % cause)
+        for warning in config.warnings:
+            self.warn("config: %s" % warning)
+        code, lines, waits = self.apply(config, "reload (%s)" % cause)
+        return code, ["fcgiwatch: warning: %s" % w
+                      for w in config.warnings] + lines, waits
 
     def apply(self, config, cause):
         """Move from the running config to this one, as reload does.
@@ -5257,6 +5677,7 @@ class Supervisor:
     def finish(self):
         """Leave nothing behind but the status file saying we stopped."""
         self.log("stopped: every service is down")
+        self.remove_pidfile()
         self.write_status()
         self.control.finish_all("fcgiwatch: stopped (pid %d)" % self.pid)
         self.close_everything()
@@ -5327,7 +5748,7 @@ class Supervisor:
         now = self.clock()
         for service in self.handover.restore(state, now):
             self.services[service.name] = service
-        self.config = Config(new_config.globals, tuple(
+        self.config = new_config._replace(services=tuple(
             s.config for s in self.services.values()))
         self.order_services()
         if any(s.config.ready == "notify" for s in self.services.values()):
@@ -6573,6 +6994,15 @@ class ControlServer:
         programs = {}
         for service in services.values():
             programs.setdefault(service.config.program, []).append(service)
+        # [group:NAME]: NAME or NAME:* is all its programs, NAME:PROGRAM one
+        # of them (supervisorctl's names).
+        for group, members in self.supervisor.config.groups:
+            programs.setdefault(group, [
+                s for p in members for s in programs.get(p, ())])
+            programs.setdefault(group + ":*", programs[group])
+            for member in members:
+                programs.setdefault(group + ":" + member,
+                                    programs.get(member, []))
         unknown = [n for n in names if n not in services and n not in
                    programs]
         if unknown:
@@ -6947,8 +7377,12 @@ def parse_args(argv):
     if as_json and action != "status":
         raise UsageError("--json goes with --status")
     for name in names:
-        if name != "all" and not SERVICE_NAME_RE.match(name):
-            raise UsageError("%r is not a service name" % name)
+        group, colon, member = name.partition(":")
+        if name != "all" and not SERVICE_NAME_RE.match(name) and not (
+                colon and SERVICE_NAME_RE.match(group) and (
+                    member == "*" or SERVICE_NAME_RE.match(member))):
+            raise UsageError("%r is not a service name (or GROUP:NAME, "
+                             "GROUP:*)" % name)
     if "all" in names and (len(names) > 1 or action == "status"):
         raise UsageError("all stands alone, and --status lists every "
                          "service without it")
@@ -6997,7 +7431,8 @@ def configured_state_dir(text):
         cut = min(i for i in (stripped.find("="), stripped.find(":"),
                               len(stripped)) if i >= 0)
         if stripped[:cut].strip().lower() == "state_dir":
-            value = stripped[cut + 1:].strip()
+            # A ';' or '#' after white space starts a comment.
+            value = re.split(r"\s[;#]", stripped[cut + 1:])[0].strip()
     return value
 
 
@@ -7227,6 +7662,8 @@ def main(argv=None):
                                                     reason)])
             config = load_config(config_path, euid)
             if options.action == "check":
+                sys.stdout.write("".join("warning: %s\n" % w
+                                         for w in config.warnings))
                 sys.stdout.write("\n".join(describe_config(config)) + "\n")
                 return EXIT_OK
             if options.action == "daemon":

@@ -397,8 +397,17 @@ class ParseConfigTests(unittest.TestCase):
              "[fcgiwatch] syslogg: unknown key"),
             ("[fcgiwatch]\nsyslog_facility = nope\n[a]\ncommand = x\n",
              "[fcgiwatch] syslog_facility: 'nope' is not a syslog facility"),
-            ("[a]\ncommand = x\ncommand = y\n", "[a] command: line 3: the "
-             "key appears twice"),
+            ("[a]\ncommand = 'a ; b'\n", "cut this value from \"'a ; b'\""),
+            ("[a]\ncommand = x\n[group:g]\nprograms = a,nope\n",
+             "[group:g] programs: no such program: nope"),
+            ("[fcgi-program:php]\ncommand = php-cgi\n",
+             "[fcgi-program:php] socket: missing"),
+            ("[a]\ncommand = echo %(ENV_FWTEST_UNSET_VAR)s\n",
+             "the supervisor's environment has no FWTEST_UNSET_VAR"),
+            ("[a]\ncommand = x\nnumprocs = 2\n", "[a] process_name: must "
+             "contain %(process_num)d"),
+            ("[odd:a]\ncommand = x\n", "[odd:a]: not a section fcgiwatch "
+             "knows"),
             ("command = x\n", "line 1: text before the first [section]"),
             ("[a]\ncommand = x\njunk line\n", "line 3: not a key = value"),
             ("", "the file is empty"),
@@ -468,6 +477,119 @@ class ParseConfigTests(unittest.TestCase):
             """).services
         self.assertEqual(service.stopsignal, signal.SIGQUIT)
         self.assertEqual(service.stdout_logfile, "null")
+
+    def warnings(self, config):
+        return [str(w) for w in config.warnings]
+
+    def test_supervisord_reading_rules(self):
+        """What supervisord reads, fcgiwatch reads the same."""
+        config = parse("""
+            [program:web]
+            command = sh -c 'echo a;echo b' ; a comment after white space
+            autostart = false # so is this
+            environment = A="1",B="x;y"
+            stdout_events_enabled = true
+            startsecs = 3
+            startsecs = 5
+            [program:job]
+            command = migrate
+            [own]
+            command = x
+            """)
+        by_name = dict((c.name, c) for c in config.services)
+        web, job, own = by_name["web"], by_name["job"], by_name["own"]
+        self.assertEqual(web.argv, ("sh", "-c", "echo a;echo b"))
+        self.assertFalse(web.autostart)
+        self.assertEqual(dict(web.environment)["B"], "x;y")
+        self.assertEqual(web.startsecs, 5)  # the later one, as supervisord
+        warnings = self.warnings(config)
+        self.assertTrue(any("[program:web] startsecs: line 8: given again"
+                            in w for w in warnings), warnings)
+        self.assertTrue(any("[program:web] stdout_events_enabled: ignored"
+                            in w for w in warnings), warnings)
+        # supervisord's default for autorestart in its own sections.
+        self.assertEqual((job.autorestart, own.autorestart),
+                         ("unexpected", "true"))
+
+    def test_supervisord_sections(self):
+        tmp = tempfile.mkdtemp(prefix="fwt")
+        self.addCleanup(shutil.rmtree, tmp, True)
+        os.chmod(tmp, 0o755)
+        logs = os.path.join(tmp, "logs")
+        os.mkdir(logs, 0o755)
+        config = parse("""
+            [unix_http_server]
+            file = /tmp/supervisor.sock
+            [supervisord]
+            logfile = %(here)s/supervisord.log
+            pidfile = %(here)s/supervisord.pid
+            childlogdir = %(here)s/logs
+            nodaemon = true
+            environment = FROM_SUPERVISORD="yes"
+            umask = 027
+            minfds = 2048
+            [rpcinterface:supervisor]
+            supervisor.rpcinterface_factory = x
+            [supervisorctl]
+            serverurl = unix:///tmp/supervisor.sock
+            [eventlistener:crashmail]
+            command = crashmail -m root
+            [program:app]
+            command = sleep %(process_num)d
+            stdout_logfile = AUTO
+            stderr_logfile = NONE
+            [group:web]
+            programs = app
+            priority = 7
+            """, filename=os.path.join(tmp, "supervisord.conf"))
+        (app,) = config.services
+        self.assertEqual(config.globals.log_file,
+                         os.path.join(tmp, "supervisord.log"))
+        self.assertEqual(config.globals.pidfile,
+                         os.path.join(tmp, "supervisord.pid"))
+        self.assertEqual(config.globals.minfds, 2048)
+        self.assertEqual(app.stdout_logfile, os.path.join(
+            logs, "app-stdout.log"))
+        self.assertEqual(app.stderr_logfile, "null")
+        self.assertEqual(dict(app.env)["FROM_SUPERVISORD"], "yes")
+        self.assertEqual(app.umask, 0o27)
+        self.assertEqual(app.priority, 7)
+        self.assertEqual(config.groups, (("web", ("app",)),))
+        text = "\n".join(self.warnings(config))
+        for section in ("[unix_http_server]", "[rpcinterface:supervisor]",
+                        "[supervisorctl]", "[eventlistener:crashmail]: event "
+                        "listeners are not run; alert_command",
+                        "[supervisord]: not used by fcgiwatch: nodaemon"):
+            self.assertIn(section, text)
+
+    def test_include(self):
+        tmp = tempfile.mkdtemp(prefix="fwt")
+        self.addCleanup(shutil.rmtree, tmp, True)
+        conf_d = os.path.join(tmp, "conf.d")
+        os.mkdir(conf_d)
+        with open(os.path.join(conf_d, "b.conf"), "w") as handle:
+            handle.write("[program:b]\ncommand = sleep 2\n"
+                         "[include]\nfiles = ../more/*.ini\n")
+        with open(os.path.join(conf_d, "a.conf"), "w") as handle:
+            handle.write("[program:a]\ncommand = sleep %(here)s\n")
+        os.mkdir(os.path.join(tmp, "more"))
+        with open(os.path.join(tmp, "more", "c.ini"), "w") as handle:
+            handle.write("[program:c]\ncommand = sleep 3\nbogus_key = 1\n")
+        main = os.path.join(tmp, "main.conf")
+        config = parse("[include]\nfiles = conf.d/*.conf nothing/*.conf\n",
+                       filename=main)
+        by_name = dict((c.name, c) for c in config.services)
+        self.assertEqual(sorted(by_name), ["a", "b", "c"])
+        self.assertEqual(by_name["a"].argv, ("sleep", conf_d))
+        # Warnings and errors name the file that holds the line.
+        self.assertTrue(any(w.startswith(os.path.join(tmp, "more", "c.ini"))
+                            for w in self.warnings(config)))
+        with open(os.path.join(conf_d, "z.conf"), "w") as handle:
+            handle.write("[program:z]\nstartsecs = -1\ncommand = x\n")
+        with self.assertRaises(fcgiwatch.ConfigErrors) as caught:
+            parse("[include]\nfiles = conf.d/*.conf\n", filename=main)
+        self.assertIn(os.path.join(conf_d, "z.conf") + " [program:z] "
+                      "startsecs", str(caught.exception))
 
     def test_diff_configs(self):
         old = parse("""
@@ -1072,8 +1194,10 @@ class CoreTests(SupervisorCase):
         self.assertTrue(is_alive(entry["pid"]))
 
     def test_startsecs_zero_never_hot_loops(self):
-        self.start({"quick": {"command": "true", "startsecs": "0"}},
-                   wait_up=False)
+        # autorestart = true: a [program:x] section's default, supervisord's
+        # unexpected, would leave an exit 0 down.
+        self.start({"quick": {"command": "true", "startsecs": "0",
+                              "autorestart": "true"}}, wait_up=False)
         wait_for(lambda: self.entry("quick")["state"] == "backoff", 5,
                  "backoff")
         time.sleep(0.5)  # a hot loop would spawn hundreds meanwhile
@@ -1855,6 +1979,128 @@ class PoolTests(SupervisorCase):
         wait_for(lambda: len(self.marked()) == 1, 5, "one instance left")
 
 
+#: A supervisord file in the style of echo_supervisord_conf, as a user
+#: has it; {tmp} and {php} are filled in by the test.
+SUPERVISORD_SAMPLE = """\
+; Sample supervisor config file.
+[unix_http_server]
+file={tmp}/supervisor.sock   ; the path to the socket file
+chmod=0700                 ; socket file mode (default 0700)
+
+[supervisord]
+logfile={tmp}/supervisord.log ; main log file; default $CWD/supervisord.log
+logfile_maxbytes=50MB        ; max main logfile bytes b4 rotation; default 50MB
+logfile_backups=10           ; # of main logfile backups; 0 means none
+loglevel=info                ; log level; default info; others: debug,warn
+pidfile={tmp}/supervisord.pid ; supervisord pidfile; default supervisord.pid
+nodaemon=false               ; start in foreground if true; default false
+minfds=1024                  ; min. avail startup file descriptors
+minprocs=200                 ; min. avail process descriptors;default 200
+
+[rpcinterface:supervisor]
+supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
+
+[supervisorctl]
+serverurl=unix://{tmp}/supervisor.sock ; use a unix:// URL  for a unix socket
+
+[eventlistener:crashmail]
+command=crashmail -a -m root@localhost
+events=PROCESS_STATE_EXITED
+
+[group:web]
+programs=gunicorn,celery
+
+[include]
+files = conf.d/*.conf
+"""
+
+SUPERVISORD_CONF_D = {
+    "celery.conf": """\
+[program:celery]
+command=sleep 1000 ; celery -A proj worker --loglevel=INFO
+directory=%(here)s
+numprocs=1
+process_name=%(program_name)s
+environment=HOME="%(ENV_HOME)s",C_FORCE_ROOT="true"
+stopasgroup=true
+killasgroup=true
+startsecs=1
+stopwaitsecs = 600
+stdout_logfile=AUTO
+redirect_stderr=true
+stdout_events_enabled=false
+""",
+    "gunicorn.conf": """\
+[program:gunicorn]
+command=sleep 1001
+autostart=true
+autorestart=true
+startsecs=0.5
+stdout_logfile=NONE
+""",
+    "php.conf": """\
+[fcgi-program:php]
+socket=tcp://127.0.0.1:{port}
+command={php}
+numprocs=2
+process_name=%(program_name)s_%(process_num)02d
+startsecs=0.5
+""",
+}
+
+
+class SupervisordFileTests(SupervisorCase):
+    """A supervisord user's files, copied as they are."""
+
+    def test_sample_file_with_includes_runs(self):
+        php = shutil.which("php-cgi")
+        command = php or "sleep 1002"
+        conf_d = os.path.join(self.tmp, "conf.d")
+        os.mkdir(conf_d)
+        for name, text in SUPERVISORD_CONF_D.items():
+            with open(os.path.join(conf_d, name), "w") as handle:
+                handle.write(text.format(port=free_port(), php=command))
+        with open(self.conf, "w") as handle:
+            handle.write("[fcgiwatch]\nstate_dir = %s\nsyslog = no\n\n"
+                         % self.state_dir)
+            handle.write(SUPERVISORD_SAMPLE.format(tmp=self.tmp))
+        code, out, err = self.cli("--check")
+        self.assertEqual(code, 0, out + err)
+        warnings = [line for line in out.splitlines()
+                    if line.startswith("warning: ")]
+        for expected in ("[unix_http_server]", "[rpcinterface:supervisor]",
+                         "[supervisorctl]", "[eventlistener:crashmail]",
+                         "[supervisord]: not used by fcgiwatch: logfile_backups",
+                         "[program:celery] stdout_events_enabled: ignored"):
+            self.assertTrue(any(expected in w for w in warnings),
+                            (expected, warnings))
+        self.assertLess(out.index("warning: "), out.index("config "))
+        names = ["celery", "gunicorn", "php_00", "php_01"]
+        self.start(None, wait_up=False)
+        for name in names:
+            self.wait_state(name, "up", timeout=15)
+        celery = self.entry("celery")
+        with open("/proc/%d/environ" % celery["pid"], "rb") as handle:
+            env = handle.read().split(b"\0")
+        self.assertIn(("HOME=%s" % os.environ["HOME"]).encode(), env)
+        self.assertEqual(celery["logs"]["stdout"], os.path.join(
+            self.state_dir, "logs", "celery-stdout.log"))
+        with open(os.path.join(self.tmp, "supervisord.pid")) as handle:
+            self.assertEqual(int(handle.read()), self.proc.pid)
+        # The group's name, as supervisorctl takes it.
+        before = dict((n, self.entry(n)["pid"]) for n in names)
+        code, out, err = self.cli("--restart", "web")
+        self.assertEqual(code, 0, out + err)
+        self.assertNotEqual(self.entry("gunicorn")["pid"], before["gunicorn"])
+        self.assertNotEqual(self.entry("celery")["pid"], before["celery"])
+        self.assertEqual(self.entry("php_00")["pid"], before["php_00"])
+        code, out, err = self.cli("--restart", "web:gunicorn")
+        self.assertEqual(code, 0, out + err)
+        self.stop_supervisor()
+        self.assertFalse(os.path.exists(os.path.join(self.tmp,
+                                                     "supervisord.pid")))
+
+
 class ProcessTreeTests(SupervisorCase):
     """The supervisor is the subreaper of its services' trees: orphans are
     reaped at once, descendants that left the group are stopped with the
@@ -1950,8 +2196,9 @@ class ProcessTreeTests(SupervisorCase):
             time.sleep(0.2)
         self.assertEqual(self.entry("daemon")["restarts"], 0)
         os.kill(entry["pid"], signal.SIGKILL)
-        again = self.wait_state("daemon", "up", pid_not=entry["pid"])
-        wait_for(lambda: self.marked() == [again["pid"]], 5, "one daemon")
+        self.wait_state("daemon", "up", pid_not=entry["pid"])
+        wait_for(lambda: self.marked() == [(self.entry("daemon") or {}).get(
+            "pid")], 10, "one daemon, the service's")
         code, out, err = self.cli("--stop", "daemon")
         self.assertEqual(code, 0, out + err)
         self.assertEqual(self.marked(), [])
@@ -4046,7 +4293,9 @@ class StabilityTests(SupervisorCase):
 
 
 CONFIG_KEYS = sorted(fcgiwatch.SERVICE_DEFAULTS) + list(
-    fcgiwatch.GLOBAL_KEYS) + ["bogus", "COMMAND", ""]
+    fcgiwatch.GLOBAL_KEYS) + ["bogus", "COMMAND", ""] + list(
+        fcgiwatch.SUPERVISORD_USED) + ["programs", "files", "nodaemon",
+                                       "stdout_events_enabled"]
 CONFIG_VALUES = [
     "", "0", "-1", "1.5", "nan", "inf", "1e999", "true", "maybe", "forever",
     "TERM", "SIGKILL", "99", "0o777", "0888", "10MB", "1GB", "syslog", "null",
@@ -4054,7 +4303,10 @@ CONFIG_VALUES = [
     "fcgi:///x.sock", "http://[::1]:80/", "udp://127.0.0.1:514", "nobody",
     "root", "nosuchuser", "A=1,B='2", "A=\"x\"", "sleep 1", "'unbalanced",
     "%(x)s", "\x00", "\u00e9\u00e8", "a" * 5000, "unix:///tmp/s",
-    "fcgi://h:70000", "-", ":", "[x]"]
+    "fcgi://h:70000", "-", ":", "[x]", "%(process_num)02d", "%(here)s",
+    "%(ENV_HOME)s", "%(ENV_FWTEST_NOPE)s", "%%", "%(numprocs)c", "AUTO",
+    "NONE", "a ; b", "'a ; b'", "x # c", "nothing/*.conf", "a,b", "b", "3",
+    "%(program_name)s_%(process_num)d"]
 
 
 def random_config(rng):
@@ -4064,10 +4316,13 @@ def random_config(rng):
     for _ in range(rng.randint(0, 7)):
         pick = rng.random()
         if pick < 0.15:
-            lines.append("[fcgiwatch]")
+            lines.append(rng.choice(["[fcgiwatch]", "[supervisord]",
+                                     "[include]", "[supervisorctl]"]))
         elif pick < 0.45:
             lines.append("[%s%s]" % (rng.choice(["", "program:",
-                                                 "fcgi-program:"]),
+                                                 "fcgi-program:", "group:",
+                                                 "eventlistener:",
+                                                 "rpcinterface:", "odd:"]),
                                      rng.choice(["a", "b", "a b", "", "x.y",
                                                  "-x", "DEFAULT", "\u00e9"])))
         else:
