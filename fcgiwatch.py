@@ -242,7 +242,7 @@ class Failure(Exception):
 
 GlobalConfig = namedtuple("GlobalConfig", [
     "filename", "state_dir", "syslog", "syslog_facility", "syslog_socket",
-    "log_file", "path", "pidfile", "minfds", "minprocs"])
+    "log_file", "path", "pidfile", "minfds", "minprocs", "metrics_file"])
 
 ServiceConfig = namedtuple("ServiceConfig", [
     "name", "section", "command", "argv", "user", "uid", "gid", "groups",
@@ -312,7 +312,7 @@ EXPANSION_RE = re.compile(
     r"%%|%\(([^)]*)\)([#0 +-]*[0-9]*(?:\.[0-9]+)?[diouxXeEfFgGcrs])")
 
 GLOBAL_KEYS = ("state_dir", "syslog", "syslog_facility", "syslog_socket",
-               "log_file", "path")
+               "log_file", "path", "metrics_file")
 
 #: The keys whose value may continue on indented lines below.
 MULTILINE_KEYS = ("command", "environment")
@@ -1165,7 +1165,8 @@ def parse_globals(values, filename, base_dir, euid, error, supervisord):
         log_file=convert("log_file", log_file, supervisord["log_file"]),
         path=convert("path", path_list, DEFAULT_PATH),
         pidfile=supervisord["pidfile"], minfds=supervisord["minfds"],
-        minprocs=supervisord["minprocs"])
+        minprocs=supervisord["minprocs"],
+        metrics_file=convert("metrics_file", log_file, None))
 
 
 def expand(value, names):
@@ -3918,6 +3919,7 @@ class Service:
             "message": self.message, "why": self.why,
             "logs": self.log_destinations(),
             "pgid": (run.pgid or None) if run else None,
+            "started": round(run.started_wall, 3) if run else None,
             "start_time": run.read_start_time() if run else None,
             "priority": config.priority,
             "fingerprint": config_fingerprint(config),
@@ -4872,6 +4874,7 @@ class Supervisor:
         self.status_written = -STATUS_INTERVAL
         self.status_warned = False  # one warning until a write works again
         self.status_problem = None  # why the status file is stale, if it is
+        self.metrics_warned = False
         self.state_dir_id = None    # (st_dev, st_ino) of state_dir
         self.lock_sock = None       # the abstract socket that is our lock
         self.state_dir_warned = False
@@ -5382,7 +5385,8 @@ class Supervisor:
         import json
         self.status_dirty = False
         self.status_written = self.clock()
-        data = json.dumps(self.status_document(), separators=(",", ":"))
+        doc = self.status_document()
+        data = json.dumps(doc, separators=(",", ":"))
         data = data.encode("utf-8") + b"\n"
         try:
             try:
@@ -5407,6 +5411,26 @@ class Supervisor:
             self.log("%s is written again" % self.status_path)
         self.status_warned = False
         self.status_problem = None
+        self.write_metrics(doc)
+
+    def write_metrics(self, doc):
+        """metrics_file, replaced whole (never through a link), with each
+        status write: on state changes only, no timer."""
+        path = self.settings.metrics_file
+        if not path:
+            return
+        try:
+            replace_file(path, render_metrics(doc).encode("utf-8"), 0o644,
+                         self.euid)
+        except (OSError, UnsafePath) as exc:
+            if not self.metrics_warned:
+                self.metrics_warned = True
+                self.warn("cannot write metrics_file %s: %s" % (
+                    path, getattr(exc, "strerror", None) or exc))
+            return
+        if self.metrics_warned:
+            self.log("metrics_file %s is written again" % path)
+        self.metrics_warned = False
 
     def mark_status_stale(self):
         """Clear the write bits of the status file we could not replace:
@@ -6541,6 +6565,7 @@ STATUS_SERVICE_TYPES = {
     "fingerprint": MAYBE_INT, "retry_at": (int, float, type(None)),
     "kill_at": (int, float, type(None)), "seconds": NUMBER,
     "next_pid": MAYBE_INT, "retiring_pids": list,
+    "started": (int, float, type(None)),
     "replace_at": (int, float, type(None)), "notify_status": str,
     "program": str, "process_num": int}
 
@@ -6616,6 +6641,94 @@ def read_status_file(state_dir):
     return read_status(state_dir)[0]
 
 
+# ---------------------------------------------------------------------------
+# Prometheus metrics: the status document in the text format that
+# node_exporter's textfile collector reads (metrics_file), and that
+# --status --prometheus prints.
+# ---------------------------------------------------------------------------
+
+#: (name, type, help) of each metric, in the order written.
+METRICS = (
+    ("fcgiwatch_up", "gauge", "1 while the supervisor runs."),
+    ("fcgiwatch_start_time_seconds", "gauge",
+     "When the supervisor started, as a Unix time."),
+    ("fcgiwatch_last_update_timestamp_seconds", "gauge",
+     "When these figures were written, as a Unix time."),
+    ("fcgiwatch_service_up", "gauge", "1 when the service is up."),
+    ("fcgiwatch_service_state", "gauge",
+     "1 for the service's current state, 0 for the others."),
+    ("fcgiwatch_service_wanted_up", "gauge",
+     "1 when the service should be up."),
+    ("fcgiwatch_service_restarts_total", "counter",
+     "Restarts since the supervisor started."),
+    ("fcgiwatch_service_start_time_seconds", "gauge",
+     "When the current run started, as a Unix time (0: no run)."),
+    ("fcgiwatch_service_last_exit_code", "gauge",
+     "The last run's exit code; 128 + N when signal N ended it."),
+    ("fcgiwatch_healthcheck_up", "gauge",
+     "1 while the service's health check passes."),
+)
+
+
+def metric_label(value):
+    """A Prometheus label value, escaped."""
+    return '"%s"' % str(value).replace("\\", "\\\\").replace(
+        '"', '\\"').replace("\n", "\\n")
+
+
+def render_metrics(doc):
+    """The status document as Prometheus text format.
+
+    >>> print(render_metrics({"supervisor": {"started": 5, "written": 9},
+    ...     "services": [{"name": "web", "state": "up", "want": "up",
+    ...                   "restarts": 2, "since": 7}]}).splitlines()[11])
+    fcgiwatch_service_up{name="web"} 1
+    """
+    info = doc["supervisor"]
+    samples = dict((name, []) for name, _kind, _help in METRICS)
+    samples["fcgiwatch_up"].append(("", 0 if info.get("stopped") else 1))
+    samples["fcgiwatch_start_time_seconds"].append(
+        ("", info.get("started", 0)))
+    samples["fcgiwatch_last_update_timestamp_seconds"].append(
+        ("", info.get("written", 0)))
+    for entry in doc["services"]:
+        name = "name=%s" % metric_label(entry["name"])
+        label = "{%s}" % name
+        samples["fcgiwatch_service_up"].append(
+            (label, 1 if entry["state"] == UP else 0))
+        for state in STATES:
+            samples["fcgiwatch_service_state"].append(
+                ("{%s,state=%s}" % (name, metric_label(state)),
+                 1 if entry["state"] == state else 0))
+        samples["fcgiwatch_service_wanted_up"].append(
+            (label, 1 if entry.get("want") == "up" else 0))
+        samples["fcgiwatch_service_restarts_total"].append(
+            (label, entry.get("restarts", 0)))
+        samples["fcgiwatch_service_start_time_seconds"].append(
+            (label, entry.get("started") or 0))
+        last = entry.get("last_exit") or {}
+        if last.get("code") is not None:
+            samples["fcgiwatch_service_last_exit_code"].append(
+                (label, last["code"]))
+        elif last.get("signal"):
+            number = getattr(signal, "SIG" + last["signal"], None)
+            if number is not None:
+                samples["fcgiwatch_service_last_exit_code"].append(
+                    (label, 128 + int(number)))
+        if entry.get("health", "none") != "none":
+            samples["fcgiwatch_healthcheck_up"].append(
+                (label, 1 if entry["health"] == "ok" else 0))
+    lines = []
+    for metric, kind, text in METRICS:
+        if not samples[metric]:
+            continue
+        lines.append("# HELP %s %s" % (metric, text))
+        lines.append("# TYPE %s %s" % (metric, kind))
+        for label, value in samples[metric]:
+            lines.append("%s%s %s" % (metric, label, value))
+    return "\n".join(lines) + "\n"
+
+
 def show_status(state_dir, names, as_json, out=None):
     """--status: print and return the exit code."""
     out = out or sys.stdout
@@ -6669,7 +6782,9 @@ def show_status(state_dir, names, as_json, out=None):
             return EXIT_USAGE
         entries = [known[n] for n in names]
     wall = time.time()
-    if as_json:
+    if as_json == "prometheus":
+        out.write(render_metrics(dict(doc, services=entries)))
+    elif as_json:
         import json
         info = doc["supervisor"]
         info["uptime"] = round(wall - info.get("started", wall), 3)
@@ -7337,8 +7452,11 @@ def parse_args(argv):
             config = arg.split("=", 1)[1]
         elif arg.startswith("-c") and len(arg) > 2:
             config = arg[2:]
-        elif arg == "--json":
-            as_json = True
+        elif arg in ("--json", "--prometheus"):
+            wanted = True if arg == "--json" else "prometheus"
+            if as_json and as_json != wanted:
+                raise UsageError("--json and --prometheus: give one")
+            as_json = wanted
         elif arg == "--resume":  # internal: the second half of --reexec
             if not args:
                 raise UsageError("--resume needs the hand-over file")
@@ -7375,7 +7493,7 @@ def parse_args(argv):
     if NAMED_ACTIONS.get(action) and not names:
         raise UsageError("--%s needs service names, or all" % action)
     if as_json and action != "status":
-        raise UsageError("--json goes with --status")
+        raise UsageError("--json and --prometheus go with --status")
     for name in names:
         group, colon, member = name.partition(":")
         if name != "all" and not SERVICE_NAME_RE.match(name) and not (

@@ -408,6 +408,12 @@ class ParseConfigTests(unittest.TestCase):
              "contain %(process_num)d"),
             ("[odd:a]\ncommand = x\n", "[odd:a]: not a section fcgiwatch "
              "knows"),
+            # As root, no file fcgiwatch writes may sit where others can
+            # plant a link (issue 10): the metrics file, supervisord's pid.
+            ("[fcgiwatch]\nmetrics_file = /tmp/fw.prom\n[a]\ncommand = x\n",
+             "[fcgiwatch] metrics_file: /tmp is writable by everyone"),
+            ("[supervisord]\npidfile = /tmp/fw.pid\n[a]\ncommand = x\n",
+             "[supervisord] pidfile: /tmp is writable by everyone"),
             ("command = x\n", "line 1: text before the first [section]"),
             ("[a]\ncommand = x\njunk line\n", "line 3: not a key = value"),
             ("", "the file is empty"),
@@ -2099,6 +2105,66 @@ class SupervisordFileTests(SupervisorCase):
         self.stop_supervisor()
         self.assertFalse(os.path.exists(os.path.join(self.tmp,
                                                      "supervisord.pid")))
+
+
+class MetricsTests(SupervisorCase):
+    """metrics_file: Prometheus text format, read by a real parser."""
+
+    def families(self, text):
+        try:
+            from prometheus_client.parser import text_string_to_metric_families
+        except ImportError:
+            if os.environ.get("FWTEST_REQUIRE_E2E"):
+                self.fail("prometheus_client is missing, and "
+                          "FWTEST_REQUIRE_E2E is set")
+            self.skipTest("prometheus_client is not installed (pip install "
+                          "prometheus_client)")
+        values = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                key = (sample.name, tuple(sorted(sample.labels.items())))
+                values[key] = sample.value
+        return values
+
+    def metrics(self):
+        return self.families(read_text(self.metrics_path))
+
+    def test_metrics_file_follows_the_status(self):
+        self.metrics_path = os.path.join(self.tmp, "fcgiwatch.prom")
+        self.start({"web": {"command": "sleep 1000"},
+                    "job": {"command": "sleep 1000", "autostart": "false"}},
+                   {"metrics_file": self.metrics_path})
+        web = (("name", "web"),)
+        values = self.metrics()
+        self.assertEqual(values[("fcgiwatch_up", ())], 1)
+        self.assertEqual(values[("fcgiwatch_service_up", web)], 1)
+        self.assertEqual(values[("fcgiwatch_service_wanted_up",
+                                 (("name", "job"),))], 0)
+        self.assertEqual(values[("fcgiwatch_service_state", (
+            ("name", "web"), ("state", "up")))], 1)
+        self.assertEqual(values[("fcgiwatch_service_state", (
+            ("name", "web"), ("state", "backoff")))], 0)
+        self.assertAlmostEqual(values[(
+            "fcgiwatch_service_start_time_seconds", web)],
+            self.entry("web")["started"], places=2)
+        old = self.kill_service("web")
+        self.wait_state("web", "up", pid_not=old)
+        wait_for(lambda: self.metrics().get((
+            "fcgiwatch_service_restarts_total", web)) == 1, 5,
+            "the restart counted")
+        self.assertEqual(self.metrics()[(
+            "fcgiwatch_service_last_exit_code", web)], 128 + 9)
+        self.assertEqual(self.cli("--stop", "web")[0], 0)
+        wait_for(lambda: self.metrics().get(("fcgiwatch_service_up", web))
+                 == 0, 5, "down in the metrics")
+        self.assertEqual(self.metrics()[("fcgiwatch_service_wanted_up",
+                                         web)], 0)
+        code, out, err = self.cli("--status", "--prometheus")
+        self.assertEqual(code, 0, err)
+        self.assertEqual(self.families(out)[("fcgiwatch_service_up", web)],
+                         0)
+        self.stop_supervisor()
+        self.assertEqual(self.metrics()[("fcgiwatch_up", ())], 0)
 
 
 class ProcessTreeTests(SupervisorCase):
