@@ -254,13 +254,15 @@ ServiceConfig = namedtuple("ServiceConfig", [
     "stderr_logfile_backups", "redirect_stderr", "healthcheck",
     "healthcheck_interval", "healthcheck_timeout", "healthcheck_retries",
     "priority", "socket", "socket_owner", "socket_mode", "ready",
-    "watchdog_secs", "program", "process_num", "numprocs"])
+    "watchdog_secs", "program", "process_num", "numprocs",
+    "environment_file", "limits"])
 
 #: Values for the ServiceConfig fields that a --reexec hand-over from an
 #: older version does not carry (fields are only ever added at the end;
 #: program None: the service's own name).
 LATER_FIELDS = {"ready": "startsecs", "watchdog_secs": 0, "program": None,
-                "process_num": 0, "numprocs": 1}
+                "process_num": 0, "numprocs": 1, "environment_file": None,
+                "limits": ()}
 
 #: A whole config: globals, services (instances, in priority order), the
 #: warnings that reading it gave (ConfigError each), and the groups as
@@ -274,7 +276,8 @@ PROCESS_KEYS = (
     "directory", "environment", "env", "umask", "stdout_logfile",
     "stderr_logfile", "stdout_logfile_maxbytes", "stdout_logfile_backups",
     "stderr_logfile_maxbytes", "stderr_logfile_backups", "redirect_stderr",
-    "socket", "socket_owner", "socket_mode", "ready", "watchdog_secs")
+    "socket", "socket_owner", "socket_mode", "ready", "watchdog_secs",
+    "environment_file", "limits")
 
 #: The process keys that shape a service's output pipes: a run keeps its
 #: pipes across a change of any other (an overlapping restart's old run
@@ -299,7 +302,8 @@ SERVICE_DEFAULTS = {
     "healthcheck_retries": "3", "priority": "999", "socket": "",
     "socket_owner": "", "socket_mode": "0700", "ready": "startsecs",
     "watchdog_secs": "0", "numprocs": "1", "numprocs_start": "0",
-    "process_name": "%(program_name)s",
+    "process_name": "%(program_name)s", "environment_file": "",
+    "limits": "",
 }
 
 #: Keys that shape the instances of a program, read before its sections'
@@ -468,6 +472,97 @@ def to_ready(value):
                          "startsecs), notify (ready when it sends READY=1 "
                          "to $NOTIFY_SOCKET)" % value)
     return word
+
+
+#: limits = NAME=VALUE, ...: the names (daemontools' softlimit's, by what
+#: they limit) and whether the value is a size.
+LIMIT_NAMES = {
+    "nofile": ("RLIMIT_NOFILE", False), "nproc": ("RLIMIT_NPROC", False),
+    "core": ("RLIMIT_CORE", True), "as": ("RLIMIT_AS", True),
+    "data": ("RLIMIT_DATA", True), "stack": ("RLIMIT_STACK", True),
+    "fsize": ("RLIMIT_FSIZE", True), "memlock": ("RLIMIT_MEMLOCK", True),
+    "rss": ("RLIMIT_RSS", True), "cpu": ("RLIMIT_CPU", False)}
+
+
+def to_limits(value):
+    """limits as ((name, number or -1 for unlimited), ...), sorted.
+
+    >>> to_limits("nofile=123, core=0, as=2GB, cpu=unlimited")
+    (('as', 2147483648), ('core', 0), ('cpu', -1), ('nofile', 123))
+    """
+    found = {}
+    for item in value.replace("\n", ",").split(","):
+        item = item.strip()
+        if not item:
+            continue
+        name, sep, number = item.partition("=")
+        name, number = name.strip().lower(), number.strip()
+        if not sep or name not in LIMIT_NAMES:
+            raise ValueError("%r is not NAME=VALUE with NAME one of %s" % (
+                item, ", ".join(sorted(LIMIT_NAMES))))
+        if number.lower() in ("unlimited", "infinity"):
+            found[name] = -1
+        elif LIMIT_NAMES[name][1]:
+            found[name] = to_byte_size(number)
+        else:
+            found[name] = to_int(number)
+    return tuple(sorted(found.items()))
+
+
+def read_environment_file(path, identity, euid):
+    """The (name, value) pairs of an environment_file, systemd's
+    EnvironmentFile= form: KEY=VALUE lines, '#' or ';' comments, optional
+    export, values in single or double quotes (backslash escapes in
+    double ones).  Raises ValueError with the reason, for --status.
+
+    As root it is opened as the run user (identity: uid, gid, groups, or
+    None for the supervisor's own user): a user cannot read a
+    file into a service's environment that the user could not read, nor
+    plant a link to one, and a file that anyone but root and the run user
+    may change is refused, as an unsafe config is."""
+    import shlex
+    uid = identity[0] if identity else None
+    try:
+        if euid == 0 and identity is not None:
+            fd = with_identity(identity, os.open, path,
+                               os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        else:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise ValueError("environment_file %s: %s" % (path, exc.strerror))
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if euid == 0 and (info.st_uid not in (0, uid if uid is not None
+                                              else 0) or
+                          info.st_mode & 0o022):
+            raise ValueError("environment_file %s can be changed by someone "
+                             "other than root and the run user (owner uid "
+                             "%d, mode %o); chown and chmod go-w it" % (
+                                 path, info.st_uid, info.st_mode & 0o7777))
+        data = handle.read(1 << 20)
+    pairs = []
+    for number, line in enumerate(data.decode("utf-8", "replace")
+                                  .splitlines(), 1):
+        text = line.strip()
+        if not text or text[0] in "#;":
+            continue
+        if text.startswith("export "):
+            text = text[len("export "):].lstrip()
+        name, sep, value = text.partition("=")
+        name = name.strip()
+        if not sep or not ENV_NAME_RE.match(name):
+            raise ValueError("environment_file %s line %d: not KEY=value"
+                             % (path, number))
+        value = value.strip()
+        if value[:1] in ("'", '"'):
+            try:
+                words = shlex.split(value)
+            except ValueError:
+                raise ValueError("environment_file %s line %d: an unclosed "
+                                 "quote" % (path, number))
+            value = words[0] if words else ""
+        pairs.append((name, value))
+    return tuple(pairs)
 
 
 def to_autorestart(value):
@@ -1339,7 +1434,7 @@ SERVICE_CONVERTERS = (
     ("healthcheck_retries", lambda v: to_int(v, 1)),
     ("priority", lambda v: to_int(v, None)),
     ("socket_mode", to_octal), ("ready", to_ready),
-    ("watchdog_secs", to_seconds))
+    ("watchdog_secs", to_seconds), ("limits", to_limits))
 
 
 def auto_log_files(raw, name, flavour):
@@ -1391,6 +1486,11 @@ def convert_service_keys(raw, base_dir, euid, report, trusted=()):
             convert(key, function)
         else:
             values[key] = () if key == "environment" else None
+    text = raw["environment_file"].strip()
+    # Read at each start (a rotated secret is picked up by a restart):
+    # here only where it is.
+    values["environment_file"] = os.path.normpath(os.path.join(
+        base_dir, os.path.expanduser(text))) if text else None
     def log_file(value, base_dir, euid):
         if value.strip() in trusted:
             return value.strip()
@@ -1537,7 +1637,7 @@ def config_from_json(values):
     if fields["program"] is None:
         fields["program"] = fields["name"]
     for key in ("argv", "groups", "environment", "env", "exitcodes",
-                "socket_owner"):
+                "socket_owner", "limits"):
         fields[key] = tuples(fields[key])
     for key in ("healthcheck", "socket"):
         if fields[key] is not None:
@@ -1625,7 +1725,7 @@ HAVE_SPAWN_SETSID = sys.version_info >= (3, 8) and hasattr(os, "posix_spawn")
 
 
 def spawn_child(config, stdin_fd, stdout_fd, stderr_fd, reset_signals,
-                home_fd=None, identity=()):
+                home_fd=None, identity=(), file_env=()):
     """Start one run of a service.  identity: (name, value) pairs added to
     its environment where the config sets no such name (service_identity).
 
@@ -1639,17 +1739,25 @@ def spawn_child(config, stdin_fd, stdout_fd, stderr_fd, reset_signals,
     argv = list(config.argv)
     env = dict(identity)
     env.update(config.env)
+    if file_env:
+        # environment_file comes before environment: the config's own say.
+        env.update(file_env)
+        env.update(config.environment)
     programs = program_candidates(argv[0], env.get("PATH", DEFAULT_PATH))
-    if config.uid is None and HAVE_SPAWN_SETSID and home_fd is not None:
+    # posix_spawn cannot set rlimits in the child: with limits, fork.
+    if config.uid is None and HAVE_SPAWN_SETSID and home_fd is not None \
+            and not config.limits:
         return spawn_without_fork(config, programs, argv, env, (
             stdin_fd, stdout_fd, stderr_fd), reset_signals, home_fd), -1
     err_read, err_write = os.pipe()  # both close-on-exec (PEP 446)
+    limits = child_limits(config.limits)
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
     try:
         pid = os.fork()
         if pid == 0:
             child_exec(config, programs, argv, env, stdin_fd, stdout_fd,
-                       stderr_fd, err_write, reset_signals)  # never returns
+                       stderr_fd, err_write, reset_signals,
+                       limits)  # never returns
     except BaseException:
         os.close(err_read)
         raise
@@ -1711,8 +1819,25 @@ def program_candidates(name, path):
     return [os.path.join(d or ".", name) for d in path.split(os.pathsep)]
 
 
+def child_limits(limits):
+    """(resource number, soft, hard) for setrlimit in the child, worked
+    out in the parent (no import after fork): a limit sets both, and
+    unlimited is RLIM_INFINITY."""
+    if not limits:
+        return ()
+    import resource
+    out = []
+    for name, value in limits:
+        number = getattr(resource, LIMIT_NAMES[name][0], None)
+        if number is None:
+            continue
+        value = resource.RLIM_INFINITY if value < 0 else value
+        out.append((number, value, value, resource.setrlimit))
+    return tuple(out)
+
+
 def child_exec(config, programs, argv, env, stdin_fd, stdout_fd, stderr_fd,
-               err_write, reset_signals):
+               err_write, reset_signals, limits=()):
     """The child between fork and exec.  System calls only; never returns.
 
     A Python exception escaping from here would leave a second supervisor
@@ -1737,6 +1862,10 @@ def child_exec(config, programs, argv, env, stdin_fd, stdout_fd, stderr_fd,
         step, path = "chdir", config.directory
         os.chdir(config.directory)
         os.umask(config.umask)
+        # Before the user changes: only root may raise a hard limit.
+        step, path = "limits", ""
+        for number, soft, hard, setrlimit in limits:
+            setrlimit(number, (soft, hard))
         if config.uid is not None:
             step, path = "setgroups", ""
             os.setgroups(list(config.groups))
@@ -3527,11 +3656,19 @@ class Service:
                 if config.watchdog_secs:
                     identity += (("WATCHDOG_USEC", "%d" % (
                         config.watchdog_secs * 1000000)),)
+            file_env = ()
+            if config.environment_file:
+                # Read at every start: a rotated secret takes a restart.
+                file_env = read_environment_file(
+                    config.environment_file, None if config.uid is None
+                    else (config.uid, config.gid, config.groups),
+                    supervisor.euid)
             stdin_fd, stdout_fd, stderr_fd = self.child_fds()
             pid, exec_fd = spawn_child(config, stdin_fd, stdout_fd, stderr_fd,
                                        supervisor.reset_signals,
-                                       supervisor.home_fd, identity)
-        except Failure as exc:
+                                       supervisor.home_fd, identity,
+                                       file_env)
+        except (Failure, ValueError) as exc:
             return str(exc)
         except SpawnError as exc:
             return str(exc)

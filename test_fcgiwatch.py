@@ -2167,6 +2167,52 @@ class MetricsTests(SupervisorCase):
         self.assertEqual(self.metrics()[("fcgiwatch_up", ())], 0)
 
 
+class RunEnvironmentTests(SupervisorCase):
+    """environment_file, read at every start; limits, set in the child."""
+
+    def environ(self, pid):
+        with open("/proc/%d/environ" % pid, "rb") as handle:
+            return dict(item.decode().split("=", 1) for item in
+                        handle.read().split(b"\0") if item)
+
+    def test_environment_file_read_at_every_start(self):
+        path = os.path.join(self.tmp, "app.env")
+        with open(path, "w") as handle:
+            handle.write("# secrets\n; another comment\n\n"
+                         "export TOKEN='s3cret value'\n"
+                         'QUOTED="a \\"b\\" c"\nPLAIN=x=y\nLATER=file\n')
+        self.start({"app": {"command": "sleep 1000", "user": "nobody",
+                            "environment_file": path,
+                            "environment": "LATER=config"}})
+        env = self.environ(self.entry("app")["pid"])
+        self.assertEqual((env["TOKEN"], env["QUOTED"], env["PLAIN"]),
+                         ("s3cret value", 'a "b" c', "x=y"))
+        self.assertEqual(env["LATER"], "config", "environment wins")
+        with open(path, "w") as handle:
+            handle.write("TOKEN=rotated\n")
+        self.assertEqual(self.cli("--restart", "app")[0], 0)
+        self.assertEqual(self.environ(self.entry("app")["pid"])["TOKEN"],
+                         "rotated")
+        # Writable by others: refused, and the reason is in --status.
+        os.chmod(path, 0o666)
+        code, out, err = self.cli("--restart", "app")
+        self.assertEqual(code, 1, out + err)
+        self.assertIn("can be changed by someone other than root", err)
+        os.chmod(path, 0o644)
+        os.unlink(path)
+        wait_for(lambda: "environment_file %s: No such file" % path in
+                 self.cli("--status", "app")[1], 10, "the reason in --status")
+
+    def test_limits_set_in_the_child(self):
+        self.start({"app": {"command": "sleep 1000",
+                            "limits": "nofile=123, core=0, as=unlimited"}})
+        limits = read_text("/proc/%d/limits" % self.entry("app")["pid"])
+        self.assertRegex(limits, r"Max open files\s+123\s+123")
+        self.assertRegex(limits, r"Max core file size\s+0\s+0")
+        self.assertRegex(limits,
+                         r"Max address space\s+unlimited\s+unlimited")
+
+
 class ProcessTreeTests(SupervisorCase):
     """The supervisor is the subreaper of its services' trees: orphans are
     reaped at once, descendants that left the group are stopped with the
