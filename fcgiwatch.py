@@ -255,14 +255,16 @@ ServiceConfig = namedtuple("ServiceConfig", [
     "healthcheck_interval", "healthcheck_timeout", "healthcheck_retries",
     "priority", "socket", "socket_owner", "socket_mode", "ready",
     "watchdog_secs", "program", "process_num", "numprocs",
-    "environment_file", "limits"])
+    "environment_file", "limits", "stdout_logfile_timestamps",
+    "stderr_logfile_timestamps"])
 
 #: Values for the ServiceConfig fields that a --reexec hand-over from an
 #: older version does not carry (fields are only ever added at the end;
 #: program None: the service's own name).
 LATER_FIELDS = {"ready": "startsecs", "watchdog_secs": 0, "program": None,
                 "process_num": 0, "numprocs": 1, "environment_file": None,
-                "limits": ()}
+                "limits": (), "stdout_logfile_timestamps": False,
+                "stderr_logfile_timestamps": False}
 
 #: A whole config: globals, services (instances, in priority order), the
 #: warnings that reading it gave (ConfigError each), and the groups as
@@ -303,7 +305,8 @@ SERVICE_DEFAULTS = {
     "socket_owner": "", "socket_mode": "0700", "ready": "startsecs",
     "watchdog_secs": "0", "numprocs": "1", "numprocs_start": "0",
     "process_name": "%(program_name)s", "environment_file": "",
-    "limits": "",
+    "limits": "", "stdout_logfile_timestamps": "false",
+    "stderr_logfile_timestamps": "",
 }
 
 #: Keys that shape the instances of a program, read before its sections'
@@ -1434,7 +1437,8 @@ SERVICE_CONVERTERS = (
     ("healthcheck_retries", lambda v: to_int(v, 1)),
     ("priority", lambda v: to_int(v, None)),
     ("socket_mode", to_octal), ("ready", to_ready),
-    ("watchdog_secs", to_seconds), ("limits", to_limits))
+    ("watchdog_secs", to_seconds), ("limits", to_limits),
+    ("stdout_logfile_timestamps", to_bool))
 
 
 def auto_log_files(raw, name, flavour):
@@ -1501,7 +1505,8 @@ def convert_service_keys(raw, base_dir, euid, report, trusted=()):
     for key, function, args in (
             ("stderr_logfile", log_file, (base_dir, euid)),
             ("stderr_logfile_maxbytes", to_byte_size, ()),
-            ("stderr_logfile_backups", to_int, ())):
+            ("stderr_logfile_backups", to_int, ()),
+            ("stderr_logfile_timestamps", to_bool, ())):
         if raw[key].strip():
             convert(key, function, *args)
         else:
@@ -2678,6 +2683,8 @@ class LogFile:
         self.open()
 
     def deliver(self, pipe, data):
+        if pipe.timestamps():
+            data = pipe.stamp(data)
         rest = self.write(data)
         if rest and self.fallback is not None:
             self.fallback.deliver(pipe, rest)
@@ -2735,6 +2742,21 @@ class LogFile:
         self.open()
 
 
+_STAMP = [None, b""]
+
+
+def time_stamp():
+    """b"2026-12-02T17:10:26.123+00:00 ": now in UTC, ISO 8601 with
+    milliseconds (the seconds part formatted once a second)."""
+    now = time.time()
+    second = int(now)
+    if _STAMP[0] != second:
+        _STAMP[0] = second
+        _STAMP[1] = time.strftime("%Y-%m-%dT%H:%M:%S",
+                                  time.gmtime(second)).encode("ascii")
+    return b"%s.%03d+00:00 " % (_STAMP[1], int((now - second) * 1000))
+
+
 class OutputPipe:
     """One pipe from a service's stdout (and maybe stderr) to a destination
     (a LogFile or the SyslogOutput).  The supervisor keeps both ends: the
@@ -2754,6 +2776,24 @@ class OutputPipe:
                 pass
         os.set_blocking(self.read_fd, False)
         self.partial = b""
+        self.line_start = True    # the next byte begins a line
+
+    def timestamps(self):
+        config = self.service.config
+        return config.stderr_logfile_timestamps if self.stream == "stderr" \
+            else config.stdout_logfile_timestamps
+
+    def stamp(self, data):
+        """data with each line that begins in it prefixed by the time it was
+        read (one time a chunk: a replace, not a loop over lines)."""
+        mark = time_stamp()
+        stamped = data.replace(b"\n", b"\n" + mark)
+        if self.line_start:
+            stamped = mark + stamped
+        self.line_start = data.endswith(b"\n")
+        if self.line_start:
+            stamped = stamped[:-len(mark)]  # the next line's, not yet here
+        return stamped
 
     def close(self):
         for fd in (self.read_fd, self.write_fd):

@@ -2203,6 +2203,23 @@ class RunEnvironmentTests(SupervisorCase):
         wait_for(lambda: "environment_file %s: No such file" % path in
                  self.cli("--status", "app")[1], 10, "the reason in --status")
 
+    def test_timestamped_lines_in_a_file(self):
+        log = os.path.join(self.tmp, "seq.log")
+        self.start({"seq": {"command": "seq 100000", "stdout_logfile": log,
+                            "stdout_logfile_timestamps": "true",
+                            "stdout_logfile_maxbytes": "0",
+                            "autorestart": "false", "startsecs": "0"}},
+                   wait_up=False)
+        self.wait_state("seq", "down", timeout=20)
+        wait_for(lambda: read_text(log).endswith(" 100000\n"), 10,
+                 "every line")
+        lines = read_text(log).splitlines()
+        self.assertEqual(len(lines), 100000)
+        pattern = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}"
+                             r"\+00:00 (\d+)\Z")
+        numbers = [int(pattern.match(line).group(1)) for line in lines]
+        self.assertEqual(numbers, list(range(1, 100001)))
+
     def test_limits_set_in_the_child(self):
         self.start({"app": {"command": "sleep 1000",
                             "limits": "nofile=123, core=0, as=unlimited"}})
