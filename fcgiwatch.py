@@ -1750,12 +1750,13 @@ def spawn_child(config, stdin_fd, stdout_fd, stderr_fd, reset_signals,
         env.update(config.environment)
     programs = program_candidates(argv[0], env.get("PATH", DEFAULT_PATH))
     # posix_spawn cannot set rlimits in the child: with limits, fork.
+    limits = getattr(config, "limits", ())  # a Helper has none
     if config.uid is None and HAVE_SPAWN_SETSID and home_fd is not None \
-            and not config.limits:
+            and not limits:
         return spawn_without_fork(config, programs, argv, env, (
             stdin_fd, stdout_fd, stderr_fd), reset_signals, home_fd), -1
     err_read, err_write = os.pipe()  # both close-on-exec (PEP 446)
-    limits = child_limits(config.limits)
+    limits = child_limits(limits)
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
     try:
         pid = os.fork()
