@@ -242,7 +242,8 @@ class Failure(Exception):
 
 GlobalConfig = namedtuple("GlobalConfig", [
     "filename", "state_dir", "syslog", "syslog_facility", "syslog_socket",
-    "log_file", "path", "pidfile", "minfds", "minprocs", "metrics_file"])
+    "log_file", "path", "pidfile", "minfds", "minprocs", "metrics_file",
+    "alert_command", "alert_interval"])
 
 ServiceConfig = namedtuple("ServiceConfig", [
     "name", "section", "command", "argv", "user", "uid", "gid", "groups",
@@ -256,7 +257,7 @@ ServiceConfig = namedtuple("ServiceConfig", [
     "priority", "socket", "socket_owner", "socket_mode", "ready",
     "watchdog_secs", "program", "process_num", "numprocs",
     "environment_file", "limits", "stdout_logfile_timestamps",
-    "stderr_logfile_timestamps"])
+    "stderr_logfile_timestamps", "max_memory"])
 
 #: Values for the ServiceConfig fields that a --reexec hand-over from an
 #: older version does not carry (fields are only ever added at the end;
@@ -264,7 +265,7 @@ ServiceConfig = namedtuple("ServiceConfig", [
 LATER_FIELDS = {"ready": "startsecs", "watchdog_secs": 0, "program": None,
                 "process_num": 0, "numprocs": 1, "environment_file": None,
                 "limits": (), "stdout_logfile_timestamps": False,
-                "stderr_logfile_timestamps": False}
+                "stderr_logfile_timestamps": False, "max_memory": None}
 
 #: A whole config: globals, services (instances, in priority order), the
 #: warnings that reading it gave (ConfigError each), and the groups as
@@ -306,7 +307,7 @@ SERVICE_DEFAULTS = {
     "watchdog_secs": "0", "numprocs": "1", "numprocs_start": "0",
     "process_name": "%(program_name)s", "environment_file": "",
     "limits": "", "stdout_logfile_timestamps": "false",
-    "stderr_logfile_timestamps": "",
+    "stderr_logfile_timestamps": "", "max_memory": "",
 }
 
 #: Keys that shape the instances of a program, read before its sections'
@@ -319,7 +320,8 @@ EXPANSION_RE = re.compile(
     r"%%|%\(([^)]*)\)([#0 +-]*[0-9]*(?:\.[0-9]+)?[diouxXeEfFgGcrs])")
 
 GLOBAL_KEYS = ("state_dir", "syslog", "syslog_facility", "syslog_socket",
-               "log_file", "path", "metrics_file")
+               "log_file", "path", "metrics_file", "alert_command",
+               "alert_interval")
 
 #: The keys whose value may continue on indented lines below.
 MULTILINE_KEYS = ("command", "environment")
@@ -1264,7 +1266,9 @@ def parse_globals(values, filename, base_dir, euid, error, supervisord):
         path=convert("path", path_list, DEFAULT_PATH),
         pidfile=supervisord["pidfile"], minfds=supervisord["minfds"],
         minprocs=supervisord["minprocs"],
-        metrics_file=convert("metrics_file", log_file, None))
+        metrics_file=convert("metrics_file", log_file, None),
+        alert_command=convert("alert_command", to_command, None),
+        alert_interval=convert("alert_interval", to_seconds, 300.0))
 
 
 def expand(value, names):
@@ -1490,6 +1494,10 @@ def convert_service_keys(raw, base_dir, euid, report, trusted=()):
             convert(key, function)
         else:
             values[key] = () if key == "environment" else None
+    if raw["max_memory"].strip():
+        convert("max_memory", to_byte_size)
+    else:
+        values["max_memory"] = None
     text = raw["environment_file"].strip()
     # Read at each start (a rotated secret is picked up by a restart):
     # here only where it is.
@@ -1989,6 +1997,26 @@ def process_ids(pid):
         return None
 
 
+def tree_rss(run):
+    """Bytes of resident memory of a run's whole tree: its process group,
+    its sessions, its members."""
+    page = os.sysconf("SC_PAGE_SIZE")
+    total = 0
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        info = read_proc_stat(int(name))
+        try:
+            fields = info[1]
+            pgid, sid, rss = int(fields[2]), int(fields[3]), int(fields[21])
+        except (TypeError, IndexError, ValueError):
+            continue
+        if pgid == run.pgid or sid in run.sessions or \
+                int(name) in run.members:
+            total += rss
+    return total * page
+
+
 def list_children(pid):
     """The pids of pid's children.  Linux 3.5+ lists them in one file
     (task/PID/children: a single-threaded process's children all hang on
@@ -2065,6 +2093,18 @@ def become_subreaper():
         return os.strerror(ctypes.get_errno())
     except AttributeError:
         return "the C library has no prctl"
+
+
+def format_bytes(size):
+    """12.3 MB, 512 KB: sizes for log lines.
+
+    >>> format_bytes(300 * 1024 * 1024)
+    '300.0 MB'
+    """
+    for unit, scale in (("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)):
+        if size >= scale:
+            return "%.1f %s" % (size / float(scale), unit)
+    return "%d bytes" % size
 
 
 def format_seconds(seconds):
@@ -2968,6 +3008,7 @@ class Outputs:
 #                                                         a health check, at
 #                                                         its first pass)
 #   starting, up     watchdog       watchdog_expired      as health_failed
+#   starting, up     memory_over    restart_large         as health_failed
 #   starting, up     health_failed  restart_unhealthy     stopping, then
 #                                                         starting (or as
 #                                                         restart does)
@@ -3009,6 +3050,7 @@ STOP_REASONS = {"stopped": "on request", "restart": "for a restart",
                 "health": "health check failed", "shutdown": "shutdown",
                 "removed": "removed from the config",
                 "watchdog": "no WATCHDOG=1 in watchdog_secs",
+                "memory": "over max_memory",
                 "not ready": "no READY=1 within startsecs"}
 
 #: Run.stop_phase values (None while the run is not being stopped).
@@ -3154,6 +3196,9 @@ class Service:
         self.replace_failure = None  # (spawn count, why) of the last
         self.notify_status = ""   # the last STATUS= the run sent
         self.roll_note = None     # (spawn count, why) a roll skipped it
+        self.troubled = False     # an alert of trouble went out: recovered
+        self.memory_due = None    # max_memory: the next look at the RSS
+        self.memory_over = 0      # looks in a row over max_memory
         self.pending_backoff = False  # back off once the stop is over
         self.since = supervisor.clock()
         self.since_wall = time.time()
@@ -3189,6 +3234,10 @@ class Service:
             self.state = state
             self.since = self.supervisor.clock()
             self.since_wall = time.time()
+            if state == UP and self.troubled:
+                self.troubled = False
+                self.supervisor.alerts.send(self, "recovered", words or
+                                            "up again")
         if why is not None:
             self.why = why
         self.supervisor.status_dirty = True
@@ -3203,7 +3252,8 @@ class Service:
 
     def next_wake(self):
         """The earliest monotonic time this service needs the loop, or None."""
-        times = [t for t in (self.deadline, self.probe_due) if t is not None]
+        times = [t for t in (self.deadline, self.probe_due,
+                             self.memory_due) if t is not None]
         if self.probe is not None:
             times.append(self.probe.deadline)
         if self.next_run is not None or self.retiring or self.replace_due:
@@ -3424,11 +3474,41 @@ class Service:
             return
         self.change_state(UP, "", "up: pid %d sent READY=1" % run.pid)
 
+    def check_memory(self, now):
+        """max_memory: the run's tree's RSS, every healthcheck_interval; two
+        looks in a row over the cap restart it (overlapping where it can)."""
+        config, run = self.config, self.run
+        self.memory_due = None
+        if not config.max_memory or run is None or not run.pid or \
+                self.state not in (STARTING, UP):
+            return
+        self.memory_due = now + config.healthcheck_interval
+        rss = tree_rss(run)
+        self.memory_over = self.memory_over + 1 if rss > config.max_memory \
+            else 0
+        if self.memory_over >= 2:
+            self.memory_over = 0
+            self.fire("memory_over", now, rss)
+
+    def restart_large(self, now, rss):
+        # STARTING/UP -> as a restart: over max_memory twice in a row.
+        config = self.config
+        self.message = "memory %s, over max_memory (%s) two looks in a row" % (
+            format_bytes(rss), format_bytes(config.max_memory))
+        self.log("%s; restarting" % self.message, LOG_ERR)
+        self.supervisor.alerts.send(self, "health_failing", self.message)
+        self.want = "up"
+        if self.can_overlap():
+            self.begin_overlap(now, "memory")
+        else:
+            self.begin_stop(now, "memory")
+
     def watchdog_expired(self, now):
         config = self.config
         self.message = "no WATCHDOG=1 for %s (watchdog_secs)" % (
             format_seconds(config.watchdog_secs))
         self.log("%s; restarting" % self.message, LOG_ERR)
+        self.supervisor.alerts.send(self, "health_failing", self.message)
         self.want = "up"
         if self.can_overlap():
             self.begin_overlap(now, "watchdog")  # UP, a replacement beside
@@ -3438,6 +3518,7 @@ class Service:
     def restart_unhealthy(self, now, reason):
         self.log("health failed %d times in a row, restarting: %s" % (
             self.health_fails, reason), LOG_ERR)
+        self.supervisor.alerts.send(self, "health_failing", reason)
         self.want = "up"
         if self.can_overlap():
             self.begin_overlap(now, "health")  # UP, a replacement beside
@@ -3490,6 +3571,8 @@ class Service:
             self.after_run(now, "could not start", None, True,
                            run.spawn_error)
         else:
+            if run.ready and (code is None or code not in config.exitcodes):
+                self.supervisor.alerts.send(self, "crashed", what)
             short = "exited %d" % code if code is not None else \
                 "signal %s" % (self.last_exit["signal"] or "unknown")
             self.after_run(now, "exited", code, quick, what, short)
@@ -3553,6 +3636,10 @@ class Service:
                               "quick failure%s in a row)" % (
                                   line, format_seconds(decision.delay),
                                   self.fails, "" if self.fails == 1 else "s"))
+            if self.fails == 3:
+                self.supervisor.alerts.send(self, "crash_loop", "%d quick "
+                                            "failures in a row, the last: %s"
+                                            % (self.fails, what))
         elif decision.action == "fatal":
             self.message = "gave up after %d quick failures in a row: %s" % (
                 self.fails, what)
@@ -3560,6 +3647,7 @@ class Service:
                               "row, the last: %s; start it again with "
                               "--start %s" % (self.fails, what, self.name),
                               LOG_ERR)  # -> FATAL until started
+            self.supervisor.alerts.send(self, "fatal", self.message)
         else:
             # -> DOWN: autorestart says so; "done" ended as designed.
             self.message = "" if decision.action == "done" else what
@@ -3660,6 +3748,9 @@ class Service:
         self.run = run
         pid = run.pid
         self.health_fails = 0
+        self.memory_over = 0
+        if config.max_memory:
+            self.memory_due = now + config.healthcheck_interval
         if config.healthcheck:
             self.health = "unknown"
             self.probe_due = now + max(0.05, min(config.startsecs,
@@ -4155,6 +4246,7 @@ for _state in (STARTING, UP):
     TRANSITIONS[(_state, "restart")] = Service.restart_running
     TRANSITIONS[(_state, "exited")] = Service.run_ended
     TRANSITIONS[(_state, "watchdog")] = Service.watchdog_expired
+    TRANSITIONS[(_state, "memory_over")] = Service.restart_large
 TRANSITIONS.update({
     (BACKOFF, "deadline"): Service.backoff_over,
     (BACKOFF, "want_down"): Service.give_up_retrying,
@@ -4230,6 +4322,9 @@ class Tree:
             if ids is None:
                 continue  # not ours after all (a reused number read late)
             _state, pgid, sid, name = ids
+            if sid in supervisor.alerts.sessions:
+                self.strays.add(pid)  # an alert command's (mail forks)
+                continue
             run = sessions.get(sid) or sessions.get(pgid) or \
                 self.named_run(pid)
             if run is None and self.named_service(pid) is not None:
@@ -4540,6 +4635,125 @@ class NotifySocket:
                 continue
             run.service.on_notify(run, parse_notify(data),
                                   supervisor.clock())
+
+
+# ===========================================================================
+# Alerts
+#
+# alert_command runs on trouble: crashed (a run that was up ended
+# unexpectedly), crash_loop (backoff entered a third time in a row),
+# fatal, health_failing (a health, watchdog or max_memory restart), and
+# recovered (up again after one of those).  At most one alert per service
+# and kind per alert_interval; the next one says how many were held back.
+# Each runs detached, in a session of its own, as the supervisor's user,
+# with a clean environment and the text on stdin, bounded by
+# ALERT_TIMEOUT; a few at once at most, the rest wait their turn.  Nothing
+# here can delay the loop or a restart: a failing alert is a log line.
+# ===========================================================================
+
+ALERT_TIMEOUT = 30.0
+ALERTS_AT_ONCE = 4
+ALERT_KINDS = ("crashed", "crash_loop", "fatal", "health_failing",
+               "recovered")
+
+
+class Alerts:
+    """The alerts waiting, running and held back."""
+
+    def __init__(self, supervisor):
+        self.supervisor = supervisor
+        self.last = {}            # (service, kind) -> monotonic time sent
+        self.held = {}            # (service, kind) -> count held back
+        self.queue = []           # (service, kind, state, message)
+        self.running = {}         # pid -> deadline
+        self.sessions = set()     # the alert commands' sessions
+
+    def send(self, service, kind, message):
+        """Note trouble (or recovery) of a service; run the command now,
+        later, or not at all (alert_interval)."""
+        settings = self.supervisor.settings
+        if not settings.alert_command:
+            return
+        if kind != "recovered":
+            service.troubled = True
+        now = self.supervisor.clock()
+        key = (service.name, kind)
+        sent = self.last.get(key)
+        if sent is not None and now - sent < settings.alert_interval:
+            self.held[key] = self.held.get(key, 0) + 1
+            return
+        self.last[key] = now
+        held = self.held.pop(key, 0)
+        self.queue.append((service.name, kind, service.state, message, held))
+        self.start_waiting()
+
+    def start_waiting(self):
+        while self.queue and len(self.running) < ALERTS_AT_ONCE:
+            self.run(*self.queue.pop(0))
+
+    def run(self, name, kind, state, message, held):
+        supervisor = self.supervisor
+        settings = supervisor.settings
+        host = socket.gethostname()
+        text = "%s: %s on %s (%s): %s%s\n" % (
+            name, kind.replace("_", " "), host, state, message,
+            " (%d more held back)" % held if held else "")
+        env = {"PATH": settings.path, "FCGIWATCH_SERVICE": name,
+               "FCGIWATCH_EVENT": kind, "FCGIWATCH_STATE": state,
+               "FCGIWATCH_MESSAGE": message, "FCGIWATCH_HOST": host,
+               "FCGIWATCH_SUPPRESSED": "%d" % held}
+        for variable in ("HOME", "USER", "LOGNAME", "LANG"):
+            if variable in os.environ:
+                env[variable] = os.environ[variable]
+        helper = Helper(argv=settings.alert_command,
+                        env=tuple(sorted(env.items())), directory="/",
+                        umask=0o022, uid=None, gid=None, groups=())
+        read_fd, write_fd = os.pipe()
+        try:
+            os.write(write_fd, text.encode("utf-8", "replace")[:60000])
+            os.close(write_fd)
+            write_fd = -1
+            pid, err_fd = spawn_child(helper, read_fd, supervisor.devnull,
+                                      supervisor.devnull,
+                                      supervisor.reset_signals,
+                                      supervisor.home_fd)
+        except (OSError, SpawnError) as exc:
+            supervisor.warn("alert_command could not start: %s" % exc)
+            return
+        finally:
+            os.close(read_fd)
+            if write_fd >= 0:
+                os.close(write_fd)
+        if err_fd >= 0:
+            os.close(err_fd)
+        self.sessions.add(pid)
+        self.running[pid] = supervisor.clock() + ALERT_TIMEOUT
+        supervisor.helpers[pid] = lambda status: self.ended(pid, kind, name,
+                                                            status)
+
+    def ended(self, pid, kind, name, status):
+        self.running.pop(pid, None)
+        if status != 0:
+            self.supervisor.warn("alert_command for %s (%s): %s" % (
+                name, kind, decode_wait_status(status)[2]))
+        self.start_waiting()
+
+    def deadline(self):
+        return min(self.running.values()) if self.running else None
+
+    def check(self, now):
+        """KILL an alert command that outran ALERT_TIMEOUT (its session:
+        whatever it started too)."""
+        for pid, deadline in list(self.running.items()):
+            if now >= deadline:
+                self.running[pid] = now + GROUP_KILL_GRACE
+                self.supervisor.warn("alert_command (pid %d) still running "
+                                     "after %d s; killed" % (
+                                         pid, ALERT_TIMEOUT))
+                try:
+                    os.killpg(pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
 
 
 # ===========================================================================
@@ -5039,6 +5253,7 @@ class Supervisor:
         self.tree = Tree(self)
         self.notify = None        # NotifySocket, made when first needed
         self.rolls = []           # Roll: pools restarted one at a time
+        self.alerts = Alerts(self)
         self.lock_fd = -1
         self.control = None
         self.devnull = -1
@@ -5364,6 +5579,8 @@ class Supervisor:
             self.guarded(self.advance_shutdown, now)
         if self.rolls:
             self.guarded(self.advance_rolls, now)
+        if self.alerts.running:
+            self.guarded(self.alerts.check, now)
         self.guarded(self.control.check, now)
         if self.status_dirty and now >= self.status_written + \
                 STATUS_INTERVAL:
@@ -5395,6 +5612,7 @@ class Supervisor:
         times.extend(self.control.deadlines())
         if self.shutting_down:
             times.append(self.tree.deadline())
+        times.append(self.alerts.deadline())
         if self.status_dirty:
             times.append(self.status_written + STATUS_INTERVAL)
         times = [t for t in times if t is not None]
@@ -5404,6 +5622,8 @@ class Supervisor:
 
     def on_service_timer(self, service, now):
         service.on_deadline(now)
+        if service.memory_due is not None and now >= service.memory_due:
+            service.check_memory(now)
         probe = service.probe
         if probe is not None and now >= probe.deadline:
             probe.on_timeout(now)
@@ -5880,6 +6100,11 @@ class Supervisor:
         """Leave nothing behind but the status file saying we stopped."""
         self.log("stopped: every service is down")
         self.remove_pidfile()
+        for pid in list(self.alerts.running):
+            try:
+                os.killpg(pid, signal.SIGKILL)  # not left behind us
+            except (ProcessLookupError, PermissionError):
+                pass
         self.write_status()
         self.control.finish_all("fcgiwatch: stopped (pid %d)" % self.pid)
         self.close_everything()

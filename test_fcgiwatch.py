@@ -2230,6 +2230,112 @@ class RunEnvironmentTests(SupervisorCase):
                          r"Max address space\s+unlimited\s+unlimited")
 
 
+#: An alert command: appends its FCGIWATCH_ variables and its stdin to a
+#: file, one record a line.
+ALERT_SCRIPT = r"""
+import json, os, sys
+record = dict((k, v) for k, v in os.environ.items()
+              if k.startswith("FCGIWATCH_"))
+record["stdin"] = sys.stdin.read()
+with open(sys.argv[1], "a") as handle:
+    handle.write(json.dumps(record) + "\n")
+"""
+
+
+class AlertTests(SupervisorCase):
+    """alert_command on trouble, rate-limited, never in the way."""
+
+    def alerts(self):
+        try:
+            with open(self.alert_log) as handle:
+                return [json.loads(line) for line in handle]
+        except OSError:
+            return []
+
+    def settings(self, interval="300"):
+        script = os.path.join(self.tmp, "alert.py")
+        with open(script, "w") as handle:
+            handle.write(ALERT_SCRIPT)
+        self.alert_log = os.path.join(self.tmp, "alerts.log")
+        return {"alert_command": "%s %s %s" % (PY, script, self.alert_log),
+                "alert_interval": interval}
+
+    def kinds(self):
+        return [(a["FCGIWATCH_SERVICE"], a["FCGIWATCH_EVENT"])
+                for a in self.alerts()]
+
+    def test_crash_held_back_count_and_recovery(self):
+        self.start({"app": {"command": "sleep 1000"}},
+                   self.settings(interval="1.5"))
+        first = self.kill_service("app")
+        self.wait_state("app", "up", pid_not=first)
+        wait_for(lambda: self.kinds() == [("app", "crashed")], 5,
+                 "one crash alert")
+        record = self.alerts()[0]
+        self.assertEqual(record["FCGIWATCH_SUPPRESSED"], "0")
+        self.assertIn("app: crashed on", record["stdin"])
+        self.assertIn("killed by signal KILL", record["FCGIWATCH_MESSAGE"])
+        began = time.monotonic()
+        second = self.kill_service("app")  # within alert_interval: held
+        self.wait_state("app", "up", pid_not=second)
+        self.assertEqual(len([k for k in self.kinds() if k[1] ==
+                              "crashed"]), 1)
+        # After the interval, the next crash says what was held back.
+        wait_for(lambda: time.monotonic() > began + 1.6, 5,
+                 "alert_interval to pass")
+        self.kill_service("app")
+        wait_for(lambda: len([k for k in self.kinds() if k[1] == "crashed"])
+                 == 2, 5, "the second crash alert")
+        crashed = [a for a in self.alerts()
+                   if a["FCGIWATCH_EVENT"] == "crashed"]
+        self.assertEqual(crashed[1]["FCGIWATCH_SUPPRESSED"], "1")
+        self.assertIn("(1 more held back)", crashed[1]["stdin"])
+
+    def test_crash_loop_fatal_and_recovered(self):
+        flag = os.path.join(self.tmp, "works")
+        command = "sh -c 'test -e %s && exec sleep 1000; exit 1'" % flag
+        self.start({"app": {"command": command, "startsecs": "0.3",
+                            "backoff_max": "0.5", "startretries": "3"}},
+                   self.settings(), wait_up=False)
+        self.wait_state("app", "fatal", timeout=15)
+        wait_for(lambda: ("app", "fatal") in self.kinds(), 5, "fatal")
+        self.assertEqual(self.kinds(), [("app", "crash_loop"),
+                                        ("app", "fatal")])
+        with open(flag, "w"):
+            pass
+        self.assertEqual(self.cli("--start", "app")[0], 0)
+        wait_for(lambda: ("app", "recovered") in self.kinds(), 5,
+                 "recovered")
+
+    def test_a_hanging_alert_does_not_delay_a_restart(self):
+        self.start({"app": {"command": "sleep 1000"}},
+                   {"alert_command": "sleep 1000"})
+        for _round in range(3):
+            old = self.kill_service("app")
+            self.wait_state("app", "up", pid_not=old, timeout=2)
+        self.stop_supervisor()
+        self.assertEqual([p for p in processes_with("sleep 1000")
+                          if p not in self.marked()], [],
+                         "the alert commands are gone too")
+
+    def test_max_memory_restarts_a_growing_run(self):
+        command = self.py("""
+            import time
+            hog = bytearray(64 * 1024 * 1024)
+            for i in range(0, len(hog), 4096):
+                hog[i] = 1
+            time.sleep(1000)
+        """)
+        self.start({"hog": {"command": command, "max_memory": "32MB",
+                            "healthcheck_interval": "0.2",
+                            "startsecs": "0.1"}})
+        first = self.entry("hog")["pid"]
+        self.wait_state("hog", "up", pid_not=first, timeout=15)
+        self.assertRegex(self.log_text(), r"hog: memory [6-9]\d\.\d MB, over "
+                         r"max_memory \(32\.0 MB\) two looks in a row; "
+                         r"restarting")
+
+
 class ProcessTreeTests(SupervisorCase):
     """The supervisor is the subreaper of its services' trees: orphans are
     reaped at once, descendants that left the group are stopped with the
