@@ -320,10 +320,12 @@ def free_ports(count):
 def bench_idle():
     seconds = 10 if QUICK else 30
     result = {}
-    # With a metrics file: written on state changes only, no timer.
+    # With a metrics file and an alert command: written and run on state
+    # changes only, no timer.
     bench = Bench(lambda b: [("s%02d" % i, {"command": b.announce()})
                              for i in range(20)],
-                  "metrics_file = {tmp}/fcgiwatch.prom\n")
+                  "metrics_file = {tmp}/fcgiwatch.prom\n"
+                  "alert_command = true\n")
     bench.start()
     bench.read_announcements(20)
     wait_until(bench.all_up)  # past startsecs: nothing is pending any more
@@ -648,8 +650,8 @@ def report(results):
     if "idle" in results:
         r = results["idle"]
         peer = r.get("daemontools_wakeups_per_s")
-        row("idle, 20 services and a metrics_file: wake-ups/s, CPU ticks "
-            "in %d s"
+        row("idle, 20 services, metrics_file, alert_command: wake-ups/s, "
+            "CPU ticks in %d s"
             % r["plain"]["seconds"], "%.2f, %d%s" % (
                 r["plain"]["wakeups_per_s"], r["plain"]["cpu_ticks"],
                 "" if peer is None else "; daemontools %.2f/s" % peer), "0")
