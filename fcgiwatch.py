@@ -2047,13 +2047,16 @@ def service_identity(name, state_dir):
 
 def service_named_in(pid):
     """The FCGIWATCH_SERVICE a process carries in its environment (as
-    it was at exec), or None: how an orphan that left its service's
-    session is traced back to its service."""
+    it was at exec), None without one, or "" when the environment cannot
+    be read (the process is exiting: it has no memory left to read): how
+    an orphan that left its service's session is traced back."""
     try:
         with open("/proc/%d/environ" % pid, "rb") as handle:
             data = handle.read()
     except OSError:
-        return None
+        return ""
+    if not data:
+        return ""
     for item in data.split(b"\0"):
         if item.startswith(SERVICE_VARIABLE + b"="):
             return item[len(SERVICE_VARIABLE) + 1:].decode("utf-8",
@@ -4325,8 +4328,12 @@ class Tree:
             if sid in supervisor.alerts.sessions:
                 self.strays.add(pid)  # an alert command's (mail forks)
                 continue
-            run = sessions.get(sid) or sessions.get(pgid) or \
-                self.named_run(pid)
+            run = sessions.get(sid) or sessions.get(pgid)
+            if run is None and service_named_in(pid) == "":
+                # Exiting as we look (a double fork's middle process): its
+                # reaping, or the daemon it left, will tell.  Not a stray.
+                continue
+            run = run or self.named_run(pid)
             if run is None and self.named_service(pid) is not None:
                 # Left by a run of a service that has none now (it ended,
                 # and the next has not started): what a run leaves goes.
