@@ -4329,15 +4329,18 @@ class Tree:
                 self.strays.add(pid)  # an alert command's (mail forks)
                 continue
             run = sessions.get(sid) or sessions.get(pgid)
-            if run is None and service_named_in(pid) == "":
+            named = None if run is not None else service_named_in(pid)
+            if named == "":
                 # Exiting as we look (a double fork's middle process): its
                 # reaping, or the daemon it left, will tell.  Not a stray.
                 continue
-            run = run or self.named_run(pid)
-            if run is None and self.named_service(pid) is not None:
+            service = supervisor.services.get(named) if named else None
+            if run is None and service is not None and \
+                    service.run is not None and service.run.pidfd is None:
+                run = service.run  # it left its session, with setsid
+            if run is None and service is not None:
                 # Left by a run of a service that has none now (it ended,
                 # and the next has not started): what a run leaves goes.
-                service = self.named_service(pid)
                 if service.config.killasgroup:
                     service.log("killed pid %d (%s), left behind by a run "
                                 "that ended" % (pid, name), LOG_WARNING)
@@ -4389,20 +4392,6 @@ class Tree:
             for sid in run.sessions:
                 found[sid] = run
         return found
-
-    def named_service(self, pid):
-        """The service an orphan names in its environment, or None."""
-        name = service_named_in(pid)
-        return self.supervisor.services.get(name) if name else None
-
-    def named_run(self, pid):
-        """The current run of the service an orphan names in its
-        environment (it left its session, with setsid), or None."""
-        service = self.named_service(pid)
-        if service is None or service.run is None or \
-                service.run.pidfd is not None:
-            return None
-        return service.run
 
     def take_in(self, run, pid, pgid, sid, name):
         """An orphan of run's tree is ours: a member, treated as the run
@@ -4540,6 +4529,43 @@ class Tree:
 
 NOTIFY_SOCKET = "notify.sock"
 
+
+def bind_state_socket(path, kind, umask):
+    """A unix socket of ours at path in state_dir, replacing a stale one
+    (we hold the lock), with its mode right from the first moment (the
+    umask, not a chmod afterwards): (socket, what path_identity says of it
+    now), non-blocking, listening if a stream.  Raises Failure."""
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+    sock = socket.socket(socket.AF_UNIX, kind)
+    if kind == socket.SOCK_DGRAM:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+    old_umask = os.umask(umask)
+    try:
+        sock.bind(path)
+        if kind == socket.SOCK_STREAM:
+            sock.listen(16)
+        bound = path_identity(path)
+    except OSError as exc:
+        sock.close()
+        raise Failure("cannot listen on %s: %s" % (path, exc.strerror))
+    finally:
+        os.umask(old_umask)
+    sock.setblocking(False)
+    return sock, bound
+
+
+def path_identity(path):
+    """(st_dev, st_ino) of what is at path now, or None: whether a file we
+    made is still the one there (state_dir may have been removed)."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
+
 #: Largest datagram read; sd_notify messages are a few lines.
 NOTIFY_MAX = 4096
 
@@ -4575,34 +4601,14 @@ class NotifySocket:
     def listen(self):
         """Bind (again, after state_dir was removed).  Any user may send
         (services run as many users): credentials decide what counts."""
-        supervisor = self.supervisor
         self.close()
-        try:
-            os.unlink(self.path)  # we hold the lock: an old socket is stale
-        except OSError:
-            pass
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
-        old_umask = os.umask(0o111)
-        try:
-            sock.bind(self.path)
-            info = os.stat(self.path)
-        except OSError as exc:
-            sock.close()
-            raise Failure("cannot bind %s: %s" % (self.path, exc.strerror))
-        finally:
-            os.umask(old_umask)
-        sock.setblocking(False)
-        self.sock = sock
-        self.bound = (info.st_dev, info.st_ino)
-        supervisor.watch(sock.fileno(), EVENT_READ, self.on_readable)
+        self.sock, self.bound = bind_state_socket(
+            self.path, socket.SOCK_DGRAM, 0o111)
+        self.supervisor.watch(self.sock.fileno(), EVENT_READ,
+                              self.on_readable)
 
     def ours(self):
-        try:
-            info = os.stat(self.path)
-        except OSError:
-            return False
-        return (info.st_dev, info.st_ino) == self.bound
+        return path_identity(self.path) == self.bound
 
     def close(self):
         if self.sock is not None:
@@ -7398,37 +7404,16 @@ class ControlServer:
             supervisor.unwatch(self.sock.fileno())
             self.sock.close()
             self.sock = None
-        try:
-            os.unlink(self.path)  # we hold the lock: an old socket is stale
-        except OSError:
-            pass
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        # Only our user (and root) may connect, from the first moment (the
-        # umask, not a chmod afterwards); SO_PEERCRED checks again should
-        # the mode ever be loosened by hand.
-        old_umask = os.umask(0o177)
-        try:
-            sock.bind(self.path)
-            sock.listen(16)
-            info = os.stat(self.path)
-        except OSError as exc:
-            sock.close()
-            raise Failure("cannot listen on %s: %s" % (self.path,
-                                                       exc.strerror))
-        finally:
-            os.umask(old_umask)
-        sock.setblocking(False)
+        # Only our user (and root) may connect; SO_PEERCRED checks again
+        # should the mode ever be loosened by hand.
+        sock, self.bound = bind_state_socket(self.path, socket.SOCK_STREAM,
+                                             0o177)
         self.sock = sock
-        self.bound = (info.st_dev, info.st_ino)
         supervisor.watch(sock.fileno(), EVENT_READ,
                          lambda _mask: self.on_accept(sock))
 
     def file_socket_ours(self):
-        try:
-            info = os.stat(self.path)
-        except OSError:
-            return False
-        return (info.st_dev, info.st_ino) == self.bound
+        return path_identity(self.path) == self.bound
 
     def close(self):
         for connection in list(self.connections):

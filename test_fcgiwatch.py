@@ -156,6 +156,18 @@ def processes_with(marker):
     return sorted(set(found))
 
 
+def read_to_eof(client):
+    """Everything a connected socket sends until it closes; closes it."""
+    data = b""
+    while True:
+        chunk = client.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    client.close()
+    return data
+
+
 def children_of(pid):
     kids = []
     for name in os.listdir("/proc"):
@@ -1583,14 +1595,7 @@ class Load:
                                                   10)
                 client.settimeout(10)
                 client.sendall(b"GET\n")
-                data = b""
-                while True:
-                    chunk = client.recv(64)
-                    if not chunk:
-                        break
-                    data += chunk
-                client.close()
-                pid = int(data)
+                pid = int(read_to_eof(client))
                 self.answers[pid] = self.answers.get(pid, 0) + 1
             except (OSError, ValueError) as exc:
                 self.failures.append(repr(exc))
@@ -3419,13 +3424,7 @@ class HeldSocketTests(SupervisorCase):
             client = socket.create_connection(("127.0.0.1", port), 5)
             client.settimeout(10)
             client.sendall(request)
-            data = b""
-            while True:
-                chunk = client.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
-            client.close()
+            data = read_to_eof(client)
             self.assertEqual(fcgiwatch.judge_fcgi_response(data, True),
                              (True, ""))
             self.assertNotIn(b"hello %d" % old, data)
