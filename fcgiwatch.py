@@ -123,6 +123,9 @@ STATE_DIR_VARIABLE = b"FCGIWATCH_STATE_DIR"
 
 #: Orphans of one run logged by pid; past that, one line says so.
 ORPHANS_LOGGED = 10
+#: The longest adoption waits for a double fork's middle process, already
+#: exiting, to hand the daemon on (Tree.wait_exiting).
+EXIT_SETTLE = 0.5
 
 #: How long a group may linger after SIGKILL before we stop waiting for it.
 GROUP_KILL_GRACE = 5.0
@@ -2045,11 +2048,25 @@ def service_identity(name, state_dir):
             (STATE_DIR_VARIABLE.decode("ascii"), state_dir))
 
 
+def process_exiting(pid):
+    """True once a process has begun to exit (the kernel's PF_EXITING
+    flag, field 9 of /proc/PID/stat) or is a zombie: its memory, and so
+    its environment, may be gone while its children are not yet handed
+    on to us."""
+    info = read_proc_stat(pid)
+    try:
+        fields = info[1]
+        return fields[0] in (b"Z", b"X") or bool(int(fields[6]) & 0x4)
+    except (TypeError, IndexError, ValueError):
+        return False  # gone: reaped, so nothing to wait for
+
+
 def service_named_in(pid):
     """The FCGIWATCH_SERVICE a process carries in its environment (as
-    it was at exec), None without one, or "" when the environment cannot
-    be read (the process is exiting: it has no memory left to read): how
-    an orphan that left its service's session is traced back."""
+    it was at exec), None without one, or "" when the environment is
+    empty or cannot be read (an exiting process has no memory left to
+    read; one run with env -i has none): how an orphan that left its
+    service's session is traced back."""
     try:
         with open("/proc/%d/environ" % pid, "rb") as handle:
             data = handle.read()
@@ -4290,6 +4307,7 @@ class Tree:
         self.subreaper = False
         self.members = {}         # pid -> Run, for the members of all runs
         self.strays = set()       # orphans no run claimed
+        self.exiting = set()      # children exiting as we looked, unclaimed
         self.scanned = None       # loop time of the last scan
         self.stray_kill_at = None
         self.strays_killed = False
@@ -4330,24 +4348,28 @@ class Tree:
                 continue
             run = sessions.get(sid) or sessions.get(pgid)
             named = None if run is not None else service_named_in(pid)
-            if named == "":
+            if named == "" and process_exiting(pid):
                 # Exiting as we look (a double fork's middle process): its
-                # reaping, or the daemon it left, will tell.  Not a stray.
+                # reaping, or the daemon it hands us, will tell.  Not a
+                # stray; adopt() waits for it when it may hold the daemon.
+                self.exiting.add(pid)
                 continue
             service = supervisor.services.get(named) if named else None
             if run is None and service is not None and \
                     service.run is not None and service.run.pidfd is None:
                 run = service.run  # it left its session, with setsid
-            if run is None and service is not None:
+            if run is None and service is not None and \
+                    service.config.killasgroup:
                 # Left by a run of a service that has none now (it ended,
                 # and the next has not started): what a run leaves goes.
-                if service.config.killasgroup:
-                    service.log("killed pid %d (%s), left behind by a run "
-                                "that ended" % (pid, name), LOG_WARNING)
-                    try:
-                        os.kill(pid, signal.SIGKILL)
-                    except (ProcessLookupError, PermissionError):
-                        pass
+                service.log("killed pid %d (%s), left behind by a run "
+                            "that ended" % (pid, name), LOG_WARNING)
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+                self.strays.add(pid)  # reaped as a stray; logged once
+                continue
             if run is None:
                 self.strays.add(pid)
                 supervisor.log("pid %d (%s), orphaned by a process we do "
@@ -4424,6 +4446,7 @@ class Tree:
     def reaped(self, pid):
         """A child we did not start was reaped: the run it was a member
         of (to see whether its stop is over), or None."""
+        self.exiting.discard(pid)
         run = self.members.pop(pid, None)
         if run is not None:
             run.members.pop(pid, None)
@@ -4443,11 +4466,16 @@ class Tree:
                 if ids is not None and ids[0] != "Z":
                     found.append((pid, ids))
             return found
-        alive = alive() or (self.rescan(now, run) and alive())
-        if not alive:
+        found = alive()
+        if not found:
+            # A double fork's middle process hands us the daemon only as
+            # it turns into a zombie: wait for those exiting, then look.
+            self.wait_exiting()
+            found = self.rescan(now, run) and alive()
+        if not found:
             return None
-        fresh = [item for item in alive if item[1][2] != run.session]
-        pid, (_state, pgid, sid, _name) = (fresh or alive)[0]
+        fresh = [item for item in found if item[1][2] != run.session]
+        pid, (_state, pgid, sid, _name) = (fresh or found)[0]
         # The middle process of a double fork was adopted first: the
         # daemon in its session is news to nobody.
         logged = not run.adopted or sid != run.session
@@ -4460,6 +4488,27 @@ class Tree:
         run.started_at, run.started_wall = now, time.time()
         run.ready, run.adopted = False, True
         return pid, logged
+
+    def wait_exiting(self):
+        """Wait until the children of ours that were exiting, unclaimed,
+        are zombies (not reaped: the loop does that), for EXIT_SETTLE at
+        most.  Past its PF_EXITING flag a process has only its files and
+        its children to hand on: microseconds, or about 20 ms for each
+        256 MB of memory it frees first (measured here), and only an
+        adoption waits."""
+        deadline = time.monotonic() + EXIT_SETTLE
+        for pid in sorted(self.exiting):
+            while time.monotonic() < deadline:
+                try:
+                    info = os.waitid(os.P_PID, pid, os.WEXITED |
+                                     os.WNOHANG | os.WNOWAIT)
+                except ChildProcessError:
+                    break  # reaped already
+                except InterruptedError:
+                    continue
+                if info is not None:
+                    break  # a zombie now: its children are ours
+                time.sleep(0.001)
 
     def rescan(self, now, run):
         """Look at our children again: the kernel's list of them can miss

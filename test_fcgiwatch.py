@@ -2443,6 +2443,39 @@ class ProcessTreeTests(SupervisorCase):
         self.assertEqual(code, 0, out + err)
         self.assertEqual(self.marked(), [])
 
+    def test_daemon_adopted_while_its_middle_process_exits(self):
+        # The race CI met once on 3.6: the launcher is reaped while the
+        # middle process is still exiting (its memory gone, so no
+        # environment to read, and its child not yet handed to us).  A
+        # big ballast makes that phase last about 20 ms, not microseconds.
+        command = self.py("""
+            import os, sys, time
+            middle = os.fork()
+            if middle:
+                while True:  # exit once the middle process is exiting
+                    try:
+                        with open("/proc/%d/stat" % middle) as handle:
+                            fields = handle.read().rsplit(")", 1)[1].split()
+                    except OSError:
+                        break
+                    if fields[0] == "Z" or int(fields[6]) & 4:
+                        break
+                sys.exit(0)
+            os.setsid()
+            if os.fork():
+                ballast = b"x" * (256 << 20)
+                os._exit(0)
+            time.sleep(1000)
+        """)
+        self.start({"daemon": {"command": command, "startsecs": "1"}})
+        entry = self.entry("daemon")
+        self.assertEqual(self.marked(), [entry["pid"]])
+        self.assertEqual(entry["restarts"], 0)
+        self.assertNotIn("left behind", self.log_text())
+        code, out, err = self.cli("--stop", "daemon")
+        self.assertEqual(code, 0, out + err)
+        self.assertEqual(self.marked(), [])
+
     def test_tree_kept_across_reexec(self):
         self.start({"app": {"command": "sh -c '(setsid sleep 1000 &); "
                             "exec sleep 1000'"},
