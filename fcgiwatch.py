@@ -7969,43 +7969,90 @@ def find_config(given):
                      % ", ".join(tried))
 
 
-def configured_state_dir(text):
-    """[fcgiwatch] state_dir as configparser reads it, or None.
+def configured_value(text, section, key):
+    """One key of one section as configparser reads it (continuation
+    lines joined by newlines), or None.
 
-    A tolerant scan, not a parse: clients need only this one value, also
+    A tolerant scan, not a parse: clients need only a value or two, also
     while the rest of the file is broken, and --status should not pay for
     importing configparser.
 
-    >>> configured_state_dir("[a]\\nstate_dir=x\\n[fcgiwatch]\\n"
-    ...                      "; c\\nState_Dir : /s\\n")
+    >>> configured_value("[a]\\nstate_dir=x\\n[fcgiwatch]\\n"
+    ...                  "; c\\nState_Dir : /s\\n", "fcgiwatch", "state_dir")
     '/s'
+    >>> configured_value("[include]\\nfiles = a.conf ; c\\n  b.conf\\n"
+    ...                  "# c\\nx = 1\\n", "include", "files")
+    'a.conf\\nb.conf'
     """
-    section, value = None, None
+    current, value, ours = None, None, False
     for line in text.splitlines():
         stripped = line.strip()
-        if not stripped or stripped[0] in "#;" or line[0] in " \t":
-            continue  # blank, comment, or the continuation of a value
-        if stripped.startswith("[") and "]" in stripped:
-            section = stripped[1:stripped.rindex("]")]
+        if not stripped or stripped[0] in "#;":
+            continue  # blank or a comment
+        # A ';' or '#' after white space starts a comment.
+        words = re.split(r"\s[;#]", stripped)[0].strip()
+        if line[0] in " \t":
+            if ours and words:
+                value += "\n" + words  # the value goes on
             continue
-        if section != OWN_SECTION:
+        ours = False
+        if stripped.startswith("[") and "]" in stripped:
+            current = stripped[1:stripped.rindex("]")]
+            continue
+        if current != section:
             continue
         cut = min(i for i in (stripped.find("="), stripped.find(":"),
                               len(stripped)) if i >= 0)
-        if stripped[:cut].strip().lower() == "state_dir":
-            # A ';' or '#' after white space starts a comment.
+        if stripped[:cut].strip().lower() == key:
             value = re.split(r"\s[;#]", stripped[cut + 1:])[0].strip()
+            ours = True
     return value
+
+
+def configured_state_dir(config_path):
+    """[fcgiwatch] state_dir as the supervisor reads it, or None: in the
+    file or in one it includes, where the last one read counts, and, when
+    relative, relative to the main file's directory.  Raises ConfigErrors
+    when the main file cannot be read; an included one that cannot is
+    passed over (the supervisor would not have started: nothing to find)."""
+    import glob
+    found, seen = [None], set()
+
+    def walk(path, depth):
+        path = os.path.abspath(path)
+        if path in seen or depth > 10:
+            return
+        seen.add(path)
+        try:
+            text = read_config_file(path)
+        except ConfigErrors:
+            if depth == 0:
+                raise
+            return
+        value = configured_value(text, OWN_SECTION, "state_dir")
+        if value:
+            found[0] = value
+        here = os.path.dirname(path)
+        for pattern in (configured_value(text, "include", "files")
+                        or "").split():
+            for match in sorted(glob.glob(os.path.join(
+                    here, os.path.expanduser(pattern)))):
+                if not os.path.isdir(match):
+                    walk(match, depth + 1)
+    walk(config_path, 0)
+    if not found[0]:
+        return None
+    return os.path.normpath(os.path.join(
+        os.path.dirname(os.path.abspath(config_path)),
+        os.path.expanduser(found[0])))
 
 
 def find_state_dir(config_path):
     """The state_dir a client should look in, without needing a valid
     config (so --stop works while the file is being edited)."""
-    value = configured_state_dir(read_config_file(config_path))
+    value = configured_state_dir(config_path)
     if value:
-        value = os.path.expanduser(value)
-        return os.path.normpath(os.path.join(os.path.dirname(config_path),
-                                             value))
+        return value
     # Unset: the default depends on the supervisor's user, which may not be
     # ours (anyone may read --status): take the one serving this config.
     euid = os.geteuid()

@@ -2111,6 +2111,32 @@ class SupervisordFileTests(SupervisorCase):
         self.assertFalse(os.path.exists(os.path.join(self.tmp,
                                                      "supervisord.pid")))
 
+    def test_state_dir_in_an_included_file_is_where_clients_look(self):
+        # The main file only includes; state_dir, relative (to the main
+        # file's directory, as the supervisor reads it), is in the second
+        # of two included files and overrides the first.
+        conf_d = os.path.join(self.tmp, "conf.d")
+        os.mkdir(conf_d)
+        with open(os.path.join(conf_d, "10-first.conf"), "w") as handle:
+            handle.write("[fcgiwatch]\nstate_dir = elsewhere\nsyslog = no\n")
+        with open(os.path.join(conf_d, "20-app.conf"), "w") as handle:
+            handle.write("[fcgiwatch]\nstate_dir = state ; ours\n\n"
+                         "[program:app]\ncommand = sleep 1000\n"
+                         "startsecs = 0.2\nenvironment = FWTEST_MARK=%s\n"
+                         % self.tmp)
+        with open(self.conf, "w") as handle:
+            handle.write("[include]\nfiles = nothing/*.conf\n"
+                         "  conf.d/*.conf\n")
+        self.start(None, wait_up=False)
+        self.wait_state("app", "up")
+        code, out, err = self.cli("--status", "app")
+        self.assertEqual(code, 0, out + err)
+        self.assertIn("app: up", out)
+        code, out, err = self.cli("--stop", "app")
+        self.assertEqual(code, 0, out + err)
+        self.assertEqual(self.marked(), [])
+        self.assertFalse(os.path.exists(os.path.join(self.tmp, "elsewhere")))
+
 
 class MetricsTests(SupervisorCase):
     """metrics_file: Prometheus text format, read by a real parser."""
