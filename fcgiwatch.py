@@ -1046,30 +1046,42 @@ class IniReader:
                          depth)
 
     def include(self, patterns, filename, depth):
-        """[include] files = GLOB ...: relative to the including file, each
-        glob in sorted order; one that matches nothing is fine."""
-        import glob
-        if depth >= 10:
+        """[include] files = GLOB ...: read each file it names."""
+        if depth >= INCLUDE_DEPTH:
             self.problem(self.errors, filename, "include", "files",
-                         "includes nest more than 10 deep; is one file "
-                         "including itself?")
+                         "includes nest more than %d deep; is one file "
+                         "including itself?" % INCLUDE_DEPTH)
             return
-        here = os.path.dirname(os.path.abspath(filename))
-        for pattern in patterns.split():
-            for path in sorted(glob.glob(os.path.join(
-                    here, os.path.expanduser(pattern)))):
-                path = os.path.abspath(path)
-                if path in self.read_files or os.path.isdir(path):
-                    continue
-                try:
-                    text = read_config_file(path)
-                except ConfigErrors as exc:
-                    for problem in exc.errors:
-                        self.problem(self.errors, filename, "include",
-                                     "files", "%s: %s" % (path,
-                                                          problem.message))
-                    continue
-                self.read(text, path, depth + 1)
+        for path in included_files(patterns, filename):
+            if path in self.read_files:
+                continue
+            try:
+                text = read_config_file(path)
+            except ConfigErrors as exc:
+                for problem in exc.errors:
+                    self.problem(self.errors, filename, "include", "files",
+                                 "%s: %s" % (path, problem.message))
+                continue
+            self.read(text, path, depth + 1)
+
+
+#: How deep [include]s may nest: deeper, a file most likely includes
+#: itself by another name.
+INCLUDE_DEPTH = 10
+
+
+def included_files(patterns, filename):
+    """The files [include] files = GLOB ... names: relative to the
+    including file, each glob in sorted order (one that matches nothing
+    is fine), directories left out.  Read by the supervisor and, for
+    state_dir, by its clients."""
+    import glob
+    here = os.path.dirname(os.path.abspath(filename))
+    for pattern in patterns.split():
+        for path in sorted(glob.glob(os.path.join(
+                here, os.path.expanduser(pattern)))):
+            if not os.path.isdir(path):
+                yield os.path.abspath(path)
 
 
 def repeated_keys(text):
@@ -4349,6 +4361,8 @@ class Tree:
             run = sessions.get(sid) or sessions.get(pgid)
             named = None if run is not None else service_named_in(pid)
             if named == "" and process_exiting(pid):
+                # Its stat read again, after the empty environment: an exit
+                # that emptied it has set PF_EXITING by then.
                 # Exiting as we look (a double fork's middle process): its
                 # reaping, or the daemon it hands us, will tell.  Not a
                 # stray; adopt() waits for it when it may hold the daemon.
@@ -7989,23 +8003,21 @@ def configured_value(text, section, key):
         stripped = line.strip()
         if not stripped or stripped[0] in "#;":
             continue  # blank or a comment
+        if line[0] not in " \t" and stripped.startswith("[") and \
+                "]" in stripped:
+            current, ours = stripped[1:stripped.rindex("]")], False
+            continue
         # A ';' or '#' after white space starts a comment.
         words = re.split(r"\s[;#]", stripped)[0].strip()
         if line[0] in " \t":
             if ours and words:
                 value += "\n" + words  # the value goes on
             continue
-        ours = False
-        if stripped.startswith("[") and "]" in stripped:
-            current = stripped[1:stripped.rindex("]")]
-            continue
-        if current != section:
-            continue
-        cut = min(i for i in (stripped.find("="), stripped.find(":"),
-                              len(stripped)) if i >= 0)
-        if stripped[:cut].strip().lower() == key:
-            value = re.split(r"\s[;#]", stripped[cut + 1:])[0].strip()
-            ours = True
+        cut = min(i for i in (words.find("="), words.find(":"), len(words))
+                  if i >= 0)
+        ours = current == section and words[:cut].strip().lower() == key
+        if ours:
+            value = words[cut + 1:].strip()
     return value
 
 
@@ -8015,36 +8027,28 @@ def configured_state_dir(config_path):
     relative, relative to the main file's directory.  Raises ConfigErrors
     when the main file cannot be read; an included one that cannot is
     passed over (the supervisor would not have started: nothing to find)."""
-    import glob
-    found, seen = [None], set()
+    seen = set()
 
-    def walk(path, depth):
-        path = os.path.abspath(path)
-        if path in seen or depth > 10:
-            return
+    def last_value(path, depth):
         seen.add(path)
         try:
             text = read_config_file(path)
         except ConfigErrors:
             if depth == 0:
                 raise
-            return
+            return None
         value = configured_value(text, OWN_SECTION, "state_dir")
-        if value:
-            found[0] = value
-        here = os.path.dirname(path)
-        for pattern in (configured_value(text, "include", "files")
-                        or "").split():
-            for match in sorted(glob.glob(os.path.join(
-                    here, os.path.expanduser(pattern)))):
-                if not os.path.isdir(match):
-                    walk(match, depth + 1)
-    walk(config_path, 0)
-    if not found[0]:
+        patterns = configured_value(text, "include", "files") or ""
+        for included in included_files(patterns, path):
+            if included not in seen and depth < INCLUDE_DEPTH:
+                value = last_value(included, depth + 1) or value
+        return value
+    value = last_value(os.path.abspath(config_path), 0)
+    if not value:
         return None
     return os.path.normpath(os.path.join(
         os.path.dirname(os.path.abspath(config_path)),
-        os.path.expanduser(found[0])))
+        os.path.expanduser(value)))
 
 
 def find_state_dir(config_path):
