@@ -2160,13 +2160,23 @@ class MetricsTests(SupervisorCase):
     def metrics(self):
         return self.families(read_text(self.metrics_path))
 
+    def metrics_saying(self, key, value):
+        """A check for wait_for: the metrics, once key has value."""
+        def check():
+            values = self.metrics()
+            return values if values.get(key) == value else None
+        return check
+
     def test_metrics_file_follows_the_status(self):
         self.metrics_path = os.path.join(self.tmp, "fcgiwatch.prom")
         self.start({"web": {"command": "sleep 1000"},
                     "job": {"command": "sleep 1000", "autostart": "false"}},
                    {"metrics_file": self.metrics_path})
         web = (("name", "web"),)
-        values = self.metrics()
+        # The metrics file is written just after the status file that
+        # start() watched, so it may not say "up" yet.
+        values = wait_for(self.metrics_saying(("fcgiwatch_service_up", web),
+                                              1), 5, "web up in the metrics")
         self.assertEqual(values[("fcgiwatch_up", ())], 1)
         self.assertEqual(values[("fcgiwatch_service_up", web)], 1)
         self.assertEqual(values[("fcgiwatch_service_wanted_up",
@@ -2180,14 +2190,13 @@ class MetricsTests(SupervisorCase):
             self.entry("web")["started"], places=2)
         old = self.kill_service("web")
         self.wait_state("web", "up", pid_not=old)
-        wait_for(lambda: self.metrics().get((
-            "fcgiwatch_service_restarts_total", web)) == 1, 5,
-            "the restart counted")
+        wait_for(self.metrics_saying(("fcgiwatch_service_restarts_total",
+                                      web), 1), 5, "the restart counted")
         self.assertEqual(self.metrics()[(
             "fcgiwatch_service_last_exit_code", web)], 128 + 9)
         self.assertEqual(self.cli("--stop", "web")[0], 0)
-        wait_for(lambda: self.metrics().get(("fcgiwatch_service_up", web))
-                 == 0, 5, "down in the metrics")
+        wait_for(self.metrics_saying(("fcgiwatch_service_up", web), 0), 5,
+                 "down in the metrics")
         self.assertEqual(self.metrics()[("fcgiwatch_service_wanted_up",
                                          web)], 0)
         code, out, err = self.cli("--status", "--prometheus")
