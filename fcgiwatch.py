@@ -50,7 +50,7 @@ import stat
 import struct
 import sys
 import time
-from collections import namedtuple
+from collections import deque, namedtuple
 
 VERSION = "1.0.0"
 
@@ -2547,7 +2547,8 @@ class SyslogSender:
 
     A missing socket is one warning; we try again at most once a minute.
     A full socket keeps messages in a bounded backlog and asks the loop to
-    tell us when it can take more.
+    tell us when it can take more; what the bound drops is counted and told
+    once the backlog has drained.
     """
 
     RETRY = 60.0
@@ -2558,7 +2559,8 @@ class SyslogSender:
         self.sock = None
         self.next_try = 0.0
         self.warned = False
-        self.backlog = []
+        self.backlog = deque(maxlen=SYSLOG_BACKLOG_MAX)  # oldest dropped
+        self.dropped = 0
         self.on_backlog = None  # set by the supervisor: register for write
         self.waiters = []      # output pipes paused while the backlog drains
 
@@ -2619,9 +2621,9 @@ class SyslogSender:
         return True
 
     def queue(self, packet):
+        if len(self.backlog) == self.backlog.maxlen:
+            self.dropped += 1
         self.backlog.append(packet)
-        if len(self.backlog) > SYSLOG_BACKLOG_MAX:
-            del self.backlog[:len(self.backlog) - SYSLOG_BACKLOG_MAX]
         if self.on_backlog is not None:
             self.on_backlog(True)
 
@@ -2635,8 +2637,18 @@ class SyslogSender:
             except OSError:
                 self.close()
                 break
-            del self.backlog[0]
-        self.backlog = [] if self.sock is None else self.backlog
+            self.backlog.popleft()
+        if self.sock is None:
+            self.dropped += len(self.backlog)
+            self.backlog.clear()
+        if not self.backlog and self.dropped:
+            # Told now that the socket takes messages again; our own events
+            # among the lost are in log_file and on stderr as well.
+            dropped, self.dropped = self.dropped, 0
+            self.on_warning("syslog: %d message%s lost: syslog did not keep "
+                            "up (%d were waiting), or went away" % (
+                                dropped, "s were" if dropped != 1 else " was",
+                                SYSLOG_BACKLOG_MAX))
         if not self.backlog and self.on_backlog is not None:
             self.on_backlog(False)
         return not self.backlog

@@ -2575,6 +2575,40 @@ class LoggingTests(SupervisorCase):
         data, got = self.receive(server, lambda d: "web: exited" in d)
         self.assertIn("killed by signal KILL after", data)
 
+    def test_syslog_that_does_not_keep_up_loses_the_oldest_counted(self):
+        server, path = self.syslog_server()
+        warnings = []
+        sender = fcgiwatch.SyslogSender(("unix", socket.AF_UNIX, path), 1,
+                                        warnings.append)
+        self.addCleanup(sender.close)
+        number = 0
+        while sender.send(6, "t", 1, b"m%d" % number):
+            number += 1  # until the socket's queue is full
+        direct, extra = number, 25
+        for number in range(number + 1,
+                            direct + fcgiwatch.SYSLOG_BACKLOG_MAX + extra):
+            self.assertFalse(sender.send(6, "t", 1, b"m%d" % number))
+        got, drained = [], False
+        server.setblocking(False)
+        while True:
+            while True:
+                try:
+                    got.append(server.recv(65536).split(b": ", 1)[1])
+                except BlockingIOError:
+                    break
+            if drained:
+                break
+            self.assertEqual(warnings, [])
+            drained = sender.flush()
+        self.assertEqual(warnings, [
+            "syslog: %d messages were lost: syslog did not keep up (%d "
+            "were waiting), or went away" % (
+                extra, fcgiwatch.SYSLOG_BACKLOG_MAX)])
+        # Those sent are the first that fitted, then the newest.
+        self.assertEqual(got, [b"m%d" % n for n in range(direct)] + [
+            b"m%d" % n for n in range(direct + extra, number + 1)])
+        self.assertFalse(sender.is_backlogged())
+
     def test_missing_syslog_socket_is_one_warning(self):
         self.start({"a": {"command": "sleep 1000"}},
                    {"syslog": "yes", "syslog_socket":
