@@ -3695,13 +3695,13 @@ class SafetyAsRootTests(SupervisorCase):
         return path
 
     def plant_link(self, path, target):
-        """What user nobody can do in its own directory."""
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-        os.symlink(target, path)
-        os.lchown(path, NOBODY.pw_uid, NOBODY.pw_gid)
+        """What user nobody can do in its own directory: made aside, then
+        renamed over the name, so that a file the supervisor creates there
+        meanwhile (a rotation) is replaced too."""
+        aside = path + ".planted"
+        os.symlink(target, aside)
+        os.lchown(aside, NOBODY.pw_uid, NOBODY.pw_gid)
+        os.rename(aside, path)
 
     def syslog_server(self):
         path = os.path.join(self.tmp, "log.sock")
@@ -3773,10 +3773,19 @@ class SafetyAsRootTests(SupervisorCase):
                             "stdout_logfile_backups": "1"}},
                    {"syslog_socket": sock_path})
         pid = self.entry("app")["pid"]
-        self.plant_link(log, self.target)
-        self.proc.send_signal(signal.SIGUSR1)
-        wait_for(lambda: self.entry("app")["logs"]["stdout"] == "syslog",
-                 5, "the fallback")
+        # yes fills 1MB in milliseconds: a rotation between the plant and
+        # the reopen moves the link aside (safely) and opens a fresh file.
+        # Plant again then.
+        for _attempt in range(10):
+            self.plant_link(log, self.target)
+            self.proc.send_signal(signal.SIGUSR1)
+            try:
+                wait_for(lambda: self.entry("app")["logs"]["stdout"] ==
+                         "syslog", 1, "the fallback")
+                break
+            except AssertionError:
+                continue
+        self.assertEqual(self.entry("app")["logs"]["stdout"], "syslog")
 
         def writer_waits():
             # yes blocks in write(2) once the supervisor stops reading.
