@@ -364,8 +364,17 @@ def to_int(value, minimum=0):
     return number
 
 
-def to_seconds(value):
-    """A duration in seconds, fractions allowed, never negative.
+#: Longest duration a key takes: a year is more than any wait a service
+#: needs, and far from where a timeout overflows select().
+MAX_SECONDS = 365 * 86400
+
+#: Shortest period of what repeats (a health check, a back-off): below it
+#: a typo such as 1e-3 for 1e3 would keep a core busy.
+MIN_INTERVAL = 0.05
+
+
+def to_seconds(value, minimum=0.0):
+    """A duration in seconds, fractions allowed, from minimum to a year.
 
     >>> to_seconds("1.5")
     1.5
@@ -382,6 +391,37 @@ def to_seconds(value):
     if number < 0:
         raise ValueError("%r is negative; durations are 0 or more seconds"
                          % value)
+    if number < minimum:
+        raise ValueError("%r is less than %s seconds, which would keep a "
+                         "core busy" % (value, minimum))
+    if number > MAX_SECONDS:
+        raise ValueError("%r is more than a year (%d seconds); give a "
+                         "shorter time" % (value, MAX_SECONDS))
+    return number
+
+
+def to_interval(value):
+    """A period of something that repeats: at least MIN_INTERVAL."""
+    return to_seconds(value, MIN_INTERVAL)
+
+
+def to_watchdog(value):
+    """0 (off), or a period as to_interval."""
+    number = to_seconds(value)
+    return number and to_interval(value)
+
+
+#: Most rotated files kept, and most instances of one program: beyond
+#: these a typo costs minutes of renames or of reading the config.
+MAX_BACKUPS = 1000
+MAX_NUMPROCS = 10000
+
+
+def to_count(value, most):
+    """A whole number from 0 to most."""
+    number = to_int(value)
+    if number > most:
+        raise ValueError("%r is more than %d" % (value, most))
     return number
 
 
@@ -530,16 +570,24 @@ def read_environment_file(path, identity, euid):
     may change is refused, as an unsafe config is."""
     import shlex
     uid = identity[0] if identity else None
+    # O_NONBLOCK: a FIFO (or a device) put under the name must not hold
+    # the one loop that keeps every service alive; it is refused below.
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
     try:
         if euid == 0 and identity is not None:
-            fd = with_identity(identity, os.open, path,
-                               os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            fd = with_identity(identity, os.open, path, flags)
         else:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            fd = os.open(path, flags)
     except OSError as exc:
-        raise ValueError("environment_file %s: %s" % (path, exc.strerror))
+        raise ValueError("environment_file %s: %s%s" % (
+            path, exc.strerror, "; it is read as the run user %s, who must "
+            "be able to read it" % user_label(uid) if exc.errno ==
+            errno.EACCES and uid is not None else ""))
     with os.fdopen(fd, "rb") as handle:
         info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError("environment_file %s is not a regular file"
+                             % path)
         if euid == 0 and (info.st_uid not in (0, uid if uid is not None
                                               else 0) or
                           info.st_mode & 0o022):
@@ -716,10 +764,15 @@ def to_syslog_socket(value):
     return ("unix", socket.AF_UNIX, text)
 
 
-def to_logfile(value, base_dir, euid=None):
+def to_logfile(value, base_dir, euid=None, warn=None, owners=None):
     """syslog, null, inherit, or a file path (relative to the config) that
     can be written safely (see Safe paths) by a supervisor running as
-    euid."""
+    euid.  A directory on the way that several users can change is an
+    error; a link, hard link or FIFO someone put under the name itself is
+    a warning through warn(message) (the file is tried again at each open,
+    and output goes to syslog meanwhile), since that user could as well
+    put one there later.  owners: {path: the one user besides root and us
+    who can change its directory, or None} for the caller's checks."""
     text = value.strip()
     word = text.lower()
     if word in ("syslog", "null", "inherit"):
@@ -735,12 +788,20 @@ def to_logfile(value, base_dir, euid=None):
                          % parent)
     if os.path.isdir(path):
         raise ValueError("%s is a directory; name a file" % path)
-    problem = None if euid is None else file_problem(path, euid)
+    if euid is None:
+        return path
+    owner, problem, entry = inspect_file_path(path, euid)
     if problem:
         raise ValueError("%s, so a planted link could redirect what "
                          "fcgiwatch writes there; let only root or one user "
                          "change each directory on the way, or log to "
                          "syslog" % problem)
+    if entry and warn is not None:
+        warn("%s: nothing is written through it; the lines go to syslog "
+             "until it can be opened safely (remove it, then kill -USR1 "
+             "the supervisor)" % entry)
+    if owners is not None:
+        owners[path] = owner
     return path
 
 
@@ -801,11 +862,22 @@ def default_state_dir(euid):
     return os.path.join(current_user(euid)[3], ".fcgiwatch")
 
 
-def read_config_file(filename):
-    """The config's text, or ConfigErrors naming why it cannot be read."""
+def read_config_file(filename, euid=None):
+    """The text of a config file (the main one or an [include]d one), or
+    ConfigErrors naming why it cannot be read.
+
+    A root supervisor (euid 0) runs what the file says as root, so the
+    file must be one only root can change: it is opened once, through a
+    walk that judges every directory on the way by its fd (open_config),
+    and judged by what was opened, never by a path looked at twice: a user
+    who swaps files under a name we checked gains nothing."""
     try:
-        with open(filename, "rb") as handle:
+        fd = open_config(filename, euid)
+        with os.fdopen(fd, "rb") as handle:
             data = handle.read()
+    except UnsafePath as exc:
+        raise ConfigErrors([ConfigError(filename, None, None, "not read: %s"
+                                        % exc)])
     except OSError as exc:
         hint = {errno.ENOENT: "; give the right path with -c FILE",
                 errno.EACCES: "; make it readable by this user"}.get(
@@ -819,10 +891,55 @@ def read_config_file(filename):
             filename, None, None, "not UTF-8 text (byte %d)" % exc.start)])
 
 
+def open_config(path, euid):
+    """An fd for reading a config file.  As root: reached by walk_path in
+    its strict mode (each directory owned by root and writable by nobody
+    else, a sticky one such as /tmp excepted; a link followed only where
+    root made it), opened with O_NOFOLLOW and O_NONBLOCK (a FIFO planted
+    there cannot block us), then required to be a regular file of root's
+    that nobody else may write.  Raises UnsafePath or OSError."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    if euid != 0:
+        return os.open(path, flags & ~os.O_NONBLOCK)
+    place = walk_path(os.path.abspath(path), 0, strict=True)
+    try:
+        fd = os.open(place.name, flags | os.O_NOFOLLOW, dir_fd=place.fd)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UnsafePath("%s changed while fcgiwatch looked at it" % path)
+        raise
+    finally:
+        os.close(place.fd)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise UnsafePath("%s is not a regular file" % path)
+        if info.st_uid != 0:
+            raise UnsafePath(CONFIG_OWNER % (path, user_label(info.st_uid),
+                                             path))
+        if info.st_mode & 0o022:
+            raise UnsafePath(CONFIG_WRITABLE % (path, "others" if
+                                                info.st_mode & 0o002 else
+                                                "its group", path))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+#: Why a root supervisor refuses a config file or a directory above it.
+CONFIG_OWNER = ("%s is owned by %s, not root; a root supervisor only runs a "
+                "config that only root can change (chown root %s)")
+CONFIG_WRITABLE = ("%s is writable by %s; a root supervisor only runs a "
+                   "config that only root can change (chmod go-w %s)")
+
+
 def load_config(filename, euid=None):
     """Read and parse a config file; raises ConfigErrors."""
+    if euid is None:
+        euid = os.geteuid()
     filename = os.path.abspath(filename)
-    return parse_config(read_config_file(filename), filename, euid)
+    return parse_config(read_config_file(filename, euid), filename, euid)
 
 
 def parse_config(text, filename, euid=None):
@@ -855,7 +972,7 @@ def parse_config(text, filename, euid=None):
         error(None, None, "the file is empty; add a [program:NAME] section "
               "with a command = line")
         raise ConfigErrors(errors)
-    ini = IniReader(errors, warnings, files)
+    ini = IniReader(errors, warnings, files, euid)
     ini.read(text, filename)
     if errors:
         raise ConfigErrors(errors)
@@ -863,7 +980,7 @@ def parse_config(text, filename, euid=None):
     base_dir = os.path.dirname(os.path.abspath(filename))
     supervisord = parse_supervisord_section(ini, base_dir, euid, error, warn)
     globals_ = parse_globals(ini.values.get(OWN_SECTION, {}), filename,
-                             base_dir, euid, error, supervisord)
+                             base_dir, euid, error, supervisord, warn)
     services, seen, instances, sockets = [], {}, {}, {}
     groups = {}
     reported = set()
@@ -981,8 +1098,9 @@ class IniReader:
     section, and the values a comment cut short (for the error that a
     command split then gives)."""
 
-    def __init__(self, errors, warnings, files):
+    def __init__(self, errors, warnings, files, euid):
         self.errors, self.warnings, self.files = errors, warnings, files
+        self.euid = euid          # as root, included files are judged too
         self.order, self.values = [], {}
         self.cuts = {}            # (section, key) -> the value uncut
         self.read_files = set()
@@ -1056,7 +1174,7 @@ class IniReader:
             if path in self.read_files:
                 continue
             try:
-                text = read_config_file(path)
+                text = read_config_file(path, self.euid)
             except ConfigErrors as exc:
                 for problem in exc.errors:
                     self.problem(self.errors, filename, "include", "files",
@@ -1137,7 +1255,11 @@ def parse_supervisord_section(ini, base_dir, euid, error, warn):
             error("supervisord", key, str(exc))
             return None
     for key, function, target in (
-            ("logfile", lambda v: to_logfile(v, here, euid), "log_file"),
+            ("logfile", lambda v: to_logfile(
+                v, here, euid, lambda m: warn("supervisord", "logfile", m)),
+             "log_file"),
+            # The pidfile is replaced whole, by a rename that never
+            # follows what is under the name: nothing there to warn of.
             ("pidfile", lambda v: to_logfile(v, here, euid), "pidfile"),
             ("childlogdir", lambda v: existing_directory(v, here),
              "childlogdir"),
@@ -1222,7 +1344,8 @@ def multiline_message():
             "continues the key above it); put it on one line")
 
 
-def parse_globals(values, filename, base_dir, euid, error, supervisord):
+def parse_globals(values, filename, base_dir, euid, error, supervisord,
+                  warn):
     """The [fcgiwatch] section, with the contract's defaults (and what
     [supervisord] says where [fcgiwatch] says nothing)."""
     values = dict(values)
@@ -1258,8 +1381,9 @@ def parse_globals(values, filename, base_dir, euid, error, supervisord):
                              "user, local0" % value)
         return SYSLOG_FACILITIES[word]
 
-    def log_file(value):
-        path = to_logfile(value, base_dir, euid)
+    def log_file(value, appended=True):
+        path = to_logfile(value, base_dir, euid, lambda m: warn(
+            OWN_SECTION, "log_file", m) if appended else None)
         if path in ("syslog", "null", "inherit"):
             raise ValueError("name a file path")
         return path
@@ -1281,7 +1405,8 @@ def parse_globals(values, filename, base_dir, euid, error, supervisord):
         path=convert("path", path_list, DEFAULT_PATH),
         pidfile=supervisord["pidfile"], minfds=supervisord["minfds"],
         minprocs=supervisord["minprocs"],
-        metrics_file=convert("metrics_file", log_file, None),
+        metrics_file=convert("metrics_file", lambda v: log_file(v, False),
+                             None),
         alert_command=convert("alert_command", to_command, None),
         alert_interval=convert("alert_interval", to_seconds, 300.0))
 
@@ -1297,6 +1422,9 @@ def expand(value, names):
         if match.group(0) == "%%":
             return "%"
         name, spec = match.group(1), match.group(2)
+        if any(len(digits) > 2 for digits in re.findall("[0-9]+", spec)):
+            raise ValueError("%%(%s)%s: a width or precision over 99 "
+                             "characters" % (name, spec))
         if name not in names and name.startswith("ENV_"):
             raise ValueError("%%(%s)s: the supervisor's environment has no "
                              "%s (it is what fcgiwatch was started with: "
@@ -1333,6 +1461,9 @@ def parse_program(given, section, program, globals_, base_dir, euid,
     ok = True
     try:
         numprocs = to_int(given.get("numprocs", "1"), 1)
+        if numprocs > MAX_NUMPROCS:
+            raise ValueError("%r is more than %d instances" % (
+                given["numprocs"], MAX_NUMPROCS))
     except ValueError as exc:
         error(section, "numprocs", str(exc))
         numprocs, ok = 1, False
@@ -1419,12 +1550,19 @@ def parse_service(given, section, name, globals_, base_dir, euid, error,
                         "a comment, as in supervisord, and cut this value "
                         "from %r: write it with no space before it" % uncut)
         error(section, key, message)
-    values = convert_service_keys(raw, base_dir, euid, report, trusted)
+    owners = {}
+    values = convert_service_keys(raw, base_dir, euid, report, trusted,
+                                  lambda key, message: flavour.warn(
+                                      section, key, message)
+                                  if flavour else None, owners)
     user = resolve_run_user(raw, euid, report)
     socket_owner = resolve_socket_owner(raw, euid, report)
     if bad or values is None or user is None or socket_owner is False:
         return None
     user_name, uid, gid, groups, home, shell = user
+    if not log_owners_fit(values, owners, euid if uid is None else uid,
+                          user_name, report):
+        return None
     env = {"PATH": globals_.path, "HOME": home, "USER": user_name,
            "LOGNAME": user_name, "SHELL": shell}
     if flavour is not None:
@@ -1446,17 +1584,17 @@ SERVICE_CONVERTERS = (
     ("umask", to_octal), ("autostart", to_bool),
     ("autorestart", to_autorestart), ("exitcodes", to_exitcodes),
     ("startsecs", to_seconds), ("startretries", to_retries),
-    ("backoff_max", to_seconds), ("stopsignal", to_signal),
+    ("backoff_max", to_interval), ("stopsignal", to_signal),
     ("stopwaitsecs", to_seconds), ("stopasgroup", to_bool),
     ("killasgroup", to_bool), ("redirect_stderr", to_bool),
     ("stdout_logfile_maxbytes", to_byte_size),
-    ("stdout_logfile_backups", to_int),
-    ("healthcheck_interval", to_seconds),
+    ("stdout_logfile_backups", lambda v: to_count(v, MAX_BACKUPS)),
+    ("healthcheck_interval", to_interval),
     ("healthcheck_timeout", to_seconds),
     ("healthcheck_retries", lambda v: to_int(v, 1)),
     ("priority", lambda v: to_int(v, None)),
     ("socket_mode", to_octal), ("ready", to_ready),
-    ("watchdog_secs", to_seconds), ("limits", to_limits),
+    ("watchdog_secs", to_watchdog), ("limits", to_limits),
     ("stdout_logfile_timestamps", to_bool))
 
 
@@ -1481,10 +1619,31 @@ def auto_log_files(raw, name, flavour):
     return trusted
 
 
-def convert_service_keys(raw, base_dir, euid, report, trusted=()):
+def log_owners_fit(values, owners, run_uid, user_name, report):
+    """A service's log file may be in a directory that one user besides
+    root can change only when that user is the one it runs as: the owner
+    of the directory can put a file of theirs under the name, and the
+    supervisor would then append the service's output to a file they can
+    read.  False after reporting."""
+    ok = True
+    for key in ("stdout_logfile", "stderr_logfile"):
+        owner = owners.get(values.get(key))
+        if owner is not None and owner != run_uid:
+            report(key, "%s is in a directory that %s can change, who could "
+                   "then read what this service (run as %s) writes; use a "
+                   "directory of root's or of %s" % (
+                       values[key], user_label(owner), user_name, user_name))
+            ok = False
+    return ok
+
+
+def convert_service_keys(raw, base_dir, euid, report, trusted=(),
+                         notice=None, owners=None):
     """The values of a service's own keys (not user or socket owner), or
-    None after reporting each problem through report(key, message).
-    trusted: log file paths in state_dir, made by the supervisor."""
+    None after reporting each problem through report(key, message) (and
+    each warning through notice(key, message)).  trusted: log file paths
+    in state_dir, made by the supervisor; owners: filled in as to_logfile
+    does."""
     values, ok = {}, [True]
 
     def convert(key, function, *args):
@@ -1518,17 +1677,18 @@ def convert_service_keys(raw, base_dir, euid, report, trusted=()):
     # here only where it is.
     values["environment_file"] = os.path.normpath(os.path.join(
         base_dir, os.path.expanduser(text))) if text else None
-    def log_file(value, base_dir, euid):
+    def log_file(value, key):
         if value.strip() in trusted:
             return value.strip()
-        return to_logfile(value, base_dir, euid)
-    convert("stdout_logfile", log_file, base_dir, euid)
+        return to_logfile(value, base_dir, euid, lambda message: notice(
+            key, message) if notice else None, owners)
+    convert("stdout_logfile", log_file, "stdout_logfile")
     # stderr: its own keys where given, else stdout's (and with
     # redirect_stderr, stdout's destination whatever was given).
     for key, function, args in (
-            ("stderr_logfile", log_file, (base_dir, euid)),
+            ("stderr_logfile", log_file, ("stderr_logfile",)),
             ("stderr_logfile_maxbytes", to_byte_size, ()),
-            ("stderr_logfile_backups", to_int, ()),
+            ("stderr_logfile_backups", to_count, (MAX_BACKUPS,)),
             ("stderr_logfile_timestamps", to_bool, ())):
         if raw[key].strip():
             convert(key, function, *args)
@@ -1536,9 +1696,6 @@ def convert_service_keys(raw, base_dir, euid, report, trusted=()):
             values[key] = values.get(key.replace("stderr", "stdout"))
     if values.get("redirect_stderr"):
         values["stderr_logfile"] = values.get("stdout_logfile")
-    if values.get("healthcheck_interval") == 0:
-        report("healthcheck_interval", "must be more than 0 seconds")
-        ok[0] = False
     if values.get("watchdog_secs") and values.get("ready") == "startsecs":
         report("watchdog_secs", "needs ready = notify: the watchdog is the "
                "program's WATCHDOG=1 messages to $NOTIFY_SOCKET")
@@ -1671,36 +1828,6 @@ def config_from_json(values):
         if fields[key] is not None:
             fields[key] = Endpoint(*tuples(fields[key]))
     return ServiceConfig(**fields)
-
-
-def insecure_config_reason(filename):
-    """Why a root supervisor must not trust this config, or None.
-
-    Like sshd's StrictModes: the file and every directory above it must be
-    owned by root and writable by nobody else, or anyone who can write them
-    can run commands as root.
-    """
-    path = os.path.abspath(filename)
-    while True:
-        try:
-            info = os.stat(path)
-        except OSError as exc:
-            return "cannot check %s: %s" % (path, exc.strerror)
-        writable = info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
-        sticky_dir = stat.S_ISDIR(info.st_mode) and info.st_mode & stat.S_ISVTX
-        if info.st_uid != 0:
-            return ("%s is owned by uid %d, not root; a root supervisor only "
-                    "runs a config that only root can change (chown root)"
-                    % (path, info.st_uid))
-        if writable and not sticky_dir:
-            return ("%s is writable by %s; a root supervisor only runs a "
-                    "config that only root can change (chmod go-w %s)"
-                    % (path, "others" if info.st_mode & stat.S_IWOTH
-                       else "its group", path))
-        parent = os.path.dirname(path)
-        if parent == path:
-            return None
-        path = parent
 
 
 # ===========================================================================
@@ -1989,16 +2116,35 @@ def group_alive(pgid):
 def read_proc_stat(pid):
     """(command name, [field 3, field 4, ...]) of /proc/PID/stat, or None
     once the process is gone.  Index 0 is the state, 1 the parent, 2 the
-    process group, 3 the session, 19 the start time."""
+    process group, 3 the session, 19 the start time.  The name is the
+    process's own to set: it comes without control characters."""
+    return read_proc_stat_path("/proc/%d/stat" % pid)
+
+
+def read_proc_stat_path(path):
     try:
-        with open("/proc/%d/stat" % pid, "rb") as handle:
+        with open(path, "rb") as handle:
             data = handle.read()
     except OSError:
         return None
     # The command name (field 2) may hold spaces and parentheses.
     close = data.rfind(b")")
     name = data[data.find(b"(") + 1:close].decode("utf-8", "replace")
-    return name, data[close + 2:].split()
+    return printable(name), data[close + 2:].split()
+
+
+#: Control characters (C0, DEL, C1): what a service's text must not carry
+#: to a terminal or a log line (escape sequences, a fake line).
+CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def printable(text):
+    """text with each control character shown as '?'.
+
+    >>> printable("ok\x1b]0;owned\x07 \x9b2J")
+    'ok?]0;owned? ?2J'
+    """
+    return CONTROL_CHARACTERS.sub("?", text)
 
 
 def process_ids(pid):
@@ -2062,28 +2208,68 @@ def service_identity(name, state_dir):
 
 def process_exiting(pid):
     """True once a process has begun to exit (the kernel's PF_EXITING
-    flag, field 9 of /proc/PID/stat) or is a zombie: its memory, and so
-    its environment, may be gone while its children are not yet handed
-    on to us."""
+    flag, field 9 of /proc/PID/stat) or is a zombie, and no thread of it
+    lives on: its memory, and so its environment, may be gone while its
+    children are not yet handed on to us.  A thread-group leader that
+    ended alone while its other threads serve on looks the same from its
+    own stat, and is anything but gone: it stays signallable by its pid."""
     info = read_proc_stat(pid)
     try:
         fields = info[1]
-        return fields[0] in (b"Z", b"X") or bool(int(fields[6]) & 0x4)
+        exiting = fields[0] in (b"Z", b"X") or bool(int(fields[6]) & 0x4)
     except (TypeError, IndexError, ValueError):
         return False  # gone: reaped, so nothing to wait for
+    return exiting and not live_threads(pid)
+
+
+def live_threads(pid):
+    """The ids of a process's threads other than its leader that are not
+    zombies (a leader may end before them, with pthread_exit)."""
+    try:
+        names = os.listdir("/proc/%d/task" % pid)
+    except OSError:
+        return []
+    found = []
+    for name in names:
+        if name.isdigit() and int(name) != pid:
+            info = read_proc_stat_path("/proc/%d/task/%s/stat" % (pid, name))
+            if info is not None and info[1][:1] not in ([b"Z"], [b"X"]):
+                found.append(int(name))
+    return found
+
+
+def process_uid(pid):
+    """The real uid of a process (/proc/PID/status), or None once it is
+    gone.  The kernel's word: only root can change it."""
+    try:
+        with open("/proc/%d/status" % pid, "rb") as handle:
+            for line in handle:
+                if line.startswith(b"Uid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 def service_named_in(pid):
     """The FCGIWATCH_SERVICE a process carries in its environment (as
     it was at exec), None without one, or "" when the environment is
     empty or cannot be read (an exiting process has no memory left to
-    read; one run with env -i has none): how an orphan that left its
-    service's session is traced back."""
-    try:
-        with open("/proc/%d/environ" % pid, "rb") as handle:
-            data = handle.read()
-    except OSError:
-        return ""
+    read; one run with env -i has none).  A leader that ended before its
+    threads has none either: a live thread of it is read instead.  A hint
+    only, which the process itself may have set: see Tree.identify."""
+    places = ["/proc/%d/environ" % pid]
+    places.extend("/proc/%d/task/%d/environ" % (pid, tid)
+                  for tid in live_threads(pid)[:1])
+    data = b""
+    for place in places:
+        try:
+            with open(place, "rb") as handle:
+                data = handle.read()
+        except OSError:
+            continue
+        if data:
+            break
     if not data:
         return ""
     for item in data.split(b"\0"):
@@ -2213,7 +2399,7 @@ def group_label(gid):
         return "gid %d" % gid
 
 
-def directory_owner(path, info, euid, last):
+def directory_owner(path, info, euid, last, strict=False):
     """Who besides root and us can change the entries of this directory:
     None, or one uid.  Raises UnsafePath when more than one user can.
 
@@ -2221,8 +2407,19 @@ def directory_owner(path, info, euid, last):
     but not replace ours, and the next step judges the entry we use.  The
     directory that holds the file itself may not be shared, sticky or not:
     anyone could then put a file of theirs under the name we write.
+
+    strict (a config a root supervisor reads): nobody but root and us may
+    change it at all, as sshd's StrictModes; sticky directories are fine
+    even last, since we only read a file that must itself be root's.
     """
     mode, owner = info.st_mode, info.st_uid
+    if strict:
+        if owner not in (0, euid):
+            raise UnsafePath(CONFIG_OWNER % (path, user_label(owner), path))
+        if mode & 0o022 and not mode & stat.S_ISVTX:
+            raise UnsafePath(CONFIG_WRITABLE % (path, "others" if mode & 0o002
+                                                else "its group", path))
+        return None
     shared = last or not mode & stat.S_ISVTX
     if shared and mode & stat.S_IWOTH:
         raise UnsafePath("%s is writable by everyone (mode %04o)" % (
@@ -2240,13 +2437,14 @@ def path_parts(path):
     return [p for p in os.path.normpath(path).split("/") if p]
 
 
-def walk_path(path, euid, create=False, directory=False):
+def walk_path(path, euid, create=False, directory=False, strict=False):
     """Open the way to path without following a link someone else made.
 
     Returns a SafePlace whose fd the caller closes.  With directory, path
     itself is a directory (created with create, mode 0755, where only root
-    or we can change its parent).  Raises UnsafePath, or OSError such as
-    FileNotFoundError for a directory that is missing.
+    or we can change its parent).  strict: see directory_owner.  Raises
+    UnsafePath, or OSError such as FileNotFoundError for a directory that
+    is missing.
     """
     parts = path_parts(os.path.join("/", path))
     name = None if directory else (parts.pop() if parts else None)
@@ -2257,7 +2455,7 @@ def walk_path(path, euid, create=False, directory=False):
     try:
         while True:
             where, owner = "/", directory_owner("/", os.fstat(fd), euid,
-                                                not parts)
+                                                not parts, strict)
             restart = None
             for index, part in enumerate(parts):
                 last = index == len(parts) - 1
@@ -2289,7 +2487,8 @@ def walk_path(path, euid, create=False, directory=False):
                     raise
                 os.close(fd)
                 fd, where = new, child
-                here = directory_owner(where, os.fstat(fd), euid, last)
+                here = directory_owner(where, os.fstat(fd), euid, last,
+                                       strict)
                 if here is not None and owner not in (None, here):
                     raise UnsafePath("both %s and %s can change %s" % (
                         user_label(owner), user_label(here), where))
@@ -2434,31 +2633,61 @@ def replace_file(path, data, mode, euid):
         os.close(place.fd)
 
 
-def file_problem(path, euid):
-    """Why fcgiwatch could not write a file at path safely, or None.  Only
-    looks (for the config check): nothing is created or opened for
-    writing."""
+def inspect_file_path(path, euid):
+    """How a file at path could be written, only looking (for the config
+    check): (owner, problem, entry).  owner: the one user besides root and
+    us who can change the directory that holds it, or None; problem: why
+    no file there could be written safely (the directories on the way),
+    or None; entry: why what is under the name now cannot be (a link,
+    hard link, FIFO or foreign file someone put there), or None."""
+    try:
+        holder = walk_path(os.path.dirname(path), euid, directory=True)
+    except UnsafePath as exc:
+        return None, str(exc), None
+    except OSError as exc:
+        return None, "%s: %s" % (exc.filename or path, exc.strerror), None
+    try:
+        owner = holder.owner
+        try:
+            info = os.stat(os.path.basename(path), dir_fd=holder.fd,
+                           follow_symlinks=False)
+        except FileNotFoundError:
+            return owner, None, None
+        root_link = stat.S_ISLNK(info.st_mode) and owner is None and \
+            info.st_uid in (0, euid)
+    finally:
+        os.close(holder.fd)
     try:
         place = walk_path(path, euid)
     except UnsafePath as exc:
-        return str(exc)
+        # A link root made is root's choice: where it leads is an error.
+        return (owner, str(exc), None) if root_link else (owner, None,
+                                                          str(exc))
     except OSError as exc:
-        return "%s: %s" % (exc.filename or path, exc.strerror)
+        return owner, "%s: %s" % (exc.filename or path, exc.strerror), None
     try:
         try:
             info = os.stat(place.name, dir_fd=place.fd, follow_symlinks=False)
         except FileNotFoundError:
-            return None
+            return place.owner, None, None
         full = os.path.join(place.where, place.name)
         if not stat.S_ISREG(info.st_mode):
-            return "%s is not a regular file" % full
+            return place.owner, None, "%s is not a regular file" % full
         if info.st_nlink != 1:
-            return "%s has %d hard links" % (full, info.st_nlink)
+            return place.owner, None, "%s has %d hard links" % (
+                full, info.st_nlink)
         if info.st_uid not in (0, euid, place.owner):
-            return "%s belongs to %s" % (full, user_label(info.st_uid))
-        return None
+            return place.owner, None, "%s belongs to %s" % (
+                full, user_label(info.st_uid))
+        return place.owner, None, None
     finally:
         os.close(place.fd)
+
+
+def file_problem(path, euid):
+    """Why fcgiwatch could not write a file at path safely now, or None."""
+    _owner, problem, entry = inspect_file_path(path, euid)
+    return problem or entry
 
 
 def with_identity(identity, function, *args):
@@ -3174,6 +3403,7 @@ class Run:
         self.poll_at = None     # a retiring run: when to look at its group
         self.ready_by = None    # ready = notify: when READY=1 is overdue
         self.watchdog_at = None  # watchdog_secs: when WATCHDOG=1 is overdue
+        self.said_stopping = False  # STOPPING=1 logged
 
     def signal(self, number, as_group):
         """Signal this run's process, or its whole tree; never a stranger.
@@ -3421,9 +3651,12 @@ class Service:
         """A run of ours spoke on NOTIFY_SOCKET (sd_notify)."""
         config = self.config
         if "STATUS" in fields and run is self.run:
-            self.notify_status = fields["STATUS"][:200]
+            # Shown on root's terminal by --status: no escape sequences.
+            self.notify_status = printable(fields["STATUS"][:200])
             self.supervisor.status_dirty = True
-        if fields.get("STOPPING") == "1" and run.stop_phase is None:
+        if fields.get("STOPPING") == "1" and run.stop_phase is None and \
+                not run.said_stopping:
+            run.said_stopping = True  # logged once a run, not per message
             self.log("pid %d says it is stopping (STOPPING=1)" % run.pid)
         if fields.get("WATCHDOG") == "1" and config.watchdog_secs and \
                 run.ready:
@@ -3827,8 +4060,10 @@ class Service:
         if config.numprocs > 1:
             identity += (("FCGIWATCH_PROCESS_NUM", "%d" % config.process_num),)
         try:
+            self.listen()
             if config.ready == "notify":
-                identity += (("NOTIFY_SOCKET", supervisor.notify_socket()),)
+                identity += (("NOTIFY_SOCKET",
+                              supervisor.notify_socket(self)),)
                 if config.watchdog_secs:
                     identity += (("WATCHDOG_USEC", "%d" % (
                         config.watchdog_secs * 1000000)),)
@@ -3860,6 +4095,15 @@ class Service:
             supervisor.watch(exec_fd, EVENT_READ,
                              lambda _mask: self.on_exec_report(run))
         return run
+
+    def listen(self):
+        """The held socket, bound now if it is not yet (a port that was in
+        use at start-up or reload may be free by the next try).  Raises
+        Failure: the start fails and backs off, as any failed start."""
+        config = self.config
+        if config.socket is not None and self.listener is None:
+            self.listener = self.supervisor.shared_listener(config) or \
+                open_listener(config, self.supervisor.euid)
 
     def child_fds(self):
         """stdin, stdout, stderr for the next run (pipes made on first use)."""
@@ -4236,6 +4480,7 @@ class Service:
             "start_time": run.read_start_time() if run else None,
             "priority": config.priority,
             "fingerprint": config_fingerprint(config),
+            "uid": self.supervisor.run_uid(config),
         }
         if config.numprocs > 1:
             entry.update(program=config.program,
@@ -4371,16 +4616,15 @@ class Tree:
                 self.strays.add(pid)  # an alert command's (mail forks)
                 continue
             run = sessions.get(sid) or sessions.get(pgid)
-            named = None if run is not None else service_named_in(pid)
-            if named == "" and process_exiting(pid):
-                # Its stat read again, after the empty environment: an exit
-                # that emptied it has set PF_EXITING by then.
+            service = None if run is not None else self.identify(pid)
+            if run is None and service is None and process_exiting(pid):
+                # Its stat read again, after identify() found nothing (an
+                # exit empties the environment): PF_EXITING is set by then.
                 # Exiting as we look (a double fork's middle process): its
                 # reaping, or the daemon it hands us, will tell.  Not a
                 # stray; adopt() waits for it when it may hold the daemon.
                 self.exiting.add(pid)
                 continue
-            service = supervisor.services.get(named) if named else None
             if run is None and service is not None and \
                     service.run is not None and service.run.pidfd is None:
                 run = service.run  # it left its session, with setsid
@@ -4406,6 +4650,28 @@ class Tree:
             sessions[sid] = run
         if not ended:
             self.report()
+
+    def identify(self, pid):
+        """The service an orphan that left its run's session belongs to,
+        or None: by what its user cannot forge.  Its environment's
+        FCGIWATCH_SERVICE counts only where its uid is the one that service
+        runs as (a process may set any variable, never its uid); without a
+        name that fits, its uid decides when exactly one service runs as
+        that user.  Several services of one user cannot be told apart by a
+        process that cleared its environment: it is a stray, stopped at
+        shutdown (README: give each service a user of its own)."""
+        uid = process_uid(pid)
+        if uid is None:
+            return None
+        services = self.supervisor.services
+        named = service_named_in(pid)
+        service = services.get(named) if named else None
+        if service is not None and self.supervisor.run_uid(
+                service.config) == uid:
+            return service
+        found = [s for s in services.values()
+                 if self.supervisor.run_uid(s.config) == uid]
+        return found[0] if len(found) == 1 else None
 
     def report(self):
         """Log the orphans taken in, once each, for runs that go on: not
@@ -4489,7 +4755,7 @@ class Tree:
             found = []
             for pid in sorted(run.members):
                 ids = process_ids(pid)
-                if ids is not None and ids[0] != "Z":
+                if ids is not None and (ids[0] != "Z" or live_threads(pid)):
                     found.append((pid, ids))
             return found
         found = alive()
@@ -4595,14 +4861,29 @@ class Tree:
 #
 # With ready = notify a run is ready when it says so: systemd's sd_notify
 # protocol, which uWSGI, php-fpm, go-systemd and python's sdnotify speak.
-# The supervisor gives such runs NOTIFY_SOCKET, one datagram socket in
-# state_dir for all of them, read in the one loop.  Each datagram carries
-# its sender's credentials (SO_PASSCRED; the kernel fills them in and only
-# root may forge them), and counts only for the run that pid belongs to:
-# a process of another service, or a stranger, cannot speak for this one.
+# The supervisor gives such runs NOTIFY_SOCKET: a datagram socket in
+# state_dir for each such service, read in the one loop, mode 0600 and
+# owned by the service's user, so that no other user can send to it (nor
+# fill its queue, so that the run's own READY=1 would find it full).  Each
+# datagram carries its sender's credentials (SO_PASSCRED; the kernel fills
+# them in and only root may forge them), and counts only when that pid is
+# a process of this service's run.
 # ===========================================================================
 
+#: The socket of supervisors before per-service sockets: bound again after
+#: a --reexec from one, for the runs carried over, which still send there.
 NOTIFY_SOCKET = "notify.sock"
+
+
+def notify_socket_path(state_dir, name):
+    """state_dir/notify.NAME.sock, or a digest of NAME where the path would
+    be too long for a unix socket."""
+    path = os.path.join(state_dir, "notify.%s.sock" % name)
+    if len(path.encode("utf-8", "replace")) > 100:
+        import hashlib
+        path = os.path.join(state_dir, "notify.%s.sock" % hashlib.sha256(
+            name.encode("utf-8", "replace")).hexdigest()[:16])
+    return path
 
 
 def bind_state_socket(path, kind, umask):
@@ -4662,23 +4943,38 @@ def parse_notify(data):
 
 
 class NotifySocket:
-    """state_dir/notify.sock: where ready = notify runs say READY=1."""
+    """Where the runs of a ready = notify service say READY=1: its own
+    socket, only its user may send to (owner: (uid, gid), None for ours);
+    service None is the shared socket of older versions (see
+    NOTIFY_SOCKET)."""
 
-    def __init__(self, supervisor):
+    def __init__(self, supervisor, service=None, owner=None):
         self.supervisor = supervisor
-        self.path = os.path.join(supervisor.settings.state_dir,
-                                 NOTIFY_SOCKET)
+        self.service, self.owner = service, owner
+        state_dir = supervisor.settings.state_dir
+        self.path = os.path.join(state_dir, NOTIFY_SOCKET) if service is \
+            None else notify_socket_path(state_dir, service)
         self.sock = None
         self.bound = None
         self.strangers = set()    # pids told about once
         self.listen()
 
     def listen(self):
-        """Bind (again, after state_dir was removed).  Any user may send
-        (services run as many users): credentials decide what counts."""
+        """Bind (again, after state_dir was removed), mode 0600 from the
+        first moment, then give it to the service's user: state_dir is
+        ours alone, so nobody can swap the file in between."""
         self.close()
         self.sock, self.bound = bind_state_socket(
-            self.path, socket.SOCK_DGRAM, 0o111)
+            self.path, socket.SOCK_DGRAM, 0o177 if self.service else 0o111)
+        if self.owner is not None:
+            try:
+                os.chown(self.path, self.owner[0], self.owner[1],
+                         follow_symlinks=False)
+            except OSError as exc:
+                self.close()
+                raise Failure("cannot give %s to uid %d: %s" % (
+                    self.path, self.owner[0], exc.strerror))
+            self.bound = path_identity(self.path)
         self.supervisor.watch(self.sock.fileno(), EVENT_READ,
                               self.on_readable)
 
@@ -4714,12 +5010,13 @@ class NotifySocket:
                     pid = struct.unpack("3i", value[:size])[0]
             run = supervisor.children.get(pid) or \
                 supervisor.tree.members.get(pid)
-            if run is None:
+            if run is None or self.service not in (None, run.service.name):
                 if pid not in self.strangers and len(self.strangers) < 100:
                     self.strangers.add(pid)
-                    supervisor.log("notify socket: a message from pid %s, "
-                                   "not a process of any service; ignored"
-                                   % pid)
+                    supervisor.log("notify socket %s: a message from pid %s,"
+                                   " not a process of %s; ignored" % (
+                                       self.path, pid, self.service or
+                                       "any service"))
                 continue
             run.service.on_notify(run, parse_notify(data),
                                   supervisor.clock())
@@ -5339,7 +5636,7 @@ class Supervisor:
         self.leftovers = Leftovers(self)
         self.handover = Handover(self)
         self.tree = Tree(self)
-        self.notify = None        # NotifySocket, made when first needed
+        self.notify = {}          # name -> NotifySocket, made when needed
         self.rolls = []           # Roll: pools restarted one at a time
         self.alerts = Alerts(self)
         self.lock_fd = -1
@@ -5358,6 +5655,7 @@ class Supervisor:
         self.metrics_warned = False
         self.state_dir_id = None    # (st_dev, st_ino) of state_dir
         self.lock_sock = None       # the abstract socket that is our lock
+        self.lock_warning = None    # who squats its name, if anyone
         self.state_dir_warned = False
         self.status_path = os.path.join(self.settings.state_dir, STATUS_FILE)
 
@@ -5365,6 +5663,9 @@ class Supervisor:
 
     def log(self, message, severity=LOG_INFO):
         """A supervisor event: stderr in the foreground, log_file, syslog."""
+        # A service's words may be in it (a process name, a path): never
+        # an escape sequence or a line feed of theirs in our log.
+        message = printable(message)
         line = "%s fcgiwatch[%d]: %s\n" % (
             time.strftime("%Y-%m-%d %H:%M:%S"), self.pid, message)
         data = line.encode("utf-8", "replace")
@@ -5432,6 +5733,8 @@ class Supervisor:
             self.pid, self.settings.filename, len(self.services)))
         for warning in self.config.warnings:
             self.warn("config: %s" % warning)
+        if self.lock_warning:
+            self.warn(self.lock_warning)
         self.raise_limits()
         self.write_pidfile()
         now = self.clock()
@@ -5487,16 +5790,26 @@ class Supervisor:
         if not path:
             return
         try:
-            with open(path, "rb") as handle:
-                if handle.read().strip() != b"%d" % self.pid:
-                    return  # another program's by now
             place = walk_path(path, self.euid)
-            try:
-                os.unlink(place.name, dir_fd=place.fd)
-            finally:
-                os.close(place.fd)
         except (OSError, UnsafePath):
+            return
+        try:
+            # O_NONBLOCK: a FIFO put there by the directory's owner must not
+            # hold our shutdown (with the lock held) for as long as it likes.
+            fd = os.open(place.name, os.O_RDONLY | os.O_NOFOLLOW
+                         | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0),
+                         dir_fd=place.fd)
+            try:
+                ours = stat.S_ISREG(os.fstat(fd).st_mode) and \
+                    os.read(fd, 64).strip() == b"%d" % self.pid
+            finally:
+                os.close(fd)
+            if ours:  # else another program's by now
+                os.unlink(place.name, dir_fd=place.fd)
+        except OSError:
             pass
+        finally:
+            os.close(place.fd)
 
     def make_state_dir(self):
         """Create state_dir if need be and check that nobody else can
@@ -5535,17 +5848,32 @@ class Supervisor:
                 raise Failure("cannot create %s: %s" % (logs, exc.strerror))
 
     def take_lock(self):
-        """One supervisor per state_dir, held for our whole life by two
-        locks: an abstract unix socket named after state_dir's real path,
-        which no file operation can remove (an rm -rf of state_dir leaves
-        it, so a second supervisor still sees the first), and a flock on
-        the pid file, which --status reads without waking us and which a
-        supervisor of an older version takes."""
-        self.lock_sock = bind_lock_socket(self.settings.state_dir)
-        self.lock_fd = self.open_pid_file()
+        """One supervisor per state_dir, held for our whole life.  The lock
+        is a flock on the pid file in state_dir, which only root (or our
+        user) can change; --status reads it without waking us.  Beside it,
+        an abstract unix socket named after state_dir's real path, which no
+        file operation can remove: after an rm -rf of state_dir a second
+        supervisor still sees the first.  But anyone may bind any abstract
+        name, so a holder of it counts only when it is of our own user (or
+        root), as the kernel says (SO_PEERCRED); a squatter is named in a
+        warning, and the flock alone decides."""
+        self.lock_fd = self.open_pid_file(write=False)
+        try:
+            self.lock_sock, squatter = bind_lock_socket(
+                self.settings.state_dir, self.euid)
+        except Failure:
+            os.close(self.lock_fd)
+            self.lock_fd = -1
+            raise
+        write_own_pid(self.lock_fd)
+        if squatter:
+            # Logged once logging is open (start()).
+            self.lock_warning = "the lock socket of state_dir %s is %s, " \
+                "not by a supervisor: carrying on with the pid file's lock " \
+                "alone" % (self.settings.state_dir, squatter)
 
-    def open_pid_file(self):
-        """The pid file, flocked, with our pid in it: its fd."""
+    def open_pid_file(self, write=True):
+        """The pid file, flocked, with our pid in it (write): its fd."""
         path = os.path.join(self.settings.state_dir, LOCK_FILE)
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW
@@ -5567,16 +5895,29 @@ class Supervisor:
                     os.close(fd)
                     raise AlreadyRunning(pid)
                 time.sleep(0.01)
-        os.ftruncate(fd, 0)
-        os.write(fd, b"%d\n" % self.pid)
-        os.fchmod(fd, 0o644)
+        if write:
+            write_own_pid(fd)
         return fd
 
-    def notify_socket(self):
-        """The path of NOTIFY_SOCKET, bound on first use.  Raises Failure."""
-        if self.notify is None:
-            self.notify = NotifySocket(self)
-        return self.notify.path
+    def notify_socket(self, service):
+        """The path of a service's NOTIFY_SOCKET, bound on first use (and
+        again for a new user).  Raises Failure."""
+        config = service.config
+        owner = None
+        if self.euid == 0 and config.uid not in (None, 0):
+            owner = (config.uid, config.gid)
+        notify = self.notify.get(service.name)
+        if notify is None or notify.owner != owner:
+            if notify is not None:
+                notify.close()
+            notify = self.notify[service.name] = NotifySocket(
+                self, service.name, owner)
+        return notify.path
+
+    def close_notify_socket(self, name):
+        notify = self.notify.pop(name, None)
+        if notify is not None:
+            notify.close()
 
     def check_state_dir(self):
         """Are state_dir, the pid file and the control socket still ours?
@@ -5607,8 +5948,8 @@ class Supervisor:
             self.lock_fd = fd
             if self.control is not None:
                 self.control.listen_file()
-            if self.notify is not None:
-                self.notify.listen()
+            for notify in self.notify.values():
+                notify.listen()
         except Failure as exc:
             if not self.state_dir_warned:
                 self.warn("cannot make state_dir %s again: %s; --status and "
@@ -5781,6 +6122,10 @@ class Supervisor:
 
     # -- fds in the selector -----------------------------------------------
 
+    def run_uid(self, config):
+        """The uid a service's processes run as."""
+        return self.euid if config.uid is None else config.uid
+
     def watch(self, fd, events, callback):
         try:
             self.selector.register(fd, events, callback)
@@ -5805,19 +6150,18 @@ class Supervisor:
     # -- held listening sockets --------------------------------------------
 
     def open_listeners(self):
-        """Bind every service's socket before the first start: a port in
-        use fails the start-up with nothing started.  The socket is kept
-        while its key is unchanged, so clients queue in the backlog across
-        restarts and reloads instead of being refused."""
-        try:
-            for service in self.services.values():
-                if service.config.socket is not None:
-                    service.listener = self.shared_listener(
-                        service.config) or open_listener(service.config,
-                                                         self.euid)
-        except Failure:
-            self.close_everything()
-            raise
+        """Bind every service's socket before the first start.  The socket
+        is kept while its key is unchanged, so clients queue in the backlog
+        across restarts and reloads instead of being refused.  One that
+        cannot be bound (a port in use) holds back only its own service:
+        each start of it tries again (Service.listen), backing off."""
+        for service in self.services.values():
+            if service.config.socket is not None:
+                try:
+                    service.listen()
+                except Failure as exc:
+                    self.warn("%s: %s; it starts once it can" % (
+                        service.name, exc))
 
     def release_listener(self, service):
         """Close a service's copy of its held socket; a unix socket's file
@@ -5944,11 +6288,6 @@ class Supervisor:
         """
         filename = self.settings.filename
         try:
-            if self.euid == 0:
-                reason = insecure_config_reason(filename)
-                if reason:
-                    raise ConfigErrors([ConfigError(filename, None, None,
-                                                    reason)])
             config = load_config(filename, self.euid)
         except ConfigErrors as exc:
             for line in exc.lines():
@@ -5974,12 +6313,7 @@ class Supervisor:
         added, removed, changed, updated, unchanged = diff_configs(
             self.config.services, config.services)
         new_by_name = dict((s.name, s) for s in config.services)
-        try:
-            opened = self.open_new_sockets(added + changed, new_by_name)
-        except Failure as exc:
-            self.log("%s refused, nothing changed: %s" % (cause, exc),
-                     LOG_ERR)
-            return EXIT_FAIL, ["fcgiwatch: %s refused: %s" % (cause, exc)], []
+        opened = self.open_new_sockets(added + changed, new_by_name, lines)
         self.config = config._replace(globals=settings)
         if settings != self.settings:
             self.settings = settings
@@ -6016,31 +6350,34 @@ class Supervisor:
         self.status_dirty = True
         return EXIT_OK, lines, waits
 
-    def open_new_sockets(self, names, new_by_name):
+    def open_new_sockets(self, names, new_by_name, lines):
         """{name: listening socket} for each service whose socket is new or
-        changed; raises Failure, with none left open, when one fails."""
+        changed.  One that cannot be bound now is left out, with a line
+        saying so: that service tries again at each start."""
         opened, fresh = {}, {}
-        try:
-            for name in names:
-                new = new_by_name[name]
-                old = self.services[name].config if name in self.services \
-                    else None
-                if new.socket is not None and socket_key(new) != socket_key(
-                        old):
-                    key = socket_key(new)
-                    # A pool's instances share one socket: one opened in
-                    # this reload, else one an unchanged instance holds.
-                    if key in fresh:
-                        opened[name] = fresh[key].dup()
-                    else:
-                        opened[name] = self.shared_listener(
-                            new, exclude=names) or open_listener(
-                                new, self.euid)
-                        fresh[key] = opened[name]
-        except Failure:
-            for sock in opened.values():
-                sock.close()
-            raise
+        for name in names:
+            new = new_by_name[name]
+            old = self.services[name].config if name in self.services \
+                else None
+            if new.socket is None or socket_key(new) == socket_key(old):
+                continue
+            key = socket_key(new)
+            # A pool's instances share one socket: one opened in this
+            # reload, else one an unchanged instance holds.
+            if key in fresh:
+                if fresh[key] is not None:
+                    opened[name] = fresh[key].dup()
+                continue
+            try:
+                opened[name] = self.shared_listener(
+                    new, exclude=names) or open_listener(new, self.euid)
+            except Failure as exc:
+                fresh[key] = None
+                self.warn("%s: %s; it starts once it can" % (name, exc))
+                lines.append("fcgiwatch: warning: %s: %s; it starts once "
+                             "it can" % (name, exc))
+                continue
+            fresh[key] = opened[name]
         return opened
 
     def remove_service(self, service, now, note):
@@ -6097,6 +6434,7 @@ class Supervisor:
         service.close_outputs()
         if service.listener is not None:
             self.release_listener(service)
+        self.close_notify_socket(service.name)
         self.status_dirty = True
 
     # -- pools: rolling restarts ---------------------------------------------
@@ -6206,9 +6544,8 @@ class Supervisor:
         if self.control is not None:
             self.control.close()
             self.control = None
-        if self.notify is not None:
-            self.notify.close()
-            self.notify = None
+        for name in list(self.notify):
+            self.close_notify_socket(name)
         try:
             signal.set_wakeup_fd(-1)
         except ValueError:
@@ -6243,7 +6580,8 @@ class Supervisor:
             self.lock_sock.setblocking(False)
         else:
             try:  # from a version that had no lock socket
-                self.lock_sock = bind_lock_socket(self.settings.state_dir)
+                self.lock_sock = bind_lock_socket(self.settings.state_dir,
+                                                  self.euid)[0]
             except Failure as exc:
                 sys.stderr.write("fcgiwatch: %s\n" % exc)
         try:
@@ -6266,9 +6604,16 @@ class Supervisor:
         self.config = new_config._replace(services=tuple(
             s.config for s in self.services.values()))
         self.order_services()
-        if any(s.config.ready == "notify" for s in self.services.values()):
+        # The runs carried over send to their service's socket's path (to
+        # the shared one, if an older version started them).
+        for service in self.services.values():
+            if service.config.ready != "notify":
+                continue
             try:
-                self.notify_socket()  # the runs carried on send to its path
+                self.notify_socket(service)
+                if not state.get("notify_per_service") and \
+                        None not in self.notify:
+                    self.notify[None] = NotifySocket(self)
             except Failure as exc:
                 self.warn(str(exc))
         release_free_memory()
@@ -6304,38 +6649,69 @@ def lock_address(state_dir):
     return "\0" + name
 
 
-def bind_lock_socket(state_dir):
+def bind_lock_socket(state_dir, euid):
     """Bind and listen on state_dir's lock socket (it also takes control
-    requests: see ControlServer).  Raises AlreadyRunning when another
-    supervisor holds it."""
+    requests: see ControlServer): (socket, None), or (None, who holds the
+    name) where a process of another user took it first.  Raises
+    AlreadyRunning when a supervisor of our user (or root's) holds it."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.bind(lock_address(state_dir))
         sock.listen(16)
     except OSError as exc:
         sock.close()
-        if exc.errno == errno.EADDRINUSE:
-            raise AlreadyRunning(lock_holder(state_dir))
-        raise Failure("cannot take the lock of state_dir %s: %s" % (
-            state_dir, exc.strerror))
+        if exc.errno != errno.EADDRINUSE:
+            raise Failure("cannot take the lock of state_dir %s: %s" % (
+                state_dir, exc.strerror))
+        holder = lock_holder(state_dir)
+        if holder is not None and holder[1] in (0, euid):
+            raise AlreadyRunning(holder[0])
+        if holder is None:
+            return None, "bound by a process that does not answer"
+        return None, "held by pid %d of %s" % (holder[0],
+                                               user_label(holder[1]))
     sock.setblocking(False)
-    return sock
+    return sock, None
 
 
 def lock_holder(state_dir):
-    """The pid of the supervisor that holds state_dir's lock socket, as
-    the kernel tells (SO_PEERCRED), or None."""
+    """(pid, uid) of the process listening on state_dir's lock socket, as
+    the kernel tells (SO_PEERCRED), or None.  Anyone may bind the name:
+    see trusted_uids."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(1.0)
     try:
         sock.connect(lock_address(state_dir))
-        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
-                                struct.calcsize("3i"))
-        return struct.unpack("3i", creds)[0] or None
+        return peer_credentials(sock)[:2]
     except OSError:
         return None
     finally:
         sock.close()
+
+
+def peer_credentials(sock):
+    """(pid, uid, gid) of a unix socket's peer, as the kernel says."""
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                            struct.calcsize("3i"))
+    return struct.unpack("3i", creds)
+
+
+def trusted_uids(state_dir):
+    """Whose supervisor a client believes: root's, its own user's, and
+    that of the user state_dir belongs to (root may ask a user's
+    supervisor)."""
+    uids = set((0, os.geteuid()))
+    try:
+        uids.add(os.stat(state_dir).st_uid)
+    except OSError:
+        pass
+    return uids
+
+
+def write_own_pid(fd):
+    os.ftruncate(fd, 0)
+    os.write(fd, b"%d\n" % os.getpid())
+    os.fchmod(fd, 0o644)
 
 
 def read_pid(fd):
@@ -6522,12 +6898,15 @@ def config_fingerprint(config):
     return zlib.crc32(shape.encode("utf-8", "replace")) & 0xffffffff
 
 
-def find_by_environment(state_dir, own_pid, known):
+def find_by_environment(state_dir, own_pid, known, trusted):
     """Processes that carry state_dir in their environment (every run of
     ours does: service_identity) and are not in known (the status file's
     entries, with their trees): leftovers of a supervisor that died, found
     without its status file.  As status-file-like entries, each signalled
-    alone ("alone") and never taken over: nothing says how it was started."""
+    alone ("alone") and never taken over: nothing says how it was started.
+    Any process may carry any variable: one counts only when
+    trusted(service name, uid) says its user is one a run of that name
+    ran as, so no stranger can make us wait for it, or signal it."""
     needle = STATE_DIR_VARIABLE + b"=" + state_dir.encode("utf-8",
                                                           "replace")
     covered = set()
@@ -6568,8 +6947,10 @@ def find_by_environment(state_dir, own_pid, known):
             continue
         service = [item[len(SERVICE_VARIABLE) + 1:] for item in items
                    if item.startswith(SERVICE_VARIABLE + b"=")]
-        found.append({"name": service[0].decode("utf-8", "replace")
-                      if service else "?", "pid": pid,
+        name = service[0].decode("utf-8", "replace") if service else "?"
+        if not trusted(name, process_uid(pid)):
+            continue
+        found.append({"name": printable(name), "pid": pid,
                       "start_time": process_start_time(pid),
                       "pgid": ids[1], "alone": True, "want": "down"})
     return found
@@ -6601,7 +6982,7 @@ class Leftovers:
             # It died (or its file says too little): what it started
             # carries our state_dir in its environment, the file or not.
             entries = entries + find_by_environment(
-                state_dir, supervisor.pid, entries)
+                state_dir, supervisor.pid, entries, self.trusted(entries))
         adopt, stop = {}, []
         for entry in entries:
             if not is_same_process(entry.get("pid"), entry.get("start_time")):
@@ -6622,6 +7003,23 @@ class Leftovers:
             stop.append((entry, service))
         self.stop(stop)
         return adopt
+
+    def trusted(self, entries):
+        """trusted(name, uid) for find_by_environment: root's and our own
+        processes, and those of the user that service name runs as, now or
+        (as the last status file says) under the supervisor that died."""
+        supervisor = self.supervisor
+        users = {}
+        for entry in entries:
+            if isinstance(entry.get("uid"), int):
+                users.setdefault(entry["name"], set()).add(entry["uid"])
+        for name, service in supervisor.services.items():
+            users.setdefault(name, set()).add(supervisor.run_uid(
+                service.config))
+
+        def trusted(name, uid):
+            return uid in (0, supervisor.euid) or uid in users.get(name, ())
+        return trusted
 
     def stop(self, leftovers):
         """Stop leftover runs we will not take over, and wait: this happens
@@ -6893,6 +7291,7 @@ class Handover:
         strays.update(pid for pid, run in supervisor.tree.members.items()
                       if id(run) not in current)
         return {"pid": supervisor.pid, "foreground": supervisor.foreground,
+                "notify_per_service": True,
                 "started_wall": supervisor.started_wall,
                 "generation": supervisor.generation,
                 "lock_fd": supervisor.lock_fd, "services": services,
@@ -7008,7 +7407,7 @@ def format_status_line(entry, now):
     if message and (state in (BACKOFF, FATAL, DOWN) or health == "failing") \
             and message != why and not message.startswith(why + " after"):
         parts.append(message)
-    return ", ".join(parts)
+    return printable(", ".join(parts))
 
 
 def status_exit_code(entries):
@@ -7025,9 +7424,9 @@ def supervisor_pid(state_dir):
     is gone (state_dir removed), the lock socket says."""
     path = os.path.join(state_dir, LOCK_FILE)
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError:
-        return lock_holder(state_dir)
+        return trusted_lock_holder(state_dir)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
@@ -7038,7 +7437,16 @@ def supervisor_pid(state_dir):
         fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
-    return lock_holder(state_dir)
+    return trusted_lock_holder(state_dir)
+
+
+def trusted_lock_holder(state_dir):
+    """The pid of the supervisor behind state_dir's lock socket, or None
+    (nobody, or a process of a user we do not believe)."""
+    holder = lock_holder(state_dir)
+    if holder is None or holder[1] not in trusted_uids(state_dir):
+        return None
+    return holder[0]
 
 
 #: The fields of a status file's entries that readers rely on, and their
@@ -7058,7 +7466,7 @@ STATUS_SERVICE_TYPES = {
     "next_pid": MAYBE_INT, "retiring_pids": list,
     "started": (int, float, type(None)),
     "replace_at": (int, float, type(None)), "notify_status": str,
-    "program": str, "process_num": int}
+    "program": str, "process_num": int, "uid": int}
 
 
 def checked_status(doc):
@@ -7309,11 +7717,14 @@ class Connection:
     request so an idle client cannot hold a slot for ever."""
 
     IDLE = 10.0
+    #: Connections open at once: of root and our user, of everyone else.
     MAX_OPEN = 64
+    MAX_UNPRIVILEGED = 16
 
     def __init__(self, server, sock, uid):
         self.server, self.sock, self.uid = server, sock, uid
         self.supervisor = supervisor = server.supervisor
+        self.privileged = uid in (0, supervisor.euid)
         self.inbuf = b""
         self.outbuf = b""
         self.closed = False
@@ -7519,16 +7930,33 @@ class ControlServer:
                                  % exc.strerror)
             return
         try:
-            creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
-                                    struct.calcsize("3i"))
-            uid = struct.unpack("3i", creds)[1]
+            uid = peer_credentials(sock)[1]
         except OSError:
             sock.close()
             return
-        if len(self.connections) >= Connection.MAX_OPEN:
-            self.connections[0].close()
+        privileged = uid in (0, self.supervisor.euid)
+        if not self.make_room(privileged):
+            sock.close()
+            return
         self.connections.append(Connection(self, sock, uid))
         self.supervisor.check_state_dir()
+
+    def make_room(self, privileged):
+        """Room for one more connection?  Users who may only read the
+        status (anyone may connect to the lock socket) share a few places,
+        and make room among themselves: however many connections they
+        open, a command of root's (or of our user's) waiting for its
+        answer is never closed for them.  Among the privileged, the oldest
+        that is idle goes; with none idle, the newcomer is refused."""
+        mine = [c for c in self.connections if c.privileged == privileged]
+        if len(mine) < (Connection.MAX_OPEN if privileged
+                        else Connection.MAX_UNPRIVILEGED):
+            return True
+        idle = [c for c in mine if c.deadline is not None]
+        if idle or not privileged:
+            (idle or mine)[0].close()
+            return True
+        return False
 
     def handle(self, connection, line):
         """Check and carry out one request line."""
@@ -7842,11 +8270,17 @@ def connect_control(state_dir, lock_first=False):
     if lock_first:
         ways.reverse()
     first = None
+    trusted = trusted_uids(state_dir)
     for address in ways:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(CONTROL_ANSWER_TIMEOUT)
         try:
             sock.connect(address)
+            # Anyone may bind the lock socket's name: nothing is sent to,
+            # nor believed from, a process of a user we do not trust.
+            if peer_credentials(sock)[1] not in trusted:
+                raise ConnectionRefusedError(
+                    errno.ECONNREFUSED, "not a supervisor's socket")
             return sock
         except OSError as exc:
             sock.close()
@@ -8279,13 +8713,7 @@ def main(argv=None):
     try:
         config_path = find_config(options.config)
         if options.action in ("run", "daemon", "check"):
-            euid = os.geteuid()
-            if euid == 0:
-                reason = insecure_config_reason(config_path)
-                if reason and os.path.exists(config_path):
-                    raise ConfigErrors([ConfigError(config_path, None, None,
-                                                    reason)])
-            config = load_config(config_path, euid)
+            config = load_config(config_path)
             if options.action == "check":
                 sys.stdout.write("".join("warning: %s\n" % w
                                          for w in config.warnings))

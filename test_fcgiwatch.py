@@ -168,6 +168,13 @@ def read_to_eof(client):
     return data
 
 
+def environment_of(pid):
+    """A process's environment as a dict."""
+    with open("/proc/%d/environ" % pid, "rb") as handle:
+        items = handle.read().decode("utf-8", "replace").split("\0")
+    return dict(item.split("=", 1) for item in items if "=" in item)
+
+
 def children_of(pid):
     kids = []
     for name in os.listdir("/proc"):
@@ -445,6 +452,25 @@ class ParseConfigTests(unittest.TestCase):
                     self.assertNotIn("\n", line)
                     self.assertLess(len(line), 400)
 
+    def test_hostile_values_are_one_line_errors(self):
+        """Issue 20: values that reached a traceback, a busy core or a
+        minute of formatting."""
+        for key, value, words in (
+                ("startsecs", "1e300", "more than a year"),
+                ("stopwaitsecs", "1e10", "more than a year"),
+                ("healthcheck_interval", "1e-300", "less than 0.05 seconds"),
+                ("backoff_max", "0", "less than 0.05 seconds"),
+                ("command", "x %(process_num)999999999d", "over 99"),
+                ("stdout_logfile_backups", "99999999", "more than 1000"),
+                ("numprocs", "1000000000", "more than 10000")):
+            with self.subTest(key=key):
+                text = "[program:a]\ncommand = sleep 1\n%s = %s\n" % (
+                    key, value)
+                errors = self.errors(text)
+                self.assertEqual(len(errors), 1, errors)
+                self.assertIn("[program:a] %s: " % key, errors[0])
+                self.assertIn(words, errors[0])
+
     def test_all_errors_reported_at_once(self):
         errors = self.errors("""
             [a]
@@ -636,21 +662,32 @@ class ParseConfigTests(unittest.TestCase):
                          (["fresh"], ["drop"], ["change"], ["tune"],
                           ["keep"]))
 
+    @unittest.skipUnless(IS_ROOT, "the check applies to root")
     def test_insecure_config(self):
         tmp = tempfile.mkdtemp()
         self.addCleanup(shutil.rmtree, tmp)
         path = os.path.join(tmp, "x.conf")
         with open(path, "w") as handle:
             handle.write("[a]\ncommand=x\n")
-        if IS_ROOT:
-            self.assertIsNone(fcgiwatch.insecure_config_reason(path))
+
+        def refusal():
+            try:
+                fcgiwatch.read_config_file(path, 0)
+            except fcgiwatch.ConfigErrors as exc:
+                return str(exc)
+            return None
+        self.assertIsNone(refusal())
         os.chmod(path, 0o666)
-        self.assertIn("writable by others",
-                      fcgiwatch.insecure_config_reason(path))
+        self.assertIn("writable by others", refusal())
         os.chmod(path, 0o644)
         os.chmod(tmp, 0o777)
-        self.assertIn("writable by others",
-                      fcgiwatch.insecure_config_reason(path))
+        self.assertIn("%s is writable by others" % tmp, refusal())
+        os.chmod(tmp, 0o1777)  # sticky, as /tmp: the file must be root's
+        self.assertIsNone(refusal())
+        os.chown(path, NOBODY.pw_uid, NOBODY.pw_gid)
+        self.assertIn("owned by nobody, not root", refusal())
+        os.chown(path, 0, 0)
+        os.chmod(tmp, 0o700)
 
 
 # ---------------------------------------------------------------------------
@@ -1788,9 +1825,10 @@ class NotifyTests(SupervisorCase):
         entry = self.wait_state("app", "starting")
         # A process of no service says READY=1: it does not count.
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        sock.sendto(b"READY=1", os.path.join(self.state_dir, "notify.sock"))
+        sock.sendto(b"READY=1", environment_of(entry["pid"])[
+            "NOTIFY_SOCKET"])
         sock.close()
-        wait_for(lambda: "not a process of any service; ignored" in
+        wait_for(lambda: "not a process of app; ignored" in
                  self.log_text(), 5, "the stranger's message ignored")
         self.assertEqual(self.entry("app")["state"], "starting")
         self.wait_state("app", "up", timeout=10)
@@ -2210,11 +2248,6 @@ class MetricsTests(SupervisorCase):
 class RunEnvironmentTests(SupervisorCase):
     """environment_file, read at every start; limits, set in the child."""
 
-    def environ(self, pid):
-        with open("/proc/%d/environ" % pid, "rb") as handle:
-            return dict(item.decode().split("=", 1) for item in
-                        handle.read().split(b"\0") if item)
-
     def test_environment_file_read_at_every_start(self):
         path = os.path.join(self.tmp, "app.env")
         with open(path, "w") as handle:
@@ -2224,14 +2257,14 @@ class RunEnvironmentTests(SupervisorCase):
         self.start({"app": {"command": "sleep 1000", "user": "nobody",
                             "environment_file": path,
                             "environment": "LATER=config"}})
-        env = self.environ(self.entry("app")["pid"])
+        env = environment_of(self.entry("app")["pid"])
         self.assertEqual((env["TOKEN"], env["QUOTED"], env["PLAIN"]),
                          ("s3cret value", 'a "b" c', "x=y"))
         self.assertEqual(env["LATER"], "config", "environment wins")
         with open(path, "w") as handle:
             handle.write("TOKEN=rotated\n")
         self.assertEqual(self.cli("--restart", "app")[0], 0)
-        self.assertEqual(self.environ(self.entry("app")["pid"])["TOKEN"],
+        self.assertEqual(environment_of(self.entry("app")["pid"])["TOKEN"],
                          "rotated")
         # Writable by others: refused, and the reason is in --status.
         os.chmod(path, 0o666)
@@ -3558,12 +3591,16 @@ class HeldSocketTests(SupervisorCase):
         live.bind(path)
         live.listen(1)
         self.addCleanup(live.close)
-        self.write_config({"app": {"command": "sleep 1000",
-                                   "socket": "unix://%s" % path}})
-        code, out, err = self.cli(timeout=20)
-        self.assertEqual(code, 1)
-        self.assertIn("a running program listens on %s" % path, err)
-        self.assertFalse(processes_with(self.tmp))
+        self.start({"app": {"command": "sleep 1000",
+                            "socket": "unix://%s" % path},
+                    "other": {"command": "sleep 1000"}}, wait_up=False)
+        # Only the service whose socket is taken waits, saying why.
+        self.wait_state("other", "up")
+        entry = self.wait_state("app", "backoff")
+        self.assertIn("a running program listens on %s" % path,
+                      entry["message"])
+        self.assertEqual(self.marked(), [self.entry("other")["pid"]])
+        self.assertTrue(stat.S_ISSOCK(os.lstat(path).st_mode))
 
     def test_socket_kept_across_reload_unless_changed(self):
         port = free_port()
@@ -3851,12 +3888,16 @@ class SafetyAsRootTests(SupervisorCase):
                          (NOBODY.pw_uid, 0o660))
         self.stop_supervisor()
         self.assertFalse(os.path.exists(path))
+
+        def refused(words):
+            # The service waits in backoff, saying why; nothing is made.
+            self.start({"app": service}, wait_up=False)
+            entry = self.wait_state("app", "backoff")
+            self.assertIn(words, entry["message"])
+            self.stop_supervisor()
         # Between runs the user swaps the socket for a link to the target.
         self.plant_link(path, self.target)
-        code, out, err = self.cli(timeout=30)
-        self.assertEqual(code, 1, err)
-        self.assertIn("%s is a symbolic link that nobody could have made"
-                      % path, err)
+        refused("%s is a symbolic link that nobody could have made" % path)
         self.assertTrue(os.path.islink(path))
         self.assert_target_untouched()
         # ... or the directory itself for a link to one of root's.
@@ -3864,9 +3905,7 @@ class SafetyAsRootTests(SupervisorCase):
         os.mkdir(rootdir, 0o700)
         os.rename(sockets, sockets + ".old")
         self.plant_link(sockets, rootdir)
-        code, out, err = self.cli(timeout=30)
-        self.assertEqual(code, 1, err)
-        self.assertIn("symbolic link that nobody could have made", err)
+        refused("symbolic link that nobody could have made")
         self.assertEqual(os.listdir(rootdir), [])
         self.assertEqual(stat.S_IMODE(os.stat(rootdir).st_mode), 0o700)
         self.assertEqual(os.stat(rootdir).st_uid, 0)
@@ -3876,25 +3915,23 @@ class SafetyAsRootTests(SupervisorCase):
         os.rename(sockets + ".old", sockets)
         os.unlink(path)
         service["socket_owner"] = "root"
-        self.write_config({"app": service})
-        code, out, err = self.cli(timeout=30)
-        self.assertEqual(code, 1, err)
-        self.assertIn("the socket is to belong to root", err)
+        refused("the socket is to belong to root")
         self.assertFalse(os.path.exists(path))
         self.assertEqual(os.stat(parent).st_uid, NOBODY.pw_uid)
 
     def test_every_other_file_the_supervisor_writes(self):
         logs = self.nobody_dir("logs")
         own = os.path.join(logs, "fcgiwatch.log")
-        # The supervisor's own log_file: a link there is refused at start.
+        # The supervisor's own log_file: a link there is a warning at
+        # start (the user could as well plant it later), never followed.
         self.plant_link(own, self.target)
         self.write_config({"a": {"command": "sleep 1000"}},
                           {"log_file": own})
         code, out, err = self.cli("--check")
-        self.assertEqual(code, 2)
+        self.assertEqual(code, 0, err)
         self.assertIn("[fcgiwatch] log_file: %s is a symbolic link" % own,
-                      err)
-        self.assertIn("log to syslog", err)
+                      out)
+        self.assertIn("nothing is written through it", out)
         # ... and at a reopen: a warning, nothing written through it.
         os.unlink(own)
         self.start({"a": {"command": "sleep 1000"}}, {"log_file": own})
@@ -3943,6 +3980,431 @@ class SafetyAsRootTests(SupervisorCase):
             self.assertEqual(info.st_uid, 0, name)
             self.assertFalse(stat.S_ISLNK(info.st_mode), name)
         self.assert_target_untouched()
+
+
+#: A child that leaves its run's session, serves from a thread, and ends
+#: its leader thread alone: a zombie leader whose process lives on.
+LEADER_ALONE = r"""
+import ctypes, os, sys, threading, time
+pid = os.fork()
+if pid == 0:
+    os.setsid()
+    threading.Thread(target=time.sleep, args=(1000,), daemon=True).start()
+    with open(sys.argv[1], "a") as handle:
+        handle.write("%d\n" % os.getpid())
+    ctypes.CDLL(None).pthread_exit(None)  # releases the GIL first
+time.sleep(1000)
+"""
+
+#: Binds an abstract socket name, argv[1] (the lock socket's, squatted),
+#: and answers every connection as a supervisor would, falsely.
+SQUATTER = r"""
+import socket, sys
+sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+sock.bind("\0" + sys.argv[1])
+sock.listen(64)
+print("bound", flush=True)
+while True:
+    conn, _ = sock.accept()
+    try:
+        conn.sendall(b'{"out": "web: stopped"}\n{"exit": 0}\n')
+    except OSError:
+        pass
+    conn.close()
+"""
+
+#: Opens argv[2] connections to the abstract socket argv[1] (trying again
+#: while its backlog is full, for 10 s at most) and holds them.
+FLOOD = r"""
+import socket, sys, time
+held, deadline = [], time.monotonic() + 10
+while len(held) < int(sys.argv[2]) and time.monotonic() < deadline:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    try:
+        sock.connect("\0" + sys.argv[1])
+    except BlockingIOError:
+        sock.close()
+        time.sleep(0.001)
+        continue
+    held.append(sock)
+print(len(held), flush=True)
+time.sleep(60)
+"""
+
+#: A ready = notify app that says argv[1] (with \\n and \\x escapes), then
+#: sleeps.
+SAYS = r"""
+import os, socket, sys, time
+sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+sock.connect(os.environ["NOTIFY_SOCKET"])
+for text in sys.argv[1:]:
+    count, _sep, text = text.partition("*")
+    for _ in range(int(count)):
+        sock.send(text.encode("latin-1").decode("unicode_escape")
+                  .encode("utf-8"))
+time.sleep(1000)
+"""
+
+
+@unittest.skipUnless(IS_ROOT, "attacks on a root supervisor")
+class LocalAttackTests(SupervisorCase):
+    """Issue 20: what a local user (a service's user, or any other) tries
+    against a root supervisor, done as they would do it.  The second user
+    is made for these tests and removed after."""
+
+    EVIL = "fwtevil"
+
+    @classmethod
+    def setUpClass(cls):
+        cls.created = False
+        if subprocess.run(["id", cls.EVIL], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL).returncode != 0:
+            subprocess.run(["useradd", "--system", "--no-create-home",
+                            "--shell", "/usr/sbin/nologin", cls.EVIL],
+                           check=True)
+            cls.created = True
+        cls.evil = pwd.getpwnam(cls.EVIL)
+        cls.evil_py = interpreter_for(cls.evil)
+
+    @classmethod
+    def tearDownClass(cls):
+        if cls.created:
+            subprocess.run(["userdel", cls.EVIL])
+
+    def user_dir(self, name, user):
+        path = os.path.join(self.tmp, name)
+        os.mkdir(path)
+        os.chown(path, user.pw_uid, user.pw_gid)
+        return path
+
+    def run_as(self, user, code, *args, **kwargs):
+        """Python code run as user, left running; stopped at cleanup."""
+        interpreter = NOBODY_PY if user is NOBODY else self.evil_py
+        process = subprocess.Popen([interpreter, "-c", code] + list(args),
+                                   preexec_fn=as_user(user),
+                                   stdout=subprocess.PIPE, **kwargs)
+        self.addCleanup(process.stdout.close)
+        self.addCleanup(process.wait)
+        self.addCleanup(process.kill)
+        return process
+
+    def script(self, name, text):
+        path = os.path.join(self.tmp, name)
+        with open(path, "w") as handle:
+            handle.write(textwrap.dedent(text))
+        return path
+
+    def test_an_included_file_must_be_roots_alone(self):
+        pwned = os.path.join(self.tmp, "pwned")
+        conf_d = self.user_dir("conf.d", NOBODY)
+        evil = os.path.join(conf_d, "x.conf")
+        with open(evil, "w") as handle:
+            handle.write('[program:x]\ncommand = sh -c "id > %s"\n' % pwned)
+        self.write_config({"web": {"command": "sleep 1000"}},
+                          raw="[include]\nfiles = conf.d/*.conf\n")
+        for args in (("--check",), ("--daemon",), ()):
+            code, out, err = self.cli(*args, timeout=20)
+            self.assertEqual(code, 2, (args, out, err))
+            self.assertIn("[include] files: %s: not read: %s is owned by "
+                          "nobody, not root" % (evil, conf_d), err)
+            self.assertEqual(len(err.strip().splitlines()), 1, err)
+        # A file of root's that others may write is refused as well.
+        os.chown(conf_d, 0, 0)
+        os.chmod(evil, 0o666)
+        code, out, err = self.cli("--check")
+        self.assertEqual(code, 2, err)
+        self.assertIn("%s is writable by others" % evil, err)
+        self.assertFalse(os.path.exists(self.state_dir))
+        # At a reload: refused, and the running service keeps its pid.
+        self.start({"web": {"command": "sleep 1000"}})
+        pid = self.entry("web")["pid"]
+        with open(self.conf, "a") as handle:
+            handle.write("[include]\nfiles = conf.d/*.conf\n")
+        code, out, err = self.cli("--reload")
+        self.assertEqual(code, 2, out + err)
+        self.assertIn("writable by others", err)
+        self.assertEqual(self.entry("web")["pid"], pid)
+        self.assertFalse(os.path.exists(pwned))
+
+    def test_a_config_through_a_link_is_judged_by_what_is_opened(self):
+        home = self.user_dir("home", NOBODY)
+        real = os.path.join(home, "fcgiwatch.conf")
+        self.write_config({"web": {"command": "sleep 1000"}})
+        os.rename(self.conf, real)  # root's file, in nobody's directory
+        os.symlink(real, self.conf)  # reached through root's link
+        for args in (("--check",), ("--daemon",)):
+            code, out, err = self.cli(*args, timeout=20)
+            self.assertEqual(code, 2, (args, out, err))
+            self.assertIn("%s is owned by nobody, not root" % home, err)
+        self.assertFalse(os.path.exists(self.state_dir))
+
+    def test_a_stop_ends_a_leader_that_left_its_threads_behind(self):
+        notes = os.path.join(self.user_dir("notes", NOBODY), "pids")
+        path = self.script("leader.py", LEADER_ALONE)
+        self.start({"esc": {"command": "%s %s %s" % (NOBODY_PY, path, notes),
+                            "user": "nobody"}})
+        leader = int(wait_for(lambda: read_text(notes).split(), 5,
+                              "the child's pid")[0])
+        self.addCleanup(lambda: subprocess.run(["kill", "-9", str(leader)],
+                                               stderr=subprocess.DEVNULL))
+        def threads():
+            tasks = os.listdir("/proc/%d/task" % leader)
+            return [t for t in tasks if int(t) != leader]
+        wait_for(lambda: proc_stat(leader)[0] == b"Z" and threads(), 5,
+                 "a zombie leader whose thread lives on")
+        code, out, err = self.cli("--stop", "esc")
+        self.assertEqual(code, 0, out + err)
+        # Its thread got the stop signal with the run: nothing is left.
+        wait_for(lambda: not os.path.exists("/proc/%d" % leader), 5,
+                 "the whole process gone")
+
+    def test_a_stop_ends_a_process_that_cleared_its_environment(self):
+        spin = self.script("spin.sh", "while :; do sleep 0.2; done\n")
+        command = "sh -c '( setsid env -i /bin/sh %s & ); exec sleep 1000'" \
+            % spin
+        self.start({"esc": {"command": command, "user": "nobody"},
+                    "other": {"command": "sleep 1000",
+                              "user": self.EVIL}})
+
+        def escapees():
+            return [pid for pid in processes_with(spin)
+                    if read_text("/proc/%d/cmdline" % pid).startswith(
+                        "/bin/sh")]
+        first = wait_for(lambda: len(escapees()) == 1 and escapees(), 5,
+                         "the escapee")
+        code, out, err = self.cli("--restart", "esc")
+        self.assertEqual(code, 0, out + err)
+        # One copy, the new run's: the old one went with its run.
+        second = wait_for(lambda: len(escapees()) == 1 and escapees() !=
+                          first and escapees(), 5, "one escapee, a new one")
+        self.assertFalse(is_alive(first[0]))
+        code, out, err = self.cli("--stop", "esc")
+        self.assertEqual(code, 0, out + err)
+        self.assertEqual(escapees(), [])
+        self.assertFalse(is_alive(second[0]))
+        self.assertEqual(self.entry("other")["state"], "up")
+
+    def test_an_environment_file_fifo_blocks_nothing(self):
+        fifo = os.path.join(self.user_dir("home", NOBODY), "env")
+        os.mkfifo(fifo)
+        os.chown(fifo, NOBODY.pw_uid, NOBODY.pw_gid)
+        self.start({"a": {"command": "sleep 1000", "user": "nobody",
+                          "environment_file": fifo},
+                    "b": {"command": "sleep 1000"}}, wait_up=False)
+        self.wait_state("b", "up")
+        entry = self.wait_state("a", "backoff")
+        self.assertIn("%s is not a regular file" % fifo, entry["message"])
+        old = self.kill_service("b")
+        self.wait_state("b", "up", pid_not=old, timeout=2)
+
+    def test_a_squatted_lock_name_neither_stops_a_start_nor_takes_orders(
+            self):
+        name = fcgiwatch.lock_address(self.state_dir)[1:]
+        squatter = self.run_as(NOBODY, SQUATTER, name)
+        self.assertEqual(squatter.stdout.readline(), b"bound\n")
+        self.write_config({"web": {"command": "sleep 1000"}},
+                          {"log_file": self.log_path})
+        code, out, err = self.cli("--daemon", timeout=30)
+        self.assertEqual(code, 0, out + err)
+        self.assertIn("started (pid", out)  # not "already running"
+        daemon = int(re.search(r"started \(pid (\d+)\)", out).group(1))
+        self.addCleanup(lambda: is_alive(daemon) and os.kill(
+            daemon, signal.SIGKILL))
+        self.wait_state("web", "up")
+        self.assertIn("is held by pid %d of nobody, not by a supervisor"
+                      % squatter.pid, self.log_text())
+        # Root's commands reach the supervisor, never the squatter.
+        code, out, err = self.cli("--stop", "web")
+        self.assertEqual((code, out), (0, "web: stopped\n"), err)
+        code, out, err = self.cli("--status")
+        self.assertEqual(code, 0, out + err)
+        self.assertIn("web: down", out)
+        # With state_dir gone, the squatter is all the lock name leads to:
+        # the client says so rather than believe it.
+        shutil.rmtree(self.state_dir)
+        code, out, err = self.cli("--start", "web")
+        self.assertEqual(code, 1, out + err)
+        self.assertNotIn("stopped", out)
+        os.kill(daemon, signal.SIGTERM)
+        wait_for(lambda: not is_alive(daemon), 10, "the supervisor gone")
+
+    def test_a_link_in_a_services_log_directory_is_a_warning(self):
+        logs = self.user_dir("logs", NOBODY)
+        log = os.path.join(logs, "app.log")
+        secret = os.path.join(self.tmp, "secret")
+        with open(secret, "w") as handle:
+            handle.write("root only\n")
+        aside = log + ".planted"
+        os.symlink(secret, aside)
+        os.lchown(aside, NOBODY.pw_uid, NOBODY.pw_gid)
+        os.rename(aside, log)
+        services = {"app": {"command": "sh -c 'while :; do echo tick; "
+                            "sleep 0.1; done'", "user": "nobody",
+                            "stdout_logfile": log},
+                    "other": {"command": "sleep 1000"}}
+        self.write_config(services)
+        code, out, err = self.cli("--check")
+        self.assertEqual(code, 0, out + err)
+        self.assertIn("[program:app] stdout_logfile: %s is a symbolic link "
+                      "that nobody could have made" % log, out)
+        self.start(services)
+        self.assertEqual(self.entry("app")["logs"]["stdout"], "syslog")
+        code, out, err = self.cli("--reload")
+        self.assertEqual(code, 0, out + err)
+        self.assertEqual(read_text(secret), "root only\n")
+
+    def test_a_name_in_the_environment_does_not_make_a_member(self):
+        spin = self.script("spin.sh", "while :; do sleep 0.2; done\n")
+        self.start({
+            "attacker": {"command": "sh -c '( FCGIWATCH_SERVICE=victim "
+                         "setsid /bin/sh %s & ); exec sleep 1000'" % spin,
+                         "user": "nobody"},
+            "victim": {"command": "sleep 1000", "user": self.EVIL}})
+        orphan = wait_for(lambda: len(processes_with(spin)) == 1 and
+                          processes_with(spin), 5, "the orphan")[0]
+        code, out, err = self.cli("--stop", "victim")
+        self.assertEqual(code, 0, out + err)
+        self.assertTrue(is_alive(orphan), "stopped with another user's "
+                        "service that it named")
+        code, out, err = self.cli("--stop", "attacker")
+        self.assertEqual(code, 0, out + err)
+        self.assertFalse(is_alive(orphan))
+
+    def test_a_port_taken_by_another_user_holds_back_only_its_service(self):
+        port, other_port = free_port(), free_port()
+        taker = self.run_as(NOBODY, (
+            "import socket, sys, time\n"
+            "for port in sys.argv[1:]:\n"
+            "    s = socket.socket(); s.bind(('127.0.0.1', int(port)))\n"
+            "    s.listen(); globals()[port] = s\n"
+            "print('bound', flush=True); time.sleep(60)\n"),
+            str(port), str(other_port))
+        self.assertEqual(taker.stdout.readline(), b"bound\n")
+        services = {"web": {"command": "sleep 1000", "socket":
+                            "tcp://127.0.0.1:%d" % port,
+                            "backoff_max": "0.5"},
+                    "other": {"command": "sleep 1000"}}
+        self.start(services, wait_up=False)
+        self.wait_state("other", "up")
+        entry = self.wait_state("web", "backoff")
+        self.assertIn("[program:web] socket tcp://127.0.0.1:%d: cannot "
+                      "listen: Address already in use" % port,
+                      entry["message"])
+        # A reload that adds another such service is no longer refused.
+        services["more"] = dict(services["web"], socket="tcp://127.0.0.1:%d"
+                                % other_port)
+        self.write_config(services)
+        code, out, err = self.cli("--reload")
+        self.assertEqual(code, 1, out + err)  # one did not come up: why
+        self.assertIn("more: did not start: [program:more] socket "
+                      "tcp://127.0.0.1:%d: cannot listen: Address already "
+                      "in use" % other_port, err)
+        self.assertEqual(self.entry("other")["state"], "up")
+        taker.kill()
+        self.wait_state("web", "up", timeout=5)
+        self.wait_state("more", "up", timeout=5)
+
+    def test_only_the_services_user_can_reach_its_notify_socket(self):
+        path = self.script("says.py", SAYS)
+        self.start({"app": {"command": "%s %s 1*READY=1" % (NOBODY_PY, path),
+                            "user": "nobody", "ready": "notify",
+                            "startsecs": "10"}})
+        address = environment_of(self.entry("app")["pid"])["NOTIFY_SOCKET"]
+        info = os.stat(address)
+        self.assertEqual((info.st_uid, stat.S_IMODE(info.st_mode)),
+                         (NOBODY.pw_uid, 0o600))
+        flood = self.run_as(self.evil, (
+            "import socket, sys\n"
+            "s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n"
+            "try:\n"
+            "    for _ in range(10000): s.sendto(b'x' * 4000, sys.argv[1])\n"
+            "except PermissionError: print('refused')\n"), address)
+        self.assertEqual(flood.communicate(timeout=30)[0], b"refused\n")
+        for _ in range(3):
+            code, out, err = self.cli("--restart", "app")
+            self.assertEqual(code, 0, out + err)
+
+    def test_a_flood_of_connections_never_drops_roots_answer(self):
+        self.start({"slow": {"command": "sleep 1000", "startsecs": "1.5"}})
+        restart = subprocess.Popen(
+            [PY, PROGRAM, "-c", self.conf, "--restart", "slow"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            universal_newlines=True)
+        self.addCleanup(restart.wait)
+        self.addCleanup(restart.kill)
+        wait_for(lambda: self.entry("slow")["state"] == "starting", 5,
+                 "the restart under way")
+        flood = self.run_as(NOBODY, FLOOD, fcgiwatch.lock_address(
+            self.state_dir)[1:], "200")
+        self.assertEqual(int(flood.stdout.readline()), 200)
+        out, err = restart.communicate(timeout=30)
+        self.assertEqual(restart.returncode, 0, out + err)
+        self.assertIn("slow: restarted", out)
+
+    def test_a_service_cannot_fill_the_log(self):
+        path = self.script("says.py", SAYS)
+        self.start({"app": {"command": "%s %s 1*READY=1 5000*STOPPING=1 "
+                            "1*STATUS=done" % (PY, path), "ready": "notify",
+                            "startsecs": "10"}})
+        wait_for(lambda: self.entry("app").get("notify_status") == "done",
+                 10, "every message read")
+        self.assertEqual(self.log_text().count("says it is stopping"), 1)
+
+    def test_a_strangers_process_with_our_variables_is_left_alone(self):
+        got = os.path.join(self.user_dir("home", self.evil), "got")
+        self.start({"web": {"command": "sleep 1000", "stopwaitsecs": "30"}})
+        stranger = subprocess.Popen(
+            ["sh", "-c", "trap 'touch %s' TERM; while :; do sleep 0.1; done"
+             % got], preexec_fn=as_user(self.evil), env={
+                 "PATH": "/bin:/usr/bin", "FCGIWATCH_SERVICE": "web",
+                 "FCGIWATCH_STATE_DIR": self.state_dir})
+        self.addCleanup(stranger.wait)
+        self.addCleanup(stranger.kill)
+        self.proc.kill()
+        self.proc.wait()
+        self.start()  # within start()'s 10 s: no wait of 30 s for it
+        self.wait_state("web", "up")
+        self.assertIsNone(stranger.poll())
+        self.assertFalse(os.path.exists(got))
+
+    def test_status_shows_no_control_characters(self):
+        path = self.script("says.py", SAYS)
+        self.start({"app": {"command": "%s %s '1*READY=1\\nSTATUS=\\x1b[2J"
+                            "\\x1b]0;owned\\x07\\rweb: up (pid 1)'"
+                            % (PY, path), "ready": "notify",
+                            "startsecs": "10"}})
+        wait_for(lambda: self.entry("app").get("notify_status"), 5,
+                 "the status text")
+        code, out, err = self.cli("--status")
+        self.assertEqual(code, 0, out + err)
+        self.assertEqual(len(out.splitlines()), 1, out)
+        self.assertIn("status: ?[2J?]0;owned??web: up (pid 1)", out)
+        self.assertIsNone(re.search("[\x00-\x09\x0b-\x1f\x7f-\x9f]", out))
+
+    def test_a_fifo_for_the_pidfile_does_not_hold_the_shutdown(self):
+        pidfile = os.path.join(self.user_dir("run", NOBODY), "fw.pid")
+        self.write_config({"a": {"command": "sleep 1000"}},
+                          raw="[supervisord]\npidfile = %s\n" % pidfile)
+        self.start()
+        wait_for(lambda: os.path.exists(pidfile), 5, "the pidfile")
+        os.unlink(pidfile)
+        os.mkfifo(pidfile)
+        os.chown(pidfile, NOBODY.pw_uid, NOBODY.pw_gid)
+        self.proc.send_signal(signal.SIGTERM)
+        self.assertEqual(self.proc.wait(10), 0)
+
+    def test_a_log_directory_of_another_user_is_refused(self):
+        logs = self.user_dir("logs", self.evil)
+        self.write_config({"app": {"command": "sleep 1000", "user": "nobody",
+                                   "stdout_logfile": os.path.join(
+                                       logs, "app.log")}})
+        code, out, err = self.cli("--check")
+        self.assertEqual(code, 2, out + err)
+        self.assertIn("[program:app] stdout_logfile: %s/app.log is in a "
+                      "directory that %s can change, who could then read "
+                      "what this service (run as nobody) writes" % (
+                          logs, self.EVIL), err)
 
 
 #: The user's app: a WSGI app served over FastCGI by flup, on a port of its
