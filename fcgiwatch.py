@@ -3248,74 +3248,79 @@ class Outputs:
 # ===========================================================================
 # Supervision state machine
 #
-# One Service per program instance.  Each process it starts is a Run (pid,
-# process group, start time, exec pipe, stop phase), kept apart from the
-# Service (config, want, counters), as runit keeps one record per process:
-# a service can then hold a new run beside an old one.  What the operator
-# wants (want: "up" or "down") is kept apart from what the process does
-# (state), as daemontools keeps flagwantup apart from pid.
+# One Service per program instance.  Each process it starts is a Run, kept
+# apart from the Service (config, want, counters), as runit keeps one
+# record per process: a service can then hold a new run beside an old one.
+# What the operator wants (want: "up" or "down") is kept apart from what
+# the process does (state), as daemontools keeps flagwantup apart from pid.
 #
-# Events reach Service.fire(event, now, ...), which looks (state, event) up
-# in TRANSITIONS at the end of this section; a pair not listed there is a
-# deliberate no-op.  change_state() is the one place a state changes: it
-# stamps the time, logs the event's line with "[old -> new]", and marks the
-# status file.  The whole machine:
+# Two small machines, each with one clock:
 #
-#   state            event          handler               goes to
-#   down, fatal      want_up        start_wanted          starting (spawn)
-#   backoff          want_up        start_wanted          starting, at once
-#   down, fatal,     restart        start_wanted          starting
-#     backoff
-#   backoff          deadline       backoff_over          starting
-#   backoff, fatal   want_down      give_up_retrying      down
-#   down             want_down      settle_down           down (a removal or
-#                                                         pending config ends)
-#   starting, up     deadline       startsecs_reached     up (with a health
-#                                                         check: on its pass)
-#                                                         (ready = notify:
-#                                                         no READY=1 yet:
-#                                                         stopping, then
-#                                                         backoff)
-#   starting         probe_ok       first_probe_passed    up
-#   starting         notified_ready ready_notified        up (READY=1; with
-#                                                         a health check, at
-#                                                         its first pass)
-#   starting, up     watchdog       watchdog_expired      as health_failed
-#   starting, up     memory_over    restart_large         as health_failed
-#   starting, up     health_failed  restart_unhealthy     stopping, then
-#                                                         starting (or as
-#                                                         restart does)
-#   starting, up     want_down      stop_running          stopping
-#   starting, up     restart        restart_running       stopping, then
-#                                                         starting; from up
-#                                                         on a held socket:
-#                                                         up, a replacement
-#                                                         beside (see
-#                                                         "overlapping
-#                                                         restarts" below)
-#   starting, up     exited         run_ended             starting (at once
-#                                                         after a good run),
-#                                                         backoff, fatal, down;
-#                                                         or starting, same
-#                                                         run, adopting the
-#                                                         daemon it left
-#   stopping         exited         stopping_exited       down, or starting
-#                                                         when wanted up, once
-#                                                         its tree is gone
-#   stopping         tree_changed   stopping_tree_changed (the same: a member
-#                                                         of the tree reaped)
-#   stopping         deadline       stopping_deadline     KILL at stopwaitsecs;
-#                                                         then stop waiting
-#   down, backoff,   exited         exit_out_of_turn      (cannot happen:
-#     fatal                                               logged, ignored)
+# - A Run has a phase and one due time (see Run): starting (until it is
+#   ready by `ready`, or overdue), ready (the next WATCHDOG=1 due),
+#   signalled (KILL due), killed (KILL's grace, a look at its group), gone.
+#   Its due time, a process exit and its tree emptying are the run's
+#   events: "ready", "not_ready", "watchdog", "exited", "gone".
+# - A Service has a state and a few named timers (Service.timers: the end
+#   of a backoff, the next probe and its timeout, the next look at its
+#   memory, a replacement's retry).  Service.on_due() is the one dispatcher:
+#   each due timer, and each due run, becomes an event.
+#
+# Every event reaches a table.  The serving run's events, the timers and
+# the operator's and the probe's words go to Service.fire(event, now, ...),
+# which looks (state, event) up in TRANSITIONS; the events of a replacement
+# and of runs being retired go to OVERLAP, by the run's role.  A pair that
+# is not listed is a deliberate no-op.  change_state() is the one place a
+# state changes: it stamps the time, logs the event's line with
+# "[old -> new]", marks the status file and arms the timers of the new
+# state (arm()).  "Ready" is decided in one place, judge_ready(): the run
+# is ready by `ready` (it ran startsecs, or it sent READY=1) and, where
+# there is a health check, a probe passed; becoming ready is one event the
+# supervisor hears (Supervisor.service_ready).  The whole machine, as the
+# tables at the end of this section hold it (a test checks that they
+# agree):
+#
+#   state(s)                event          handler              goes to
+#   down fatal backoff      want_up        start_wanted         starting
+#   down fatal backoff      restart        start_wanted         starting
+#   backoff                 backoff        backoff_over         starting
+#   backoff fatal           want_down      give_up_retrying     down
+#   down                    want_down      settle_down          down
+#   starting up             ready          run_ready            up, or starting until a probe passes
+#   starting up             not_ready      run_not_ready        stopping, then backoff
+#   starting                probe_ok       first_probe_passed   up, once the run is ready
+#   starting up             probe          start_probe          (a probe in flight)
+#   starting up             probe_timeout  probe_timed_out      (a failed probe)
+#   starting up             probe_failed   restart_unhealthy    as restart
+#   starting up             watchdog       watchdog_expired     as restart
+#   starting up             memory         check_memory         (as restart, twice over)
+#   starting up             want_down      stop_running         stopping
+#   starting up             restart        restart_running      stopping, then starting; or up with a replacement
+#   up                      replace        retry_replacement    up, a replacement beside
+#   starting up             exited         run_ended            starting, backoff, fatal, down
+#   stopping                exited         stopping_exited      (down once gone)
+#   stopping                gone           stop_finished        down, or starting when wanted up
+#   down backoff fatal      exited         exit_out_of_turn     (cannot happen: logged)
 #
 # A start that fails in the supervisor itself (fork, chdir, exec with
-# posix_spawn) is decided like a run that ended at once: spawn_failed ->
-# backoff or fatal.  STOPPING has two phases, in run.stop_phase:
-# "signalled" (the stop signal sent, KILL due at run.kill_at) and "killed"
-# (KILL sent, GROUP_KILL_GRACE to go); in either, the main process may be
-# gone (run.pid 0) while the rest of its tree (its process group, the
-# members of the run: see Process trees) lingers.
+# posix_spawn, a socket that cannot be bound) is decided like a run that
+# ended at once: spawn_failed -> backoff or fatal.
+#
+# Overlapping restarts (see Overlap): with a held socket, a restart starts
+# a replacement on the same listening socket while the serving run serves,
+# and retires the serving run (stop signal, stopwaitsecs, KILL) only once
+# the replacement is ready.  The service stays UP meanwhile.  By role:
+#
+#   role                    event          handler
+#   replacement             ready          promote
+#   replacement             not_ready      replacement_overdue
+#   replacement             exited         replacement_ended
+#   retiring                exited         retired_exited
+#   retiring                gone           retired_gone
+#
+# The serving run ending while its replacement starts makes the
+# replacement the run (run_ended); a stop, a shutdown or a newer restart
+# retires the replacement too.
 # ===========================================================================
 
 #: How a stop's cause reads in the log.
@@ -3326,8 +3331,18 @@ STOP_REASONS = {"stopped": "on request", "restart": "for a restart",
                 "memory": "over max_memory",
                 "not ready": "no READY=1 within startsecs"}
 
-#: Run.stop_phase values (None while the run is not being stopped).
-STOP_SIGNALLED, STOP_KILLED = "signalled", "killed"
+#: A Run's phases.
+RUN_STARTING, RUN_READY, RUN_SIGNALLED, RUN_KILLED, RUN_GONE = (
+    "starting", "ready", "signalled", "killed", "gone")
+
+#: The timers a service may hold in each state; arm() drops the others.
+STATE_TIMERS = {
+    STARTING: ("probe", "probe_timeout", "memory"),
+    UP: ("probe", "probe_timeout", "memory", "replace"),
+    BACKOFF: ("backoff",)}
+
+#: The order in which on_due() fires timers due at once.
+TIMER_ORDER = ("backoff", "probe_timeout", "probe", "memory", "replace")
 
 
 def backoff_delay(fails, backoff_max):
@@ -3371,14 +3386,31 @@ def restart_decision(config, code, quick, fails):
 
 
 class Run:
-    """One process of a service, from spawn to reap.
+    """One process of a service, from spawn to reap, with its own small
+    machine: a phase and one due time.
+
+      phase      due                             at due (or on its own)
+      starting   startsecs passed; with ready =  "ready"; "not_ready" for
+                 notify, READY=1 overdue         notify (READY=1: "ready")
+      ready      the next WATCHDOG=1, with       "watchdog"
+                 watchdog_secs (else none)
+      signalled  stopwaitsecs after the stop     KILL, then killed
+                 signal (kill_at)
+      killed     the end of KILL's grace, or     "gone" once nothing of its
+                 the next look at a group we     tree is left, or at the
+                 are not told about              grace's end (given up)
+      gone       none
+
+    The events go to its service (Service.on_run_event), which hands them
+    to TRANSITIONS or OVERLAP by the run's role.  stop(), on_due(),
+    check_gone() and kill_leftovers() are the same for the serving run, a
+    replacement and a retiring run.
 
     pid is the main process, 0 once reaped; pgid its process group, which
-    may outlive it; start_time its /proc start time (read lazily); ready
-    says it ran startsecs; stop_phase and kill_at are STOPPING's phase.
-    members are the run's other processes that became our children when
-    their parent died (pid -> process group), sessions the sessions its
-    tree is known to use (see Tree).
+    may outlive it; start_time its /proc start time (read lazily); members
+    are the run's other processes that became our children when their
+    parent died (pid -> process group), sessions the sessions its tree is
+    known to use (see Tree).
     """
 
     def __init__(self, service, pid, now, exec_fd=-1):
@@ -3389,9 +3421,10 @@ class Run:
         self.exec_fd = exec_fd
         self.spawn_error = None
         self.pidfd = None     # set for a taken-over process: not our child
-        self.ready = False
-        self.stop_phase = None
-        self.kill_at = None
+        self.phase = RUN_STARTING
+        self.due = None
+        self.kill_at = None   # signalled: KILL; killed: the grace's end
+        self.lingered = False  # its main process ended before its tree
         self.members = {}
         self.sessions = set((pid,))
         self.session = pid      # the main process's session
@@ -3399,11 +3432,129 @@ class Run:
         self.orphans_seen = 0
         self.exit_words = None  # how the main process ended, once it did
         self.number = 0         # the service's spawn count at its start
-        self.ready_at = None    # a replacement: when it counts as ready
-        self.poll_at = None     # a retiring run: when to look at its group
-        self.ready_by = None    # ready = notify: when READY=1 is overdue
-        self.watchdog_at = None  # watchdog_secs: when WATCHDOG=1 is overdue
         self.said_stopping = False  # STOPPING=1 logged
+
+    @property
+    def ready(self):
+        return self.phase == RUN_READY
+
+    @property
+    def stopping(self):
+        return self.phase in (RUN_SIGNALLED, RUN_KILLED)
+
+    # -- the run's machine -------------------------------------------------
+
+    def start_clock(self, now, config, at_least=0.0):
+        """starting: due when startsecs has passed (at least at_least), or,
+        with ready = notify, when READY=1 is overdue (no bound with
+        startsecs = 0)."""
+        self.phase = RUN_STARTING
+        if config.ready == "notify":
+            self.due = now + config.startsecs if config.startsecs else None
+        else:
+            self.due = now + max(config.startsecs, at_least)
+
+    def become_ready(self, now, config):
+        """starting -> ready: the watchdog runs from now, where there is
+        one."""
+        self.phase = RUN_READY
+        self.due = now + config.watchdog_secs if config.watchdog_secs \
+            else None
+
+    def fed_watchdog(self, now, config):
+        """WATCHDOG=1 came: the next is due watchdog_secs from now."""
+        if self.phase == RUN_READY and config.watchdog_secs:
+            self.due = now + config.watchdog_secs
+
+    def stop(self, now, config):
+        """-> signalled: the stop signal to the tree (and CONT: a stopped
+        process cannot act on TERM until resumed), KILL at stopwaitsecs."""
+        number = config.stopsignal
+        self.signal(number, config.stopasgroup)
+        if number not in (signal.SIGKILL, signal.SIGCONT):
+            self.signal(signal.SIGCONT, config.stopasgroup)
+        self.phase = RUN_SIGNALLED
+        self.kill_at = self.due = now + config.stopwaitsecs
+
+    def on_due(self, now):
+        """The due time came: the event it means for the service, or None
+        when the run's own machine took it (KILL sent, a poll)."""
+        config = self.service.config
+        self.due = None
+        if self.phase == RUN_STARTING:
+            return "not_ready" if config.ready == "notify" else "ready"
+        if self.phase == RUN_READY:
+            return "watchdog"
+        if self.phase == RUN_SIGNALLED and now >= self.kill_at:
+            self.phase = RUN_KILLED
+            self.signal(signal.SIGKILL, config.killasgroup)
+            self.service.log("killed: %s still running %s after the %s "
+                             "signal; sent KILL" % (
+                                 self.role_words(), format_seconds(
+                                     config.stopwaitsecs),
+                                 signal_name(config.stopsignal)),
+                             LOG_WARNING)
+            self.kill_at = now + GROUP_KILL_GRACE
+        return self.check_gone(now)
+
+    def check_gone(self, now):
+        """signalled or killed: "gone" once nothing of the tree is left (or
+        KILL's grace is over); until then the next due time: KILL, the
+        SIGCHLD of the main process or of a member, or a look at a group
+        whose processes are not ours to be told about."""
+        config = self.service.config
+        if not self.stopping:
+            return None
+        if not self.tree_alive(config.stopasgroup or config.killasgroup):
+            self.phase, self.due = RUN_GONE, None
+            return "gone"
+        if self.pid:
+            # Its SIGCHLD will come (after KILL's grace, we wait for ever: a
+            # process that outlives KILL sits in the kernel).
+            self.due = self.kill_at if now < self.kill_at else None
+            return None
+        self.lingered = True
+        if now >= self.kill_at and self.phase == RUN_KILLED:
+            self.service.log("%s process tree (process group %d, %d "
+                             "background processes) outlived KILL; not "
+                             "waiting any longer" % (
+                                 self.role_words().replace(" was", "'s")
+                                 .replace("it", "its"), self.pgid,
+                                 len(self.members)), LOG_WARNING)
+            self.phase, self.due = RUN_GONE, None
+            return "gone"
+        if self.members and self.service.supervisor.tree.subreaper:
+            self.due = self.kill_at  # each member's exit wakes us
+        else:
+            self.due = min(self.kill_at, now + GROUP_POLL)
+        return None
+
+    def role_words(self):
+        return "the old run was" if self in self.service.retiring \
+            else "it was"
+
+    def gone_words(self):
+        """How a stop ended, for the log."""
+        if self.phase == RUN_GONE and self.pid:
+            return "gave up waiting for its process to end"
+        words = self.exit_words or "ended"
+        return words + ("; the rest of its process tree is gone"
+                        if self.lingered else "")
+
+    def kill_leftovers(self):
+        """The run is over but processes of its tree live on (workers of a
+        dead master, a job it put in the background, one that called
+        setsid): kill them, so that no duplicate of the service holds its
+        port beside the next run.  Called after the next run is forked,
+        off the restart path."""
+        if not self.members and not self.group_alive():
+            return
+        self.signal(signal.SIGKILL, True)
+        self.service.log("killed what was left of process group %d%s" % (
+            self.pgid, " and %d background processes" % len(self.members)
+            if self.members else ""), LOG_WARNING)
+
+    # -- signals and the tree ----------------------------------------------
 
     def signal(self, number, as_group):
         """Signal this run's process, or its whole tree; never a stranger.
@@ -3445,13 +3596,155 @@ class Run:
         return self.start_time
 
 
-class Service:
+class Overlap:
+    """The half of Service that restarts on a held socket: a replacement
+    (next_run) starts on the same listening socket while the serving run
+    serves, and the serving run is retired only once the replacement is
+    ready (see the OVERLAP table).  Only ever a part of a Service: the
+    fields it uses (next_run, retiring, replace_why, replace_failure) are
+    set in Service.__init__."""
+
+    def can_overlap(self):
+        """May a restart overlap now?  Only on a held socket (without one
+        the new run's port would clash), only from UP, and only where the
+        new config (a reload's) keeps the outputs and the socket."""
+        run, new = self.run, self.pending_config or self.config
+        return self.listener is not None and self.state == UP and \
+            run is not None and bool(run.pid) and run.pidfd is None and \
+            not self.supervisor.shutting_down and all(
+                getattr(self.config, key) == getattr(new, key)
+                for key in OUTPUT_KEYS) and \
+            socket_key(self.config) == socket_key(new)
+
+    def begin_overlap(self, now, why):
+        """UP -> UP: start a replacement beside the serving run."""
+        if self.next_run is not None:
+            # A newer restart: the replacement under way may run old code.
+            self.retire(self.next_run, now)
+            self.next_run = None
+        self.timers.pop("replace", None)
+        if self.pending_config is not None:
+            self.apply_config(self.pending_config, now)
+        run = self.launch(now)
+        if not isinstance(run, Run):
+            self.replacement_failed(now, None, run, why)
+            return
+        # Never ready at once: the old run would be stopped before the new
+        # one could even fail.
+        run.start_clock(now, self.config, MIN_GOOD_RUN)
+        self.next_run = run
+        self.replace_why = why
+        self.supervisor.status_dirty = True
+        self.log("restarting (%s), overlapping: pid %d starts on the held "
+                 "socket beside pid %d, which serves until it is ready" % (
+                     STOP_REASONS.get(why, why), run.pid, self.run.pid))
+
+    def promote(self, now, run, words=None):
+        """UP -> UP (STARTING until a probe passes, with a health check):
+        the replacement is ready; the old run retires."""
+        old = self.run
+        self.next_run = None
+        run.become_ready(now, self.config)
+        self.run = run
+        self.fails = 0
+        self.message = ""
+        self.retire(old, now)
+        words = "restarted: pid %d is ready; pid %d gets %s" % (
+            run.pid, old.pid, signal_name(self.config.stopsignal))
+        if self.config.healthcheck:
+            # The new run answers for itself before it counts as up.
+            self.cancel_probe()
+            self.health, self.health_fails = "unknown", 0
+            self.timers["probe"] = now
+            self.change_state(STARTING, "", words)
+        else:
+            self.judge_ready(now, words)
+
+    def replacement_overdue(self, now, run):
+        """The replacement sent no READY=1 within startsecs."""
+        self.next_run = None
+        self.retire(run, now)
+        self.replacement_failed(now, None, "no READY=1 within startsecs "
+                                "(%s)" % format_seconds(
+                                    self.config.startsecs))
+
+    def replacement_ended(self, now, run, code, what):
+        self.replacement_failed(now, run, what)
+
+    def replacement_failed(self, now, run, what, why=None):
+        """The replacement ended (or could not start) before it was ready:
+        the old run serves on, and another try comes after the backoff, as
+        a quick failure would be retried; startretries ends the tries."""
+        config = self.config
+        why = why or self.replace_why
+        if run is not None:
+            self.next_run = None
+            what = run.spawn_error or what
+            if config.killasgroup:
+                run.kill_leftovers()
+        self.fails += 1
+        self.replace_failure = (self.spawns, what)
+        if why == "health":
+            # The serving run is unhealthy: overlapping bought nothing, so
+            # stop it and start afresh, backing off as usual.
+            self.log("restart failed: %s; stopping the unhealthy run (pid "
+                     "%d) instead" % (what, self.run.pid), LOG_ERR)
+            self.want = "up"
+            self.begin_stop(now, "health")
+            return
+        line = "restart failed: %s; the old run (pid %d) keeps serving" % (
+            what, self.run.pid)
+        self.message = line
+        if config.startretries is not None and \
+                self.fails > config.startretries:
+            self.log("%s; no more tries (startretries = %d): --restart %s "
+                     "tries again" % (line, config.startretries, self.name),
+                     LOG_ERR)
+        else:
+            delay = backoff_delay(self.fails, config.backoff_max)
+            self.timers["replace"] = now + delay
+            self.replace_why = why
+            self.log("%s; trying again in %s" % (line, format_seconds(delay)),
+                     LOG_ERR)
+        self.supervisor.status_dirty = True
+
+    def retry_replacement(self, now):
+        if self.can_overlap():
+            self.begin_overlap(now, self.replace_why or "restart")
+
+    def retire(self, run, now):
+        """Stop a run that is no longer the service's: the stop signal to
+        its tree now, KILL at stopwaitsecs."""
+        self.supervisor.tree.scan(now)
+        run.stop(now, self.config)
+        if run not in self.retiring:
+            self.retiring.append(run)
+        self.supervisor.status_dirty = True
+
+    def retired_exited(self, now, run, code, what):
+        self.log("old run ended: %s" % what)
+        self.check_run(run, now)
+
+    def retired_gone(self, now, run):
+        """A retiring run's tree is gone: forget it.  A stop waiting for it
+        is over once the serving run is gone too."""
+        if run in self.retiring:
+            self.retiring.remove(run)
+        self.supervisor.status_dirty = True
+        if self.state == STOPPING and self.run is not None and \
+                self.run.phase == RUN_GONE:
+            self.fire("gone", now, self.run)
+
+
+class Service(Overlap):
     """Everything about one supervised program instance (runit's struct
     svdir): its config, what is wanted, its state, counters, output pipes,
-    held socket, health, and its current run (None when no process runs).
+    held socket, health, and its runs: the serving one (None when no
+    process runs), a replacement starting beside it, runs being retired.
 
-    deadline is the one monotonic time at which the current state times out
-    (end of startsecs, end of a backoff, KILL after stopwaitsecs), or None.
+    timers holds the service's own due times by name (STATE_TIMERS); the
+    runs hold theirs.  on_due() fires whatever is due; next_wake() is the
+    earliest of them all.
     """
 
     def __init__(self, supervisor, config):
@@ -3465,21 +3758,20 @@ class Service:
         self.run = None
         self.next_run = None      # a replacement starting beside run
         self.retiring = []        # runs replaced, being stopped
-        self.replace_due = None   # when to try a failed replacement again
+        self.timers = {}          # name -> monotonic due time
         self.replace_why = None   # what the replacement is for
         self.replace_failure = None  # (spawn count, why) of the last
         self.notify_status = ""   # the last STATUS= the run sent
         self.roll_note = None     # (spawn count, why) a roll skipped it
         self.troubled = False     # an alert of trouble went out: recovered
-        self.memory_due = None    # max_memory: the next look at the RSS
         self.memory_over = 0      # looks in a row over max_memory
         self.pending_backoff = False  # back off once the stop is over
         self.since = supervisor.clock()
         self.since_wall = time.time()
-        self.deadline = None
         self.fails = 0            # quick failures in a row
         self.spawns = 0
         self.restarts = 0
+        self.ready_number = 0     # spawn count of the last run found ready
         self.last_exit = None
         self.previous_exit = None
         self.outputs = None       # (stdout OutputPipe or None, stderr ...)
@@ -3488,12 +3780,16 @@ class Service:
         self.health = "unknown" if config.healthcheck else "none"
         self.health_fails = 0
         self.probe = None
-        self.probe_due = None
         self.listener = None
 
     @property
     def pid(self):
         return self.run.pid if self.run is not None else 0
+
+    def runs(self):
+        """The service's runs: serving, replacement, retiring."""
+        return [run for run in [self.run, self.next_run] + self.retiring
+                if run is not None]
 
     # -- bookkeeping -----------------------------------------------------
 
@@ -3502,11 +3798,13 @@ class Service:
 
     def change_state(self, state, why=None, words=None, severity=LOG_INFO):
         """The one place a state changes: stamp the time, log the event's
-        line (words) with the transition, mark the status file."""
+        line (words) with the transition, mark the status file, arm the
+        timers of the state."""
         old = self.state
+        now = self.supervisor.clock()
         if state != old:
             self.state = state
-            self.since = self.supervisor.clock()
+            self.since = now
             self.since_wall = time.time()
             if state == UP and self.troubled:
                 self.troubled = False
@@ -3514,9 +3812,31 @@ class Service:
                                             "up again")
         if why is not None:
             self.why = why
+        self.arm(now)
         self.supervisor.status_dirty = True
         if words is not None:
             self.log("%s [%s -> %s]" % (words, old, state), severity)
+
+    def arm(self, now):
+        """The timers the state needs, and none it does not: a running
+        service probes where it has a health check and looks at its memory
+        where it has max_memory.  Every way into a run ends here (spawn,
+        promote, take over, restore after --reexec, a reload), so none can
+        miss a timer."""
+        keep = STATE_TIMERS.get(self.state, ())
+        for name in [n for n in self.timers if n not in keep]:
+            del self.timers[name]
+        config = self.config
+        if "probe" not in keep or not config.healthcheck:
+            self.cancel_probe()
+            self.timers.pop("probe", None)
+        elif self.probe is None:
+            self.timers.setdefault("probe", now)
+        if "memory" not in keep or not config.max_memory:
+            self.timers.pop("memory", None)
+        else:
+            self.timers.setdefault("memory",
+                                   now + config.healthcheck_interval)
 
     def fire(self, event, now, *args):
         """Hand an event to the handler of (state, event), if there is one."""
@@ -3524,19 +3844,58 @@ class Service:
         if handler is not None:
             handler(self, now, *args)
 
+    def on_run_event(self, run, event, now, *args):
+        """An event of one of the runs: the serving run's by the service's
+        state (TRANSITIONS), the others' by their role (OVERLAP)."""
+        if run is self.run:
+            self.fire(event, now, run, *args)
+            return
+        role = "replacement" if run is self.next_run else \
+            "retiring" if run in self.retiring else None
+        handler = OVERLAP.get((role, event))
+        if handler is not None:
+            handler(self, now, run, *args)
+
     def next_wake(self):
         """The earliest monotonic time this service needs the loop, or None."""
-        times = [t for t in (self.deadline, self.probe_due,
-                             self.memory_due) if t is not None]
-        if self.probe is not None:
-            times.append(self.probe.deadline)
-        if self.next_run is not None or self.retiring or self.replace_due:
-            times.extend(self.run_times())
-        if self.run is not None and self.run.watchdog_at is not None:
-            times.append(self.run.watchdog_at)
+        times = list(self.timers.values())
+        times.extend(run.due for run in self.runs() if run.due is not None)
         return min(times) if times else None
 
-    # -- events: from the operator, the clock, the reaper, the probe -----
+    def on_due(self, now):
+        """The one dispatcher: each run whose due time came, then each
+        timer, as an event through the tables."""
+        for run in self.runs():
+            if run.due is not None and now >= run.due and \
+                    run in self.runs():
+                event = run.on_due(now)
+                if event is not None:
+                    self.on_run_event(run, event, now)
+        for name in TIMER_ORDER:
+            due = self.timers.get(name)
+            if due is not None and now >= due:
+                del self.timers[name]
+                self.fire(name, now)
+
+    def judge_ready(self, now, words):
+        """The one rule for "ready": the serving run is ready by `ready`
+        (it ran startsecs, or it sent READY=1) and, where there is a health
+        check, a probe passed.  Then the service is UP (logged with words),
+        and a run newly ready is told to the supervisor once
+        (service_ready): what dependencies and waits hang on."""
+        run = self.run
+        if run is None or not run.ready or self.state not in (
+                STARTING, UP) or (self.config.healthcheck and
+                                  self.health != "ok"):
+            return False
+        if self.state != UP or words:
+            self.change_state(UP, "", words)
+        if run.number != self.ready_number:
+            self.ready_number = run.number
+            self.supervisor.service_ready(self)
+        return True
+
+    # -- events: from the operator, the reaper, the probe, the run -------
 
     def on_want_up(self, now):
         """--start, autostart, or a reload that adds the service."""
@@ -3553,18 +3912,6 @@ class Service:
         self.want = "up"
         self.fire("restart", now)
 
-    def on_deadline(self, now):
-        if self.next_run is not None or self.retiring or self.replace_due:
-            self.run_deadlines(now)
-        run = self.run
-        if run is not None and run.watchdog_at is not None and \
-                now >= run.watchdog_at:
-            run.watchdog_at = None
-            self.fire("watchdog", now)
-        if self.deadline is not None and now >= self.deadline:
-            self.deadline = None
-            self.fire("deadline", now)
-
     def on_exited(self, run, status, now):
         """The reaper saw a run's process end (status None: a taken-over
         process, not our child, whose exit status nobody can know)."""
@@ -3580,23 +3927,23 @@ class Service:
         run.pid = 0
         run.exit_words = "%s after %s" % (words, format_seconds(ran))
         self.drain_output()
-        if run in self.retiring:
-            self.retired_exited(now, run, run.exit_words)
-            return
-        self.previous_exit = self.last_exit  # back, if a daemon is adopted
-        self.last_exit = {"code": code, "signal": signame,
-                          "at": time.time(), "ran": round(ran, 3)}
-        if run is self.next_run:
-            self.replacement_failed(now, run, run.exit_words)
-            return
-        self.fire("exited", now, run, code, run.exit_words)
+        if run is self.run or run is self.next_run:
+            self.previous_exit = self.last_exit  # back, if one is adopted
+            self.last_exit = {"code": code, "signal": signame,
+                              "at": time.time(), "ran": round(ran, 3)}
+        self.on_run_event(run, "exited", now, code, run.exit_words)
 
     def on_tree_changed(self, now, run):
         """A member of one of our runs' trees was reaped."""
-        if run in self.retiring:
-            self.retired_check(now, run)
-        else:
-            self.fire("tree_changed", now, run)
+        if run.stopping:
+            self.check_run(run, now)
+
+    def check_run(self, run, now):
+        """A run being stopped lost a process: on to "gone" once nothing of
+        its tree is left."""
+        event = run.check_gone(now)
+        if event is not None:
+            self.on_run_event(run, event, now)
 
     def on_exec_report(self, run):
         """The exec pipe is readable: EOF means exec succeeded."""
@@ -3613,16 +3960,15 @@ class Service:
 
     def on_probe_result(self, ok, why, now):
         """A probe finished: note it, schedule the next one, and tell the
-        machine of a first pass or of healthcheck_retries failures."""
+        machine of a pass or of healthcheck_retries failures."""
         config = self.config
+        self.timers.pop("probe_timeout", None)
         if self.state not in (STARTING, UP) or not config.healthcheck:
             return
         interval = config.healthcheck_interval
-        if self.state == STARTING and not ok:
-            # Until it first answers, look again soon, not an interval later.
-            self.probe_due = now + min(interval, 0.5)
-        else:
-            self.probe_due = now + interval
+        # Until it first answers, look again soon, not an interval later.
+        self.timers["probe"] = now + (min(interval, 0.5) if (
+            self.state == STARTING and not ok) else interval)
         if ok:
             if self.health != "ok" and self.health_fails:
                 self.log("health ok again: %s" % config.healthcheck.url)
@@ -3645,28 +3991,25 @@ class Service:
             self.log("health failed (%d of %d): %s" % (
                 self.health_fails, retries, reason), LOG_WARNING)
             return
-        self.fire("health_failed", now, reason)
+        self.fire("probe_failed", now, reason)
 
     def on_notify(self, run, fields, now):
-        """A run of ours spoke on NOTIFY_SOCKET (sd_notify)."""
+        """A run of ours spoke on its NOTIFY_SOCKET (sd_notify)."""
         config = self.config
         if "STATUS" in fields and run is self.run:
             # Shown on root's terminal by --status: no escape sequences.
             self.notify_status = printable(fields["STATUS"][:200])
             self.supervisor.status_dirty = True
-        if fields.get("STOPPING") == "1" and run.stop_phase is None and \
+        if fields.get("STOPPING") == "1" and not run.stopping and \
                 not run.said_stopping:
             run.said_stopping = True  # logged once a run, not per message
             self.log("pid %d says it is stopping (STOPPING=1)" % run.pid)
-        if fields.get("WATCHDOG") == "1" and config.watchdog_secs and \
-                run.ready:
-            run.watchdog_at = now + config.watchdog_secs
+        if fields.get("WATCHDOG") == "1":
+            run.fed_watchdog(now, config)
         if fields.get("READY") == "1" and config.ready == "notify" and \
-                not run.ready:
-            if run is self.next_run:
-                self.promote(now)
-            elif run is self.run:
-                self.fire("notified_ready", now)
+                run.phase == RUN_STARTING:
+            self.on_run_event(run, "ready", now, "up: pid %d sent READY=1"
+                              % run.pid)
 
     def send_signal(self, number):
         """--signal: to the main process only, as svc -h does."""
@@ -3682,14 +4025,13 @@ class Service:
             return False  # it is exiting: the reaper will tell
         return True
 
-    # -- the transitions, named in the table above -------------------------
+    # -- the transitions, named in the table -------------------------------
 
     def start_wanted(self, now, *_why):
         # DOWN/FATAL/BACKOFF -> STARTING: the operator asked, so the count
         # of quick failures starts again.
         self.fails = 0
         self.message = ""
-        self.deadline = None
         self.spawn(now)
 
     def backoff_over(self, now):
@@ -3697,7 +4039,6 @@ class Service:
 
     def give_up_retrying(self, now, why):
         # BACKOFF/FATAL -> DOWN: no restart is pending any more.
-        self.deadline = None
         self.change_state(DOWN, why, "stopped: no more retries (%s)"
                           % STOP_REASONS.get(why, why))
         self.settle_down()
@@ -3707,100 +4048,85 @@ class Service:
         if self.removing:
             self.supervisor.forget(self)
         elif self.pending_config is not None:
-            self.apply_config(self.pending_config)
+            self.apply_config(self.pending_config, self.supervisor.clock())
 
-    def startsecs_reached(self, now):
-        # STARTING -> UP: it ran startsecs, a good start.  With a health
-        # check it stays STARTING until a probe passes (or is UP already,
-        # when one passed first).  With ready = notify, startsecs was the
-        # time it had to say READY=1: it did not (-> STOPPING, then a
-        # backoff as after a quick failure).
-        if self.config.ready == "notify":
-            if not self.run.ready:
-                self.message = "no READY=1 within startsecs (%s)" % (
-                    format_seconds(self.config.startsecs))
-                self.log("%s from pid %d; stopping it" % (
-                    self.message, self.run.pid), LOG_ERR)
-                self.want = "up"
-                self.pending_backoff = True
-                self.begin_stop(now, "not ready")
-            return
-        self.run.ready = True
+    def run_ready(self, now, run, words=None):
+        # STARTING -> UP: the run is ready by `ready` (it ran startsecs, or
+        # it sent READY=1): a good start.  With a health check it stays
+        # STARTING until a probe passes (judge_ready).
+        config = self.config
+        run.become_ready(now, config)
         self.fails = 0
-        if not self.config.healthcheck and self.state == STARTING:
-            self.change_state(UP, "", "up: ran startsecs (%s)" %
-                              format_seconds(self.config.startsecs))
+        if config.ready == "notify":
+            self.message = ""
+        self.judge_ready(now, words or "up: ran startsecs (%s)" %
+                         format_seconds(config.startsecs))
+
+    def run_not_ready(self, now, run):
+        # STARTING -> STOPPING, then BACKOFF as after a quick failure: with
+        # ready = notify, startsecs was the time it had to say READY=1.
+        self.message = "no READY=1 within startsecs (%s)" % (
+            format_seconds(self.config.startsecs))
+        self.log("%s from pid %d; stopping it" % (self.message, run.pid),
+                 LOG_ERR)
+        self.want = "up"
+        self.pending_backoff = True
+        self.begin_stop(now, "not ready")
 
     def first_probe_passed(self, now):
-        if self.config.ready == "notify" and not self.run.ready:
-            return  # it answers, but has not said READY=1 yet
-        self.change_state(UP, "", "up: %s answers" %
-                          self.config.healthcheck.url)  # STARTING -> UP
+        # STARTING -> UP, once the run is ready by `ready` as well.
+        self.judge_ready(now, "up: %s answers" % self.config.healthcheck.url)
 
-    def ready_notified(self, now):
-        # STARTING -> UP: the run sent READY=1 (with a health check, UP at
-        # the first probe that passes, if none has yet).
-        config, run = self.config, self.run
-        run.ready = True
-        self.fails = 0
-        self.deadline = None
-        self.message = ""
-        if config.watchdog_secs:
-            run.watchdog_at = now + config.watchdog_secs
-        if config.healthcheck and self.health != "ok":
-            return
-        self.change_state(UP, "", "up: pid %d sent READY=1" % run.pid)
+    def start_probe(self, now):
+        probe = Probe(self.supervisor, self, now)
+        if probe.sock is not None:
+            self.probe = probe
+            self.timers["probe_timeout"] = probe.deadline
+
+    def probe_timed_out(self, now):
+        if self.probe is not None:
+            self.probe.on_timeout(now)
 
     def check_memory(self, now):
         """max_memory: the run's tree's RSS, every healthcheck_interval; two
         looks in a row over the cap restart it (overlapping where it can)."""
         config, run = self.config, self.run
-        self.memory_due = None
-        if not config.max_memory or run is None or not run.pid or \
-                self.state not in (STARTING, UP):
+        if not config.max_memory or run is None or not run.pid:
             return
-        self.memory_due = now + config.healthcheck_interval
+        self.timers["memory"] = now + config.healthcheck_interval
         rss = tree_rss(run)
         self.memory_over = self.memory_over + 1 if rss > config.max_memory \
             else 0
         if self.memory_over >= 2:
             self.memory_over = 0
-            self.fire("memory_over", now, rss)
+            self.restart_troubled(now, "memory", "memory %s, over max_memory "
+                                  "(%s) two looks in a row" % (
+                                      format_bytes(rss),
+                                      format_bytes(config.max_memory)))
 
-    def restart_large(self, now, rss):
-        # STARTING/UP -> as a restart: over max_memory twice in a row.
-        config = self.config
-        self.message = "memory %s, over max_memory (%s) two looks in a row" % (
-            format_bytes(rss), format_bytes(config.max_memory))
-        self.log("%s; restarting" % self.message, LOG_ERR)
-        self.supervisor.alerts.send(self, "health_failing", self.message)
-        self.want = "up"
-        if self.can_overlap():
-            self.begin_overlap(now, "memory")
-        else:
-            self.begin_stop(now, "memory")
-
-    def watchdog_expired(self, now):
-        config = self.config
-        self.message = "no WATCHDOG=1 for %s (watchdog_secs)" % (
-            format_seconds(config.watchdog_secs))
-        self.log("%s; restarting" % self.message, LOG_ERR)
-        self.supervisor.alerts.send(self, "health_failing", self.message)
-        self.want = "up"
-        if self.can_overlap():
-            self.begin_overlap(now, "watchdog")  # UP, a replacement beside
-        else:
-            self.begin_stop(now, "watchdog")  # -> STOPPING -> respawn
+    def watchdog_expired(self, now, run):
+        self.restart_troubled(now, "watchdog", "no WATCHDOG=1 for %s "
+                              "(watchdog_secs)" % format_seconds(
+                                  self.config.watchdog_secs))
 
     def restart_unhealthy(self, now, reason):
-        self.log("health failed %d times in a row, restarting: %s" % (
-            self.health_fails, reason), LOG_ERR)
-        self.supervisor.alerts.send(self, "health_failing", reason)
+        self.restart_troubled(now, "health", reason, "health failed %d times "
+                              "in a row, restarting: %s" % (
+                                  self.health_fails, reason))
+
+    def restart_troubled(self, now, why, message, line=None):
+        """STARTING/UP -> as a restart, for trouble the service did not
+        report itself: a failing health check, a silent watchdog, memory
+        over max_memory.  Overlapping where it can."""
+        if why != "health":
+            self.message = message
+        self.log(line or "%s; restarting" % message, LOG_ERR)
+        self.supervisor.alerts.send(self, "health_failing", message)
         self.want = "up"
         if self.can_overlap():
-            self.begin_overlap(now, "health")  # UP, a replacement beside
+            self.begin_overlap(now, why)  # UP, a replacement beside
         else:
-            self.begin_stop(now, "health")  # -> STOPPING -> respawn
+            self.begin_stop(now, why)  # -> STOPPING -> respawn
 
     def stop_running(self, now, why):
         self.begin_stop(now, why)  # STARTING/UP -> STOPPING
@@ -3819,17 +4145,15 @@ class Service:
         config = self.config
         if self.next_run is not None:
             # The serving run ended while its replacement starts: that is
-            # the run now, still starting.
-            run_next, self.next_run = self.next_run, None
-            self.run = run_next
-            self.deadline = max(now, run_next.ready_at)
-            run_next.ready_at = None
-            self.replace_due = None
+            # the run now, still starting (its due time says when it is
+            # ready, or overdue).
+            self.run, self.next_run = self.next_run, None
+            self.timers.pop("replace", None)
             self.change_state(STARTING, "", "old run %s while pid %d "
                               "starts; that is the run now" % (
-                                  what, run_next.pid), LOG_WARNING)
+                                  what, self.run.pid), LOG_WARNING)
             if config.killasgroup:
-                self.kill_leftovers(run)
+                run.kill_leftovers()
             return
         ran = now - run.started_at
         quick = (not run.ready and ran < config.startsecs) or (
@@ -3840,8 +4164,6 @@ class Service:
             if adopted is not None:
                 self.adopt_daemon(now, run, *adopted)
                 return
-        self.cancel_probe()
-        self.probe_due = None
         self.run = None
         if run.spawn_error:
             # The child reported through the exec pipe: it never ran.
@@ -3860,27 +4182,22 @@ class Service:
                              format_seconds(ran), format_seconds(
                                  config.startsecs)), LOG_WARNING)
         if config.killasgroup:
-            self.kill_leftovers(run)
+            run.kill_leftovers()
 
     def adopt_daemon(self, now, run, pid, logged):
-        """STARTING/UP -> STARTING (UP with startsecs = 0), same run: its
-        main process exited 0 at once and left pid, a daemon, which is the
-        run from now on.  A daemon that double-forks is adopted twice (the
-        middle process, then the daemon); only one of those is logged."""
-        config = self.config
+        """STARTING/UP -> STARTING, same run: its main process exited 0 at
+        once and left pid, a daemon, which is the run from now on; it is
+        ready as any run is.  A daemon that double-forks is adopted twice
+        (the middle process, then the daemon); only one of those is
+        logged."""
         self.last_exit = self.previous_exit  # the launcher's exit is no news
         words = None
         if logged:
             words = "adopted: pid %d, which put itself in the background; " \
                 "run it in the foreground (e.g. runfcgi daemonize=false) " \
                 "to keep its output" % pid
-        if config.startsecs > 0 or config.healthcheck:
-            self.deadline = now + config.startsecs
-            self.change_state(STARTING, "", words, LOG_WARNING)
-        else:
-            self.deadline = None
-            run.ready = True
-            self.change_state(UP, "", words, LOG_WARNING)
+        run.start_clock(now, self.config)
+        self.change_state(STARTING, "", words, LOG_WARNING)
 
     def spawn_failed(self, now, error, cause=None):
         """No process came of a start (fork, chdir or exec failed in the
@@ -3908,7 +4225,7 @@ class Service:
             self.spawn(now, line + "; restarting at once")
         elif decision.action == "restart":
             self.message = what
-            self.deadline = now + decision.delay
+            self.timers["backoff"] = now + decision.delay
             self.change_state(BACKOFF, short, "%s; restarting in %s (%d "
                               "quick failure%s in a row)" % (
                                   line, format_seconds(decision.delay),
@@ -3936,62 +4253,15 @@ class Service:
     def stopping_exited(self, now, run, code, what):
         """STOPPING: the main process is gone; the rest of its tree may
         linger."""
-        self.stopping_tree_changed(now, run)
+        self.check_run(run, now)
 
-    def stopping_tree_changed(self, now, run):
-        """STOPPING: a process of the run's tree was reaped.  Done once
-        nothing of the tree is left; until then, as subreaper, the exit of
-        each member wakes us; a group with no member (without subreaper,
-        or grandchildren that are not our children) is polled."""
-        config = self.config
-        if run is not self.run or run.pid:
-            return
-        as_group = config.stopasgroup or config.killasgroup
-        if not run.tree_alive(as_group) and self.retiring:
-            self.deadline = None  # retired_check() calls again when done
-        elif not run.tree_alive(as_group):
-            self.stop_finished(now, "stopped: " + run.exit_words)
-        elif run.members and self.supervisor.tree.subreaper:
-            self.deadline = run.kill_at
-        else:
-            self.deadline = min(run.kill_at, now + GROUP_POLL)
-
-    def stopping_deadline(self, now):
-        """STOPPING timed out: KILL at stopwaitsecs, then, once the main
-        process is gone, poll its group until it empties or KILL's grace
-        runs out."""
-        config, run = self.config, self.run
-        if run.stop_phase == STOP_SIGNALLED and now >= run.kill_at:
-            run.stop_phase = STOP_KILLED
-            run.signal(signal.SIGKILL, config.killasgroup)
-            self.log("killed: still running %s after the %s signal; sent "
-                     "KILL" % (format_seconds(config.stopwaitsecs),
-                               signal_name(config.stopsignal)), LOG_WARNING)
-            run.kill_at = now + GROUP_KILL_GRACE
-        if run.pid:
-            # Still waiting for SIGCHLD (after KILL's grace, for ever: a
-            # process that outlives KILL sits in the kernel).
-            self.deadline = run.kill_at if now < run.kill_at else None
-            return
-        if not run.tree_alive(config.stopasgroup or config.killasgroup):
-            if self.retiring:
-                self.deadline = None  # retired_check() calls again
-                return
-            self.stop_finished(now, "stopped: %s; the rest of its process "
-                               "tree is gone" % run.exit_words)
-        elif now >= run.kill_at:
-            self.log("process group %d (or %d background processes) "
-                     "outlived KILL; not waiting any longer" % (
-                         run.pgid, len(run.members)), LOG_WARNING)
-            self.stop_finished(now, "stopped: gave up waiting for the rest "
-                               "of its process tree")
-        else:
-            self.stopping_tree_changed(now, run)
-
-    def stop_finished(self, now, line):
-        """STOPPING -> DOWN, or -> STARTING when a restart is wanted."""
+    def stop_finished(self, now, run):
+        """STOPPING -> DOWN, or -> STARTING when a restart is wanted: the
+        run's tree is gone (and the retiring runs' too)."""
+        if run is not self.run or self.retiring:
+            return  # retired_gone() comes back here when they are gone
         self.run = None
-        self.deadline = None
+        line = "stopped: " + run.gone_words()
         if self.want == "up" and not self.supervisor.shutting_down and \
                 self.pending_backoff:
             self.pending_backoff = False
@@ -4016,7 +4286,7 @@ class Service:
         what led here (an exit): logged after the fork, so that logging is
         never on the restart path, but ahead of the "spawned" line."""
         if self.pending_config is not None:
-            self.apply_config(self.pending_config)
+            self.apply_config(self.pending_config, now)
         config = self.config
         run = self.launch(now)
         if not isinstance(run, Run):
@@ -4024,30 +4294,47 @@ class Service:
             return
         self.run = run
         pid = run.pid
-        self.health_fails = 0
-        self.memory_over = 0
-        if config.max_memory:
-            self.memory_due = now + config.healthcheck_interval
+        # A fresh run: its probes and memory looks start afresh.
+        self.health_fails = self.memory_over = 0
+        self.cancel_probe()
+        for name in ("probe", "probe_timeout", "memory"):
+            self.timers.pop(name, None)
         if config.healthcheck:
             self.health = "unknown"
-            self.probe_due = now + max(0.05, min(config.startsecs,
-                                                 config.healthcheck_interval))
+            self.timers["probe"] = now + max(0.05, min(
+                config.startsecs, config.healthcheck_interval))
         if cause:
             self.log(cause)
+        words, state = "spawned: pid %d" % pid, STARTING
+        run.start_clock(now, config)
         if config.ready == "notify":
-            # startsecs bounds the wait for READY=1 (0: no bound).
-            self.deadline = now + config.startsecs if config.startsecs \
-                else None
             self.notify_status = ""
-            self.change_state(STARTING, "", "spawned: pid %d; ready when "
-                              "it sends READY=1" % pid)
-        elif config.startsecs > 0 or config.healthcheck:
-            self.deadline = now + config.startsecs
-            self.change_state(STARTING, "", "spawned: pid %d" % pid)
-        else:
-            self.deadline = None
-            run.ready = True  # startsecs = 0 trusts it at once
-            self.change_state(UP, "", "spawned: pid %d" % pid)
+            words += "; ready when it sends READY=1"
+        elif not config.startsecs and not config.healthcheck:
+            run.become_ready(now, config)  # startsecs = 0 trusts it at once
+            state = UP
+        self.change_state(state, "", words)
+        self.judge_ready(now, None)
+
+    def begin_stop(self, now, why):
+        """STARTING/UP -> STOPPING: stop signal, then KILL at the deadline."""
+        config, run = self.config, self.run
+        # Orphans of the tree send no SIGCHLD when they become ours: look.
+        self.supervisor.tree.scan(now)
+        if self.next_run is not None:
+            self.retire(self.next_run, now)  # it goes with the service
+            self.next_run = None
+        run.stop(now, config)
+        self.change_state(STOPPING, why, "stopping (%s): %s to %s %d" % (
+            STOP_REASONS.get(why, why), signal_name(config.stopsignal),
+            "process group" if config.stopasgroup else "pid",
+            run.pgid if config.stopasgroup else run.pid))
+
+    def close_exec_pipe(self, run):
+        if run.exec_fd >= 0:
+            self.supervisor.unwatch(run.exec_fd)
+            os.close(run.exec_fd)
+            run.exec_fd = -1
 
     def launch(self, now):
         """Start a process of the service: its Run, or the reason it could
@@ -4122,250 +4409,6 @@ class Service:
                     else supervisor.devnull)
         return stdin_fd, stdout_fd, stderr_fd
 
-    def begin_stop(self, now, why):
-        """STARTING/UP -> STOPPING: stop signal, then KILL at the deadline."""
-        config, run = self.config, self.run
-        self.cancel_probe()
-        self.probe_due = None
-        # Orphans of the tree send no SIGCHLD when they become ours: look.
-        self.supervisor.tree.scan(now)
-        if self.next_run is not None:
-            self.retire(self.next_run, now)  # it goes with the service
-            self.next_run = None
-        self.replace_due = None
-        number = config.stopsignal
-        run.signal(number, config.stopasgroup)
-        if number not in (signal.SIGKILL, signal.SIGCONT):
-            # A stopped (SIGSTOP) process cannot act on TERM until resumed.
-            run.signal(signal.SIGCONT, config.stopasgroup)
-        run.stop_phase = STOP_SIGNALLED
-        run.kill_at = self.deadline = now + config.stopwaitsecs
-        self.change_state(STOPPING, why, "stopping (%s): %s to %s %d" % (
-            STOP_REASONS.get(why, why), signal_name(number),
-            "process group" if config.stopasgroup else "pid",
-            run.pgid if config.stopasgroup else run.pid))
-
-    def kill_leftovers(self, run):
-        """A run is over but processes of its tree live on (workers of a
-        dead master, a job it put in the background, one that called
-        setsid): kill them, so that no duplicate of the service holds its
-        port beside the next run.  Called after the next run is forked,
-        off the restart path."""
-        if not run.members and not run.group_alive():
-            return
-        run.signal(signal.SIGKILL, True)
-        self.log("killed what was left of process group %d%s" % (
-            run.pgid, " and %d background processes" % len(run.members)
-            if run.members else ""), LOG_WARNING)
-
-    def close_exec_pipe(self, run):
-        if run.exec_fd >= 0:
-            self.supervisor.unwatch(run.exec_fd)
-            os.close(run.exec_fd)
-            run.exec_fd = -1
-
-    # -- overlapping restarts ----------------------------------------------
-    #
-    # With a held socket, a restart starts the replacement (next_run) on
-    # the same listening socket while the current run serves, and retires
-    # the current run (stop signal, stopwaitsecs, KILL) only once the
-    # replacement is ready.  The service stays UP meanwhile; its runs have
-    # a small machine of their own:
-    #   next_run reaches ready_at      promote: it is the run, the old one
-    #                                  retires
-    #   next_run ends before that      replacement_failed: the old run
-    #                                  serves on; another try after the
-    #                                  backoff (a health restart stops the
-    #                                  unhealthy run instead: see there)
-    #   the serving run ends first     next_run is the run at once, still
-    #                                  starting (run_ended)
-    #   stop, shutdown, a new restart  next_run retires too
-    #   a retiring run's tree is gone  it is forgotten (retired_check)
-
-    def can_overlap(self):
-        """May a restart overlap now?  Only on a held socket (without one
-        the new run's port would clash), only from UP, and only where the
-        new config (a reload's) keeps the outputs and the socket."""
-        run, new = self.run, self.pending_config or self.config
-        return self.listener is not None and self.state == UP and \
-            run is not None and bool(run.pid) and run.pidfd is None and \
-            not self.supervisor.shutting_down and all(
-                getattr(self.config, key) == getattr(new, key)
-                for key in OUTPUT_KEYS) and \
-            socket_key(self.config) == socket_key(new)
-
-    def begin_overlap(self, now, why):
-        """UP -> UP: start a replacement beside the serving run."""
-        if self.next_run is not None:
-            # A newer restart: the replacement under way may run old code.
-            self.retire(self.next_run, now)
-            self.next_run = None
-        self.replace_due = None
-        if self.pending_config is not None:
-            self.apply_config(self.pending_config)
-        run = self.launch(now)
-        if not isinstance(run, Run):
-            self.replacement_failed(now, None, run, why)
-            return
-        config = self.config
-        if config.ready == "notify":
-            run.ready_by = now + config.startsecs if config.startsecs \
-                else None
-        else:
-            run.ready_at = now + max(config.startsecs, MIN_GOOD_RUN)
-        self.next_run = run
-        self.replace_why = why
-        self.supervisor.status_dirty = True
-        self.log("restarting (%s), overlapping: pid %d starts on the held "
-                 "socket beside pid %d, which serves until it is ready" % (
-                     STOP_REASONS.get(why, why), run.pid, self.run.pid))
-
-    def promote(self, now):
-        """UP -> UP (STARTING until a probe passes, with a health check):
-        the replacement is ready; the old run retires."""
-        old, run = self.run, self.next_run
-        self.next_run = None
-        run.ready = True
-        run.ready_at = run.ready_by = None
-        if self.config.watchdog_secs:
-            run.watchdog_at = now + self.config.watchdog_secs
-        self.run = run
-        self.fails = 0
-        self.message = ""
-        self.retire(old, now)
-        words = "restarted: pid %d is ready; pid %d gets %s" % (
-            run.pid, old.pid, signal_name(self.config.stopsignal))
-        if self.config.healthcheck:
-            self.cancel_probe()
-            self.health, self.health_fails = "unknown", 0
-            self.probe_due = now
-            self.deadline = None
-            self.change_state(STARTING, "", words)
-        else:
-            self.change_state(UP, "", words)
-
-    def replacement_failed(self, now, run, what, why=None):
-        """The replacement ended (or could not start) before it was ready:
-        the old run serves on, and another try comes after the backoff, as
-        a quick failure would be retried; startretries ends the tries."""
-        config = self.config
-        why = why or self.replace_why
-        if run is not None:
-            self.next_run = None
-            what = run.spawn_error or what
-            if config.killasgroup:
-                self.kill_leftovers(run)
-        self.fails += 1
-        self.replace_failure = (self.spawns, what)
-        if why == "health":
-            # The serving run is unhealthy: overlapping bought nothing, so
-            # stop it and start afresh, backing off as usual.
-            self.log("restart failed: %s; stopping the unhealthy run (pid "
-                     "%d) instead" % (what, self.run.pid), LOG_ERR)
-            self.want = "up"
-            self.begin_stop(now, "health")
-            return
-        line = "restart failed: %s; the old run (pid %d) keeps serving" % (
-            what, self.run.pid)
-        self.message = line
-        if config.startretries is not None and \
-                self.fails > config.startretries:
-            self.log("%s; no more tries (startretries = %d): --restart %s "
-                     "tries again" % (line, config.startretries, self.name),
-                     LOG_ERR)
-        else:
-            delay = backoff_delay(self.fails, config.backoff_max)
-            self.replace_due = now + delay
-            self.replace_why = why
-            self.log("%s; trying again in %s" % (line, format_seconds(delay)),
-                     LOG_ERR)
-        self.supervisor.status_dirty = True
-
-    def retire(self, run, now):
-        """Stop a run that is no longer the service's: the stop signal to
-        its tree now, KILL at stopwaitsecs."""
-        config = self.config
-        self.supervisor.tree.scan(now)
-        run.ready_at = None
-        number = config.stopsignal
-        run.signal(number, config.stopasgroup)
-        if number not in (signal.SIGKILL, signal.SIGCONT):
-            run.signal(signal.SIGCONT, config.stopasgroup)
-        run.stop_phase = STOP_SIGNALLED
-        run.kill_at = now + config.stopwaitsecs
-        if run not in self.retiring:
-            self.retiring.append(run)
-        self.supervisor.status_dirty = True
-
-    def retired_exited(self, now, run, what):
-        self.log("old run ended: %s" % what)
-        self.retired_check(now, run)
-
-    def retired_check(self, now, run):
-        """A retiring run's tree changed, or its deadline came: KILL at
-        stopwaitsecs, forget it once nothing of it is left."""
-        config = self.config
-        as_group = config.stopasgroup or config.killasgroup
-        if run not in self.retiring:
-            return
-        if not run.tree_alive(as_group):
-            self.retiring.remove(run)
-            self.supervisor.status_dirty = True
-            if self.state == STOPPING and self.run is not None:
-                self.stopping_tree_changed(now, self.run)
-            return
-        if now >= run.kill_at:
-            if run.stop_phase == STOP_SIGNALLED:
-                run.stop_phase = STOP_KILLED
-                run.signal(signal.SIGKILL, config.killasgroup)
-                self.log("killed: the old run was still running %s after "
-                         "the %s signal; sent KILL" % (
-                             format_seconds(config.stopwaitsecs),
-                             signal_name(config.stopsignal)), LOG_WARNING)
-                run.kill_at = now + GROUP_KILL_GRACE
-            elif not run.pid:
-                self.log("the old run's process tree outlived KILL; not "
-                         "waiting any longer", LOG_WARNING)
-                self.retiring.remove(run)
-                return
-        if not run.pid and not (run.members and
-                                self.supervisor.tree.subreaper):
-            run.poll_at = min(run.kill_at, now + GROUP_POLL)
-        else:
-            run.poll_at = None
-
-    def run_deadlines(self, now):
-        """The overlap's times: a replacement's readiness, a retry of one,
-        a retiring run's KILL or poll."""
-        run = self.next_run
-        if run is not None and run.ready_at is not None and \
-                now >= run.ready_at:
-            self.promote(now)
-        elif run is not None and run.ready_by is not None and \
-                now >= run.ready_by:
-            self.next_run = None
-            self.retire(run, now)
-            self.replacement_failed(now, None, "no READY=1 within startsecs "
-                                    "(%s)" % format_seconds(
-                                        self.config.startsecs))
-        if self.replace_due is not None and now >= self.replace_due:
-            self.replace_due = None
-            if self.can_overlap():
-                self.begin_overlap(now, self.replace_why or "restart")
-        for old in list(self.retiring):
-            due = old.poll_at if old.poll_at is not None else old.kill_at
-            if now >= due:
-                self.retired_check(now, old)
-
-    def run_times(self):
-        times = [self.replace_due]
-        if self.next_run is not None:
-            times.extend((self.next_run.ready_at, self.next_run.ready_by))
-        for old in self.retiring:
-            times.append(old.poll_at if old.poll_at is not None
-                         else old.kill_at)
-        return [t for t in times if t is not None]
-
     # -- leftovers of a supervisor that died -------------------------------
 
     def take_over(self, entry, pidfd, now):
@@ -4377,21 +4420,19 @@ class Service:
         run.pgid = entry.get("pgid") or 0
         run.start_time = entry["start_time"]
         run.started_wall = wall - ran
-        run.ready = True
+        run.become_ready(now, self.config)
         self.watch_pidfd(run, pidfd)
         self.run = run
-        self.spawns = 1
+        self.spawns = run.number = 1
         self.restarts = entry.get("restarts", 0)
         self.last_exit = entry.get("last_exit")
         self.want = "up"
-        words = "taken over: pid %d, left running by a supervisor that " \
-            "died; its exit code will be unknown" % run.pid
         if self.config.healthcheck:
             self.health = "unknown"
-            self.probe_due = now
-            self.change_state(STARTING, "", words)
-        else:
-            self.change_state(UP, "", words)
+        self.change_state(STARTING, "", "taken over: pid %d, left running "
+                          "by a supervisor that died; its exit code will be "
+                          "unknown" % run.pid)
+        self.judge_ready(now, None)
         self.since, self.since_wall = now - ran, wall - ran
 
     def watch_pidfd(self, run, pidfd):
@@ -4421,9 +4462,11 @@ class Service:
 
     # -- config changes --------------------------------------------------
 
-    def apply_config(self, config):
+    def apply_config(self, config, now):
         """Take a new config: now for supervision keys, and for process keys
-        only while no process runs (the caller restarts it)."""
+        only while no process runs (the caller restarts it).  Then the
+        timers it needs: a health check or max_memory that a reload adds
+        starts its looks now."""
         self.pending_config = None
         old = self.config
         self.config = config
@@ -4431,12 +4474,9 @@ class Service:
             self.close_outputs()  # the next run gets pipes for the new one
         if bool(old.healthcheck) != bool(config.healthcheck):
             self.health = "unknown" if config.healthcheck else "none"
-            if not config.healthcheck:
-                self.cancel_probe()
-                self.probe_due = None
-                if self.state == STARTING and self.run.ready:
-                    self.change_state(UP, "", "up: no health check any "
-                                      "more")
+        self.arm(now)
+        if not config.healthcheck and self.state == STARTING:
+            self.judge_ready(now, "up: no health check any more")
 
     # -- health ----------------------------------------------------------
 
@@ -4444,8 +4484,26 @@ class Service:
         if self.probe is not None:
             self.probe.close()
             self.probe = None
+        self.timers.pop("probe_timeout", None)
 
     # -- status ----------------------------------------------------------
+
+    def outcome_since(self, mark):
+        """Did a start or restart given when the spawn count was mark work?
+        True once the service is up on a run started since; (the line a
+        command prints, the reason) once it failed; None while under way.
+        --start, --restart and a pool's rolling restart all ask this."""
+        run = self.run
+        if self.next_run is not None or self.state in (STARTING, STOPPING):
+            return None
+        if self.state == UP and run is not None and run.number > mark:
+            return True
+        if self.replace_failure and self.replace_failure[0] > mark:
+            return self.message, self.replace_failure[1]
+        if self.state in (BACKOFF, FATAL, DOWN):
+            why = self.message or self.why or self.state
+            return "did not start: " + why, why
+        return None
 
     def log_destinations(self):
         """Where stdout and stderr go now: the config's words, or syslog
@@ -4485,10 +4543,10 @@ class Service:
         if config.numprocs > 1:
             entry.update(program=config.program,
                          process_num=config.process_num)
-        if self.state == BACKOFF and self.deadline is not None:
-            entry["retry_at"] = round(wall + self.deadline - now, 3)
+        if self.state == BACKOFF and "backoff" in self.timers:
+            entry["retry_at"] = round(wall + self.timers["backoff"] - now, 3)
         if self.state == STOPPING and run is not None and \
-                run.stop_phase == STOP_SIGNALLED:
+                run.phase == RUN_SIGNALLED:
             entry["kill_at"] = round(wall + run.kill_at - now, 3)
         if config.healthcheck:
             entry["healthcheck"] = config.healthcheck.url
@@ -4496,8 +4554,9 @@ class Service:
             entry["next_pid"] = self.next_run.pid or None
         if self.retiring:
             entry["retiring_pids"] = [r.pid for r in self.retiring if r.pid]
-        if self.replace_due is not None:
-            entry["replace_at"] = round(wall + self.replace_due - now, 3)
+        if "replace" in self.timers:
+            entry["replace_at"] = round(wall + self.timers["replace"] - now,
+                                        3)
         if self.notify_status:
             entry["notify_status"] = self.notify_status
         return entry
@@ -4529,24 +4588,36 @@ for _state in (DOWN, FATAL, BACKOFF):
     TRANSITIONS[(_state, "restart")] = Service.start_wanted
     TRANSITIONS[(_state, "exited")] = Service.exit_out_of_turn
 for _state in (STARTING, UP):
-    TRANSITIONS[(_state, "deadline")] = Service.startsecs_reached
-    TRANSITIONS[(_state, "health_failed")] = Service.restart_unhealthy
+    TRANSITIONS[(_state, "ready")] = Service.run_ready
+    TRANSITIONS[(_state, "not_ready")] = Service.run_not_ready
+    TRANSITIONS[(_state, "probe")] = Service.start_probe
+    TRANSITIONS[(_state, "probe_timeout")] = Service.probe_timed_out
+    TRANSITIONS[(_state, "probe_failed")] = Service.restart_unhealthy
+    TRANSITIONS[(_state, "watchdog")] = Service.watchdog_expired
+    TRANSITIONS[(_state, "memory")] = Service.check_memory
     TRANSITIONS[(_state, "want_down")] = Service.stop_running
     TRANSITIONS[(_state, "restart")] = Service.restart_running
     TRANSITIONS[(_state, "exited")] = Service.run_ended
-    TRANSITIONS[(_state, "watchdog")] = Service.watchdog_expired
-    TRANSITIONS[(_state, "memory_over")] = Service.restart_large
 TRANSITIONS.update({
-    (BACKOFF, "deadline"): Service.backoff_over,
+    (BACKOFF, "backoff"): Service.backoff_over,
     (BACKOFF, "want_down"): Service.give_up_retrying,
     (FATAL, "want_down"): Service.give_up_retrying,
     (DOWN, "want_down"): Service.settle_down,
     (STARTING, "probe_ok"): Service.first_probe_passed,
-    (STARTING, "notified_ready"): Service.ready_notified,
+    (UP, "replace"): Service.retry_replacement,
     (STOPPING, "exited"): Service.stopping_exited,
-    (STOPPING, "tree_changed"): Service.stopping_tree_changed,
-    (STOPPING, "deadline"): Service.stopping_deadline,
+    (STOPPING, "gone"): Service.stop_finished,
 })
+
+#: The overlap's machine: (role of the run, event) -> handler, for the
+#: runs beside the serving one.
+OVERLAP = {
+    ("replacement", "ready"): Service.promote,
+    ("replacement", "not_ready"): Service.replacement_overdue,
+    ("replacement", "exited"): Service.replacement_ended,
+    ("retiring", "exited"): Service.retired_exited,
+    ("retiring", "gone"): Service.retired_gone,
+}
 
 
 # ===========================================================================
@@ -4681,7 +4752,7 @@ class Tree:
         for run, pid, name in news:
             service = run.service
             if self.members.get(pid) is not run or run is not service.run \
-                    or run.stop_phase is not None:
+                    or run.stopping:
                 continue
             run.orphans_seen += 1
             if run.orphans_seen <= ORPHANS_LOGGED:
@@ -4720,10 +4791,10 @@ class Tree:
                 run not in service.retiring:
             if config.killasgroup:  # the run is over: so is its tree
                 self.signal_member(run, pid, signal.SIGKILL)
-        elif run.stop_phase == STOP_SIGNALLED and config.stopasgroup:
+        elif run.phase == RUN_SIGNALLED and config.stopasgroup:
             self.signal_member(run, pid, config.stopsignal)
             self.signal_member(run, pid, signal.SIGCONT)
-        elif run.stop_phase == STOP_KILLED and config.killasgroup:
+        elif run.phase == RUN_KILLED and config.killasgroup:
             self.signal_member(run, pid, signal.SIGKILL)
 
     def signal_member(self, run, pid, number):
@@ -4778,7 +4849,7 @@ class Tree:
         run.sessions.add(sid)
         run.start_time, run.exit_words = None, None
         run.started_at, run.started_wall = now, time.time()
-        run.ready, run.adopted = False, True
+        run.adopted = True  # its phase starts again: Service.adopt_daemon
         return pid, logged
 
     def wait_exiting(self):
@@ -5594,21 +5665,6 @@ class Roll:
         service.roll_note = None
         service.on_restart(now)
 
-    def outcome(self, service):
-        """True once the instance is up with a run started by its restart;
-        why not, once its restart failed; None while under way."""
-        run = service.run
-        if service.next_run is not None or service.state in (STARTING,
-                                                             STOPPING):
-            return None
-        if service.state == UP and run is not None and run.number > self.mark:
-            return True
-        if service.replace_failure and service.replace_failure[0] > \
-                self.mark:
-            return service.replace_failure[1]
-        if service.state in (BACKOFF, FATAL, DOWN):
-            return service.message or service.why or service.state
-        return None
 
 
 class Supervisor:
@@ -5638,6 +5694,7 @@ class Supervisor:
         self.tree = Tree(self)
         self.notify = {}          # name -> NotifySocket, made when needed
         self.rolls = []           # Roll: pools restarted one at a time
+        self.ready_listeners = []  # f(service, now): see service_ready
         self.alerts = Alerts(self)
         self.lock_fd = -1
         self.control = None
@@ -6003,7 +6060,7 @@ class Supervisor:
         for service in list(self.services.values()):
             wake = service.next_wake()
             if wake is not None and wake <= now:
-                self.guarded(self.on_service_timer, service, now)
+                self.guarded(service.on_due, now)
         if self.shutting_down:
             self.guarded(self.advance_shutdown, now)
         if self.rolls:
@@ -6048,17 +6105,6 @@ class Supervisor:
         if self.pending_signals:
             return 0
         return max(0.0, min(times) - now) if times else None
-
-    def on_service_timer(self, service, now):
-        service.on_deadline(now)
-        if service.memory_due is not None and now >= service.memory_due:
-            service.check_memory(now)
-        probe = service.probe
-        if probe is not None and now >= probe.deadline:
-            probe.on_timeout(now)
-        if service.probe is None and service.probe_due is not None and \
-                now >= service.probe_due:
-            self.start_probe(service, now)
 
     def process_signals(self):
         while self.pending_signals:
@@ -6121,6 +6167,14 @@ class Supervisor:
         tree.report()
 
     # -- fds in the selector -----------------------------------------------
+
+    def service_ready(self, service):
+        """A service's serving run became ready (Service.judge_ready): the
+        one event that waits on readiness hang on."""
+        self.status_dirty = True
+        now = self.clock()
+        for listener in list(self.ready_listeners):
+            listener(service, now)
 
     def run_uid(self, config):
         """The uid a service's processes run as."""
@@ -6327,7 +6381,7 @@ class Supervisor:
         for name in removed:
             self.remove_service(self.services[name], now, note)
         for name in updated:
-            self.services[name].apply_config(new_by_name[name])
+            self.services[name].apply_config(new_by_name[name], now)
             note("%s: updated without a restart" % name)
         rolled = []
         for name in changed:
@@ -6409,7 +6463,7 @@ class Supervisor:
                                                   service.spawns))
             service.on_want_up(now)
         else:
-            service.apply_config(service.pending_config)
+            service.apply_config(service.pending_config, now)
             note("%s: changed, stays down" % name)
 
     def add_service(self, config, listener, now, note):
@@ -6469,10 +6523,11 @@ class Supervisor:
                 current = roll.current
                 if current is not None and \
                         self.services.get(current.name) is current:
-                    outcome = roll.outcome(current)
+                    outcome = current.outcome_since(roll.mark)
                     if outcome is None:
                         break  # still under way
                     if outcome is not True:
+                        outcome = outcome[1]
                         for service in roll.waiting:
                             service.roll_note = (service.spawns, "%s failed "
                                                  "first (%s), so the rolling "
@@ -6623,12 +6678,6 @@ class Supervisor:
             VERSION, len(self.services)))
         self.apply(new_config, "re-exec")
         self.write_status()
-
-    def start_probe(self, service, now):
-        service.probe_due = None
-        probe = Probe(self, service, now)
-        if probe.sock is not None:
-            service.probe = probe
 
 
 class AlreadyRunning(Failure):
@@ -7088,18 +7137,18 @@ class Leftovers:
 CARRIED_SERVICE = ("state", "want", "why", "message", "fails", "spawns",
                    "restarts", "last_exit", "health", "health_fails",
                    "removing", "since_wall", "notify_status",
-                   "pending_backoff")
+                   "pending_backoff", "troubled", "memory_over",
+                   "ready_number", "replace_why")
 
 #: Run fields carried as they are (for the current run, a replacement
 #: starting beside it, and the runs being retired).
 CARRIED_RUN = ("pid", "pgid", "start_time", "started_wall", "spawn_error",
-               "ready", "stop_phase", "pidfd", "session", "adopted",
-               "orphans_seen", "exit_words", "number")
+               "phase", "pidfd", "session", "adopted", "orphans_seen",
+               "exit_words", "number", "lingered", "said_stopping")
 
-#: Monotonic times, carried as seconds from now.
-CARRIED_SERVICE_TIMES = ("since", "deadline", "replace_due")
-CARRIED_RUN_TIMES = ("started_at", "kill_at", "ready_at", "poll_at",
-                     "ready_by", "watchdog_at")
+#: Monotonic times, carried as seconds from now (a service's timers too).
+CARRIED_SERVICE_TIMES = ("since",)
+CARRIED_RUN_TIMES = ("started_at", "due", "kill_at")
 
 
 def run_snapshot(run, now):
@@ -7116,11 +7165,15 @@ def run_snapshot(run, now):
     return carried
 
 
-def run_restore(service, carried, now):
+def run_restore(service, carried, now, fallback_due=None):
     """The Run of run_snapshot(), registered as our child (or watched
-    through its pidfd) with its members."""
+    through its pidfd) with its members.  fallback_due: when the run was
+    carried by a version whose runs had no phase, the service's old
+    deadline, which was the serving run's."""
     if carried is None:
         return None
+    if "phase" not in carried:
+        carried = phase_from_old_fields(carried, fallback_due)
     supervisor = service.supervisor
     run = Run(service, carried["pid"], now)
     run.session = carried["pgid"] or carried["pid"]
@@ -7139,6 +7192,43 @@ def run_restore(service, carried, now):
     elif run.pid:
         supervisor.children[run.pid] = run
     return run
+
+
+def old_timers(entry):
+    """A service's timers, from what fcgiwatch 1.0 carried over: its one
+    deadline (a backoff's end, in BACKOFF; the serving run's otherwise)
+    and a replacement's retry."""
+    timers = {"replace": entry.get("replace_due")}
+    if entry.get("state") == BACKOFF:
+        timers["backoff"] = entry.get("deadline")
+    return timers
+
+
+def phase_from_old_fields(carried, fallback_due=None):
+    """A run carried by fcgiwatch 1.0 (ready, stop_phase and five times of
+    its own) in today's terms: a phase and one due time.
+
+    >>> phase_from_old_fields({"ready": False, "stop_phase": "signalled",
+    ...     "kill_at": 3.0, "poll_at": 0.02})["due"]
+    0.02
+    >>> phase_from_old_fields({"ready": False, "ready_at": None}, 1.5)[
+    ...     "phase"], 1.5
+    ('starting', 1.5)
+    """
+    carried = dict(carried)
+    stop = carried.get("stop_phase")
+    if stop:
+        carried["phase"] = stop
+        times = [carried.get("poll_at"), carried.get("kill_at")]
+    elif carried.get("ready"):
+        carried["phase"] = RUN_READY
+        times = [carried.get("watchdog_at")]
+    else:
+        carried["phase"] = RUN_STARTING
+        times = [carried.get("ready_at"), carried.get("ready_by"),
+                 fallback_due]
+    carried["due"] = next((t for t in times if t is not None), None)
+    return carried
 
 
 class Handover:
@@ -7253,11 +7343,9 @@ class Handover:
         now = supervisor.clock()
         services = []
         for service in supervisor.services.values():
-            runs = [r for r in [service.run, service.next_run]
-                    + service.retiring if r is not None]
-            for run in runs:
+            for run in service.runs():
                 service.close_exec_pipe(run)  # a run between fork and exec
-            service.cancel_probe()
+            service.cancel_probe()  # the next program probes at once
             outputs = None
             if service.outputs is not None:
                 outputs = [{"stream": pipe.stream, "read": pipe.read_fd,
@@ -7270,7 +7358,9 @@ class Handover:
             entry["next_run"] = run_snapshot(service.next_run, now)
             entry["retiring"] = [run_snapshot(r, now)
                                  for r in service.retiring]
-            entry["replace_why"] = service.replace_why
+            entry["replace_failure"] = service.replace_failure
+            entry["timers"] = dict((name, due - now) for name, due in
+                                   service.timers.items())
             for key in CARRIED_SERVICE_TIMES:
                 moment = getattr(service, key)
                 entry[key] = None if moment is None else moment - now
@@ -7311,12 +7401,20 @@ class Handover:
             for key in CARRIED_SERVICE_TIMES:
                 ahead = entry.get(key)
                 setattr(service, key, None if ahead is None else now + ahead)
-            service.run = run_restore(service, entry["run"], now)
+            timers = entry.get("timers")
+            if timers is None:  # from 1.0: its deadlines by their old names
+                timers = old_timers(entry)
+            service.timers = dict((name, now + ahead) for name, ahead in
+                                  timers.items() if ahead is not None)
+            old_deadline = entry.get("deadline")
+            service.run = run_restore(service, entry["run"], now,
+                                      old_deadline)
             service.next_run = run_restore(service, entry.get("next_run"),
                                            now)
             service.retiring = [run_restore(service, carried, now)
                                 for carried in entry.get("retiring", ())]
-            service.replace_why = entry.get("replace_why")
+            if entry.get("replace_failure"):
+                service.replace_failure = tuple(entry["replace_failure"])
             if entry["pending_config"] is not None:
                 service.pending_config = config_from_json(
                     entry["pending_config"])
@@ -7328,9 +7426,9 @@ class Handover:
                 fd, family = entry["listener"]
                 service.listener = socket.socket(family, socket.SOCK_STREAM,
                                                  fileno=fd)
-            if service.config.healthcheck and service.state in (STARTING,
-                                                                UP):
-                service.probe_due = now
+            # Every timer its state needs: a probe at once, the next look
+            # at its memory (which 1.0 did not carry over).
+            service.arm(now)
             services.append(service)
         supervisor.tree.strays.update(state.get("strays", ()))
         return services
@@ -8166,20 +8264,17 @@ class ControlServer:
         elif goal == "down":
             if service.state in (DOWN, FATAL):
                 return True, "%s: stopped" % name
-        elif service.state == UP and service.next_run is None and \
-                service.run is not None and service.run.number > mark:
-            return True, "%s: %s (pid %d)" % (name, {
-                "start": "started", "restart": "restarted",
-                "reload": "running"}[request.verb], service.pid)
-        elif service.replace_failure and service.replace_failure[0] > mark \
-                and service.next_run is None:
-            return False, "%s: %s" % (name, service.message)
         elif service.roll_note is not None and service.roll_note[0] == mark:
             return False, "%s: not restarted: %s" % (name,
                                                      service.roll_note[1])
-        elif service.state in (BACKOFF, FATAL, DOWN):
-            return False, "%s: did not start: %s" % (
-                name, service.message or service.why or service.state)
+        else:
+            outcome = service.outcome_since(mark)
+            if outcome is True:
+                return True, "%s: %s (pid %d)" % (name, {
+                    "start": "started", "restart": "restarted",
+                    "reload": "running"}[request.verb], service.pid)
+            if outcome is not None:
+                return False, "%s: %s" % (name, outcome[0])
         if now >= request.deadline:
             state = service.state if service else "gone"
             return False, "%s: still %s after %d seconds; see --status %s" % (

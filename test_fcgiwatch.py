@@ -42,6 +42,7 @@ PROGRAM = os.path.join(HERE, "fcgiwatch.py")
 PY = sys.executable
 IS_ROOT = os.geteuid() == 0
 NOBODY = pwd.getpwnam("nobody") if IS_ROOT else None
+HAVE_PIDFD = fcgiwatch.open_pidfd(os.getpid()) is not None
 
 
 def as_user(user):
@@ -1307,8 +1308,9 @@ finally:
     supervisor.begin_shutdown("end of scenario")
     while supervisor.exit_code is None:
         for name in list(supervisor.services):
-            if supervisor.services[name].deadline is not None:
-                clock.now = max(clock.now, supervisor.services[name].deadline)
+            wake = supervisor.services[name].next_wake()
+            if wake is not None:
+                clock.now = max(clock.now, wake)
         supervisor.turn(wait=0.02)
 print("scenario passed")
 """
@@ -1335,7 +1337,7 @@ class SteppedClockTests(SupervisorCase):
             delays = []
             for attempt in range(6):
                 turn_until(lambda: bad.state == "backoff", "back-off")
-                delay = bad.deadline - clock.now
+                delay = bad.timers["backoff"] - clock.now
                 delays.append(delay)
                 advance(delay - 0.01)
                 assert bad.state == "backoff", bad.state  # not yet
@@ -1364,9 +1366,9 @@ class SteppedClockTests(SupervisorCase):
             advance(29.9)
             turn_until(lambda: True, "a turn")
             assert stubborn.state == "stopping", stubborn.state
-            assert run.stop_phase == "signalled", run.stop_phase
+            assert run.phase == "signalled", run.phase
             advance(0.1)
-            assert run.stop_phase == "killed", run.stop_phase
+            assert run.phase == "killed", run.phase
             # The rest of the group is polled on our clock: move it along.
             turn_until(lambda: advance(0.05) or stubborn.state == "down",
                        "down")
@@ -1385,7 +1387,7 @@ class SteppedClockTests(SupervisorCase):
             os.kill(slow.pid, signal.SIGKILL)
             turn_until(lambda: slow.state == "backoff", "back-off")
             assert slow.fails == 1
-            advance(slow.deadline - clock.now)
+            advance(slow.timers["backoff"] - clock.now)
             turn_until(lambda: slow.state == "starting", "a new run")
             advance(60)
             assert slow.state == "up", slow.state
@@ -2315,8 +2317,8 @@ with open(sys.argv[1], "a") as handle:
 """
 
 
-class AlertTests(SupervisorCase):
-    """alert_command on trouble, rate-limited, never in the way."""
+class AlertHelpers:
+    """An alert_command that records each alert, for SupervisorCase tests."""
 
     def alerts(self):
         try:
@@ -2336,6 +2338,10 @@ class AlertTests(SupervisorCase):
     def kinds(self):
         return [(a["FCGIWATCH_SERVICE"], a["FCGIWATCH_EVENT"])
                 for a in self.alerts()]
+
+
+class AlertTests(AlertHelpers, SupervisorCase):
+    """alert_command on trouble, rate-limited, never in the way."""
 
     def test_crash_held_back_count_and_recovery(self):
         self.start({"app": {"command": "sleep 1000"}},
@@ -2407,6 +2413,76 @@ class AlertTests(SupervisorCase):
         self.assertRegex(self.log_text(), r"hog: memory [6-9]\d\.\d MB, over "
                          r"max_memory \(32\.0 MB\) two looks in a row; "
                          r"restarting")
+
+
+class OneClockTests(AlertHelpers, SupervisorCase):
+    """Issue 21: every way into a run arms what the run needs.  fcgiwatch
+    1.0 looked at max_memory only from a spawn on, and forgot across
+    --reexec that it had sent an alert of trouble."""
+
+    def grower(self):
+        """A run that takes 64 MB once the test says so."""
+        self.trigger = os.path.join(self.tmp, "grow")
+        return {"command": self.py("""
+            import os, sys, time
+            while not os.path.exists(%r):
+                time.sleep(0.02)
+            hog = bytearray(64 * 1024 * 1024)
+            for i in range(0, len(hog), 4096):
+                hog[i] = 1
+            time.sleep(1000)
+        """ % self.trigger), "max_memory": "32MB",
+            "healthcheck_interval": "0.2", "startsecs": "0.1"}
+
+    def grow_and_see_the_restart(self):
+        first = self.entry("hog")["pid"]
+        with open(self.trigger, "w"):
+            pass
+        self.wait_state("hog", "up", pid_not=first, timeout=15)
+        self.assertIn("over max_memory (32.0 MB) two looks in a row",
+                      self.log_text())
+
+    def test_max_memory_after_reexec(self):
+        self.start({"hog": self.grower()})
+        code, out, err = self.cli("--reexec")
+        self.assertEqual(code, 0, out + err)
+        self.grow_and_see_the_restart()
+
+    def test_max_memory_added_by_a_reload(self):
+        keys = self.grower()
+        del keys["max_memory"]
+        self.start({"hog": keys})
+        keys["max_memory"] = "32MB"
+        self.write_config({"hog": keys})
+        code, out, err = self.cli("--reload")
+        self.assertEqual(code, 0, out + err)
+        self.assertIn("hog: updated without a restart", out)
+        self.grow_and_see_the_restart()
+
+    @unittest.skipUnless(HAVE_PIDFD, "a takeover needs pidfd_open")
+    def test_max_memory_after_a_takeover(self):
+        self.start({"hog": self.grower()})
+        self.proc.kill()
+        self.proc.wait()
+        self.start()  # the same config: its run is taken over
+        self.assertIn("taken over", self.log_text())
+        self.grow_and_see_the_restart()
+
+    def test_recovered_after_reexec(self):
+        flag = os.path.join(self.tmp, "works")
+        command = "sh -c 'test -e %s && exec sleep 1000; exit 1'" % flag
+        self.start({"app": {"command": command, "startsecs": "0.3",
+                            "backoff_max": "0.5", "startretries": "3"}},
+                   self.settings(), wait_up=False)
+        wait_for(lambda: ("app", "crash_loop") in self.kinds(), 15,
+                 "the crash loop's alert")
+        code, out, err = self.cli("--reexec")
+        self.assertEqual(code, 0, out + err)
+        with open(flag, "w"):
+            pass
+        self.assertEqual(self.cli("--start", "app")[0], 0)
+        wait_for(lambda: ("app", "recovered") in self.kinds(), 5,
+                 "recovered")
 
 
 class ProcessTreeTests(SupervisorCase):
@@ -4735,7 +4811,6 @@ class EndToEndTests(SupervisorCase):
         self.assertEqual(self.entry("php")["health"], "ok")
 
 
-HAVE_PIDFD = fcgiwatch.open_pidfd(os.getpid()) is not None
 
 #: A service that binds a fixed port with no SO_REUSEADDR and notes every
 #: bind in a file: a duplicate run would log "bind failed".
