@@ -2071,6 +2071,74 @@ def child_exec(config, programs, argv, env, stdin_fd, stdout_fd, stderr_fd,
         os._exit(127)
 
 
+def launch_run(service, now):
+    """Start a process of a service (Service.spawn, a replacement): its
+    Run, registered as our child, or the reason it could not be started
+    (a string): the environment file, a socket that cannot be bound, a
+    failed fork or posix_spawn."""
+    supervisor, config = service.supervisor, service.config
+    if service.spawns:
+        service.restarts += 1
+    service.spawns += 1
+    identity = service_identity(service.name, supervisor.settings.state_dir)
+    if config.numprocs > 1:
+        identity += (("FCGIWATCH_PROCESS_NUM", "%d" % config.process_num),)
+    try:
+        service.listen()
+        if config.ready == "notify":
+            identity += (("NOTIFY_SOCKET",
+                          supervisor.notify_socket(service)),)
+            if config.watchdog_secs:
+                identity += (("WATCHDOG_USEC", "%d" % (
+                    config.watchdog_secs * 1000000)),)
+        file_env = ()
+        if config.environment_file:
+            # Read at every start: a rotated secret takes a restart.
+            file_env = read_environment_file(
+                config.environment_file, None if config.uid is None
+                else (config.uid, config.gid, config.groups),
+                supervisor.euid)
+        stdin_fd, stdout_fd, stderr_fd = run_fds(service)
+        pid, exec_fd = spawn_child(config, stdin_fd, stdout_fd, stderr_fd,
+                                   supervisor.reset_signals,
+                                   supervisor.home_fd, identity,
+                                   file_env)
+    except (Failure, ValueError) as exc:
+        return str(exc)
+    except SpawnError as exc:
+        return str(exc)
+    except OSError as exc:
+        # Fork failed (no memory, too many processes): warn and retry
+        # after a backoff, as supervise.c does; never give up the loop.
+        return "fork failed: %s" % (exc.strerror or exc)
+    run = Run(service, pid, now, exec_fd)
+    run.number = service.spawns
+    supervisor.children[pid] = run
+    if exec_fd >= 0:
+        os.set_blocking(exec_fd, False)
+        supervisor.watch(exec_fd, EVENT_READ,
+                         lambda _mask: service.on_exec_report(run))
+    return run
+
+
+def run_fds(service):
+    """stdin, stdout, stderr for the next run (pipes made on first use)."""
+    supervisor, config = service.supervisor, service.config
+    if service.outputs is None:
+        service.outputs = supervisor.outputs.make(service)
+    stdout_pipe, stderr_pipe = service.outputs
+    stdout_fd = stream_fd(config.stdout_logfile, stdout_pipe, 1,
+                          supervisor.devnull)
+    if stderr_follows_stdout(config):
+        stderr_fd = stdout_fd
+    else:
+        stderr_fd = stream_fd(config.stderr_logfile, stderr_pipe, 2,
+                              supervisor.devnull)
+    stdin_fd = (service.listener.fileno() if service.listener is not None
+                else supervisor.devnull)
+    return stdin_fd, stdout_fd, stderr_fd
+
+
 def describe_spawn_error(record):
     """Turn the child's "step:errno:path" record into words.
 
@@ -3625,7 +3693,7 @@ class Overlap:
         self.timers.pop("replace", None)
         if self.pending_config is not None:
             self.apply_config(self.pending_config, now)
-        run = self.launch(now)
+        run = launch_run(self, now)
         if not isinstance(run, Run):
             self.replacement_failed(now, None, run, why)
             return
@@ -4288,7 +4356,7 @@ class Service(Overlap):
         if self.pending_config is not None:
             self.apply_config(self.pending_config, now)
         config = self.config
-        run = self.launch(now)
+        run = launch_run(self, now)
         if not isinstance(run, Run):
             self.spawn_failed(now, run, cause)
             return
@@ -4336,53 +4404,6 @@ class Service(Overlap):
             os.close(run.exec_fd)
             run.exec_fd = -1
 
-    def launch(self, now):
-        """Start a process of the service: its Run, or the reason it could
-        not be started (a string)."""
-        supervisor, config = self.supervisor, self.config
-        if self.spawns:
-            self.restarts += 1
-        self.spawns += 1
-        identity = service_identity(self.name, supervisor.settings.state_dir)
-        if config.numprocs > 1:
-            identity += (("FCGIWATCH_PROCESS_NUM", "%d" % config.process_num),)
-        try:
-            self.listen()
-            if config.ready == "notify":
-                identity += (("NOTIFY_SOCKET",
-                              supervisor.notify_socket(self)),)
-                if config.watchdog_secs:
-                    identity += (("WATCHDOG_USEC", "%d" % (
-                        config.watchdog_secs * 1000000)),)
-            file_env = ()
-            if config.environment_file:
-                # Read at every start: a rotated secret takes a restart.
-                file_env = read_environment_file(
-                    config.environment_file, None if config.uid is None
-                    else (config.uid, config.gid, config.groups),
-                    supervisor.euid)
-            stdin_fd, stdout_fd, stderr_fd = self.child_fds()
-            pid, exec_fd = spawn_child(config, stdin_fd, stdout_fd, stderr_fd,
-                                       supervisor.reset_signals,
-                                       supervisor.home_fd, identity,
-                                       file_env)
-        except (Failure, ValueError) as exc:
-            return str(exc)
-        except SpawnError as exc:
-            return str(exc)
-        except OSError as exc:
-            # Fork failed (no memory, too many processes): warn and retry
-            # after a backoff, as supervise.c does; never give up the loop.
-            return "fork failed: %s" % (exc.strerror or exc)
-        run = Run(self, pid, now, exec_fd)
-        run.number = self.spawns
-        supervisor.children[pid] = run
-        if exec_fd >= 0:
-            os.set_blocking(exec_fd, False)
-            supervisor.watch(exec_fd, EVENT_READ,
-                             lambda _mask: self.on_exec_report(run))
-        return run
-
     def listen(self):
         """The held socket, bound now if it is not yet (a port that was in
         use at start-up or reload may be free by the next try).  Raises
@@ -4391,49 +4412,6 @@ class Service(Overlap):
         if config.socket is not None and self.listener is None:
             self.listener = self.supervisor.shared_listener(config) or \
                 open_listener(config, self.supervisor.euid)
-
-    def child_fds(self):
-        """stdin, stdout, stderr for the next run (pipes made on first use)."""
-        supervisor, config = self.supervisor, self.config
-        if self.outputs is None:
-            self.outputs = supervisor.outputs.make(self)
-        stdout_pipe, stderr_pipe = self.outputs
-        stdout_fd = stream_fd(config.stdout_logfile, stdout_pipe, 1,
-                              supervisor.devnull)
-        if stderr_follows_stdout(config):
-            stderr_fd = stdout_fd
-        else:
-            stderr_fd = stream_fd(config.stderr_logfile, stderr_pipe, 2,
-                                  supervisor.devnull)
-        stdin_fd = (self.listener.fileno() if self.listener is not None
-                    else supervisor.devnull)
-        return stdin_fd, stdout_fd, stderr_fd
-
-    # -- leftovers of a supervisor that died -------------------------------
-
-    def take_over(self, entry, pidfd, now):
-        """A run a killed supervisor left: -> UP (STARTING until a probe
-        passes) with its pid, watched through its pidfd."""
-        wall = time.time()
-        ran = max(0.0, wall - entry.get("since", wall))
-        run = Run(self, entry["pid"], now - ran)
-        run.pgid = entry.get("pgid") or 0
-        run.start_time = entry["start_time"]
-        run.started_wall = wall - ran
-        run.become_ready(now, self.config)
-        self.watch_pidfd(run, pidfd)
-        self.run = run
-        self.spawns = run.number = 1
-        self.restarts = entry.get("restarts", 0)
-        self.last_exit = entry.get("last_exit")
-        self.want = "up"
-        if self.config.healthcheck:
-            self.health = "unknown"
-        self.change_state(STARTING, "", "taken over: pid %d, left running "
-                          "by a supervisor that died; its exit code will be "
-                          "unknown" % run.pid)
-        self.judge_ready(now, None)
-        self.since, self.since_wall = now - ran, wall - ran
 
     def watch_pidfd(self, run, pidfd):
         run.pidfd = pidfd
@@ -4504,63 +4482,6 @@ class Service(Overlap):
             why = self.message or self.why or self.state
             return "did not start: " + why, why
         return None
-
-    def log_destinations(self):
-        """Where stdout and stderr go now: the config's words, or syslog
-        where a log file could not be opened safely (and why)."""
-        config = self.config
-        logs = {"stdout": config.stdout_logfile,
-                "stderr": config.stderr_logfile}
-        for pipe in self.outputs or ():
-            if pipe is not None and getattr(pipe.dest, "problem", None):
-                streams = ["stdout", "stderr"] if pipe.stream == "stdout" \
-                    and self.outputs[1] is None else [pipe.stream]
-                for stream in streams:
-                    if logs[stream] == pipe.dest.path:
-                        logs[stream] = pipe.dest.describe()
-                        logs[stream + "_problem"] = "%s %s" % (
-                            pipe.dest.path, pipe.dest.problem)
-        return logs
-
-    def status_entry(self, now, wall):
-        """What --status --json shows for this service."""
-        config, run = self.config, self.run
-        entry = {
-            "name": self.name, "state": self.state,
-            "pid": self.pid or None, "since": round(self.since_wall, 3),
-            "seconds": round(max(0.0, now - self.since), 3),
-            "restarts": self.restarts, "want": self.want,
-            "last_exit": self.last_exit, "health": self.health,
-            "message": self.message, "why": self.why,
-            "logs": self.log_destinations(),
-            "pgid": (run.pgid or None) if run else None,
-            "started": round(run.started_wall, 3) if run else None,
-            "start_time": run.read_start_time() if run else None,
-            "priority": config.priority,
-            "fingerprint": config_fingerprint(config),
-            "uid": self.supervisor.run_uid(config),
-        }
-        if config.numprocs > 1:
-            entry.update(program=config.program,
-                         process_num=config.process_num)
-        if self.state == BACKOFF and "backoff" in self.timers:
-            entry["retry_at"] = round(wall + self.timers["backoff"] - now, 3)
-        if self.state == STOPPING and run is not None and \
-                run.phase == RUN_SIGNALLED:
-            entry["kill_at"] = round(wall + run.kill_at - now, 3)
-        if config.healthcheck:
-            entry["healthcheck"] = config.healthcheck.url
-        if self.next_run is not None:
-            entry["next_pid"] = self.next_run.pid or None
-        if self.retiring:
-            entry["retiring_pids"] = [r.pid for r in self.retiring if r.pid]
-        if "replace" in self.timers:
-            entry["replace_at"] = round(wall + self.timers["replace"] - now,
-                                        3)
-        if self.notify_status:
-            entry["notify_status"] = self.notify_status
-        return entry
-
 
 def stderr_follows_stdout(config):
     """Does the child's fd 2 share stdout's pipe (or fd)?  Yes when asked
@@ -5505,6 +5426,415 @@ class Probe:
 
 
 # ===========================================================================
+# Pools: rolling restarts
+#
+# A pool's instances (numprocs) are restarted one at a time, so that its
+# capacity never drops: each instance's restart (overlapping on a held
+# socket) starts once the one before it is up with its new run.  One that
+# fails stops its roll: the instances after it keep their runs, and a
+# --restart waiting for them says why.
+# ===========================================================================
+
+class Roll:
+    """One pool's restart, one instance at a time."""
+
+    def __init__(self, services):
+        self.waiting = list(services)
+        self.current = None
+        self.mark = 0
+        for service in services:
+            service.roll_note = None  # an older roll's word is no news
+
+    def start_next(self, now):
+        service = self.waiting.pop(0)
+        self.current, self.mark = service, service.spawns
+        service.on_restart(now)
+
+
+class Rolls:
+    """The rolls under way."""
+
+    def __init__(self, supervisor):
+        self.supervisor = supervisor
+        self.underway = []
+
+    def restart(self, services, now):
+        """Restart these: at once, except the instances of a pool, which
+        roll."""
+        by_program = {}
+        for service in services:
+            by_program.setdefault(service.config.program, []).append(service)
+        for instances in by_program.values():
+            if len(instances) > 1:
+                self.underway.append(Roll(instances))
+            else:
+                instances[0].on_restart(now)
+        if self.underway:
+            self.advance(now)
+
+    def position(self, service):
+        """How many restarts of its pool come before this instance's."""
+        for roll in self.underway:
+            if service in roll.waiting:
+                return roll.waiting.index(service) + 1
+        return 0
+
+    def advance(self, now):
+        """Start the next instance of each roll whose current one is done:
+        up again with a new run.  One that failed stops its roll."""
+        supervisor = self.supervisor
+        for roll in list(self.underway):
+            while True:
+                current = roll.current
+                if current is not None and \
+                        supervisor.services.get(current.name) is current:
+                    outcome = current.outcome_since(roll.mark)
+                    if outcome is None:
+                        break  # still under way
+                    if outcome is not True:
+                        self.stop(roll, current, outcome[1])
+                if not roll.waiting or supervisor.shutting_down:
+                    self.underway.remove(roll)
+                    break
+                roll.start_next(now)
+
+    def stop(self, roll, failed, why):
+        """The instance failed: the ones after it keep their runs, each
+        with a note for the --restart that waits for it."""
+        for service in roll.waiting:
+            service.roll_note = (service.spawns, "%s failed first (%s), so "
+                                 "the rolling restart stopped" % (
+                                     failed.name, why))
+        self.supervisor.log("%s: rolling restart stopped: %s did not come "
+                            "back (%s); %d instances keep their runs" % (
+                                failed.config.program, failed.name, why,
+                                len(roll.waiting)), LOG_ERR)
+        roll.waiting = []
+
+
+# ===========================================================================
+# What the supervisor owns on disk
+#
+# state_dir holds the lock (a flock on the pid file, and beside it an
+# abstract socket that no rm -rf can remove), the status file --status
+# reads, the control and notify sockets; [fcgiwatch] metrics_file and
+# [supervisord] pidfile live where the config says.  Each is written
+# through the safe-path functions, and each may fail again and again (a
+# full disk, a removed directory): one warning when it starts, one line
+# when it works again (Trouble), never a crash.
+# ===========================================================================
+
+class Trouble:
+    """Something that may fail on every try, such as a file written at each
+    state change: one warning when it starts failing, one line when it
+    works again, nothing in between.  problem: why, while it fails."""
+
+    def __init__(self, supervisor):
+        self.supervisor = supervisor
+        self.problem = None
+
+    def failed(self, why, warning):
+        if self.problem is None:
+            self.supervisor.warn(warning)
+        self.problem = why
+
+    def worked(self, line=None):
+        if self.problem is not None and line:
+            self.supervisor.log(line)
+        self.problem = None
+
+
+class StateDir:
+    """state_dir and the supervisor's other files: the lock, the status
+    file (and metrics_file with it), the pidfile."""
+
+    def __init__(self, supervisor):
+        self.supervisor = supervisor
+        self.path = supervisor.settings.state_dir
+        self.status_path = os.path.join(self.path, STATUS_FILE)
+        self.lock_fd = -1
+        self.lock_sock = None     # the abstract socket beside the flock
+        self.lock_warning = None  # who squats its name, if anyone
+        self.identity = None      # (st_dev, st_ino) of state_dir
+        self.status_written = -STATUS_INTERVAL
+        self.status = Trouble(supervisor)   # the status file
+        self.metrics = Trouble(supervisor)  # metrics_file
+        self.remade = Trouble(supervisor)   # state_dir, made again
+
+    # -- the directory and the lock ----------------------------------------
+
+    def make(self):
+        """Create state_dir if need be and check that nobody else can
+        change it or the way to it: everything in it is written as us."""
+        path, euid = self.path, self.supervisor.euid
+        try:
+            place = walk_path(path, euid, create=True, directory=True)
+        except UnsafePath as exc:
+            raise Failure("state_dir %s cannot be used safely: %s; choose a "
+                          "state_dir that only root (and you) can change"
+                          % (path, exc))
+        except OSError as exc:
+            raise Failure("cannot create state_dir %s: %s; create it or set "
+                          "state_dir in [fcgiwatch]" % (path, exc.strerror))
+        try:
+            info = os.fstat(place.fd)
+        finally:
+            os.close(place.fd)
+        if place.owner is not None or info.st_uid not in (euid, 0) or (
+                info.st_uid == 0 and euid != 0):
+            raise Failure("state_dir %s belongs to %s, not to us; choose "
+                          "another state_dir" % (path, user_label(
+                              place.owner if place.owner is not None
+                              else info.st_uid)))
+        if info.st_mode & 0o022:
+            raise Failure("state_dir %s is writable by others; chmod go-w %s"
+                          % (path, path))
+        self.identity = (info.st_dev, info.st_ino)
+        logs = os.path.join(path, AUTO_LOG_DIR)
+        if any(c.stdout_logfile.startswith(logs + "/") or
+               c.stderr_logfile.startswith(logs + "/")
+               for c in self.supervisor.config.services) and \
+                not os.path.isdir(logs):
+            try:
+                os.mkdir(logs, 0o755)  # supervisord's AUTO log files
+            except OSError as exc:
+                raise Failure("cannot create %s: %s" % (logs, exc.strerror))
+
+    def take_lock(self):
+        """One supervisor per state_dir, held for our whole life.  The lock
+        is a flock on the pid file in state_dir, which only root (or our
+        user) can change; --status reads it without waking us.  Beside it,
+        an abstract unix socket named after state_dir's real path, which no
+        file operation can remove: after an rm -rf of state_dir a second
+        supervisor still sees the first.  But anyone may bind any abstract
+        name, so a holder of it counts only when it is of our own user (or
+        root), as the kernel says (SO_PEERCRED); a squatter is named in a
+        warning, and the flock alone decides."""
+        self.lock_fd = self.open_pid_file(write=False)
+        try:
+            self.lock_sock, squatter = bind_lock_socket(
+                self.path, self.supervisor.euid)
+        except Failure:
+            os.close(self.lock_fd)
+            self.lock_fd = -1
+            raise
+        write_own_pid(self.lock_fd)
+        if squatter:
+            # Logged once logging is open (Supervisor.start).
+            self.lock_warning = "the lock socket of state_dir %s is %s, " \
+                "not by a supervisor: carrying on with the pid file's lock " \
+                "alone" % (self.path, squatter)
+
+    def open_pid_file(self, write=True):
+        """The pid file, flocked, with our pid in it (write): its fd."""
+        path = os.path.join(self.path, LOCK_FILE)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW
+                         | getattr(os, "O_CLOEXEC", 0), 0o644)
+        except OSError as exc:
+            raise Failure("cannot open %s: %s" % (path, exc.strerror))
+        # A --status reader holds a shared lock for an instant: try a while.
+        deadline = time.monotonic() + 0.5
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    os.close(fd)
+                    raise Failure("cannot lock %s: %s" % (path, exc.strerror))
+                if time.monotonic() > deadline:
+                    pid = read_pid(fd)
+                    os.close(fd)
+                    raise AlreadyRunning(pid)
+                time.sleep(0.01)
+        if write:
+            write_own_pid(fd)
+        return fd
+
+    def carry_on(self, state):
+        """After --reexec: the lock we held, handed over by fd number."""
+        self.lock_fd = state["lock_fd"]
+        fcntl.flock(self.lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # still ours
+        if state.get("lock_sock") is not None:
+            self.lock_sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM,
+                                           fileno=state["lock_sock"])
+            self.lock_sock.setblocking(False)
+        else:
+            try:  # from a version that had no lock socket
+                self.lock_sock = bind_lock_socket(self.path,
+                                                  self.supervisor.euid)[0]
+            except Failure as exc:
+                sys.stderr.write("fcgiwatch: %s\n" % exc)
+        try:
+            info = os.stat(self.path)
+            self.identity = (info.st_dev, info.st_ino)
+        except OSError:
+            pass  # gone: made again at the first status write
+
+    def check(self):
+        """Are state_dir, the pid file and the control socket still ours?
+        An rm -rf (a cleaner, a tmpfiles rule) may remove them under us: we
+        notice at the next status write or control request (no timer of
+        our own) and make them again.  True when they were made again."""
+        supervisor = self.supervisor
+        try:
+            info = os.stat(self.path)
+            pid_file = os.stat(os.path.join(self.path, LOCK_FILE))
+            held = os.fstat(self.lock_fd)
+            if (info.st_dev, info.st_ino) == self.identity and (
+                    pid_file.st_dev, pid_file.st_ino) == (
+                        held.st_dev, held.st_ino) and \
+                    (supervisor.control is None or
+                     supervisor.control.file_socket_ours()):
+                return False
+        except OSError:
+            pass
+        if self.remade.problem is None:
+            supervisor.warn("state_dir %s, or a file in it, was removed; "
+                            "making them again (pid file, control socket, "
+                            "status file)" % self.path)
+        try:
+            self.make()
+            fd = self.open_pid_file()
+            os.close(self.lock_fd)
+            self.lock_fd = fd
+            if supervisor.control is not None:
+                supervisor.control.listen_file()
+            for notify in supervisor.notify.values():
+                notify.listen()
+        except Failure as exc:
+            self.remade.failed(str(exc), "cannot make state_dir %s again: "
+                               "%s; --status and the control commands reach "
+                               "us through our lock socket meanwhile" % (
+                                   self.path, exc))
+            return False
+        self.remade.worked()
+        supervisor.status_dirty = True
+        return True
+
+    def close(self):
+        if self.lock_fd >= 0:
+            os.close(self.lock_fd)
+            self.lock_fd = -1
+        if self.lock_sock is not None:
+            self.lock_sock.close()
+            self.lock_sock = None
+
+    # -- the status file, metrics_file ---------------------------------------
+
+    def write_status(self):
+        """Replace the status file atomically; a failure is only a warning.
+
+        Done once per loop turn, after the turn's forks, so a burst of 200
+        exits costs one write and no restart waits for it.
+        """
+        import json
+        supervisor = self.supervisor
+        supervisor.status_dirty = False
+        self.status_written = supervisor.clock()
+        doc = supervisor.status_document()
+        data = json.dumps(doc, separators=(",", ":"))
+        data = data.encode("utf-8") + b"\n"
+        euid = supervisor.euid
+        try:
+            try:
+                replace_file(self.status_path, data, 0o644, euid)
+            except FileNotFoundError:
+                # state_dir was removed under us: make it again, and retry.
+                if not self.check():
+                    raise
+                replace_file(self.status_path, data, 0o644, euid)
+        except (OSError, UnsafePath) as exc:
+            why = getattr(exc, "strerror", None) or str(exc)
+            self.mark_status_stale()
+            self.status.failed(why, "cannot write %s: %s; the last good one "
+                               "is kept, marked stale, and --status asks the "
+                               "supervisor instead until a write works (free "
+                               "space on its filesystem, or choose another "
+                               "state_dir)" % (self.status_path, why))
+            return
+        self.status.worked("%s is written again" % self.status_path)
+        self.write_metrics(doc)
+
+    def write_metrics(self, doc):
+        """metrics_file, replaced whole (never through a link), with each
+        status write: on state changes only, no timer."""
+        path = self.supervisor.settings.metrics_file
+        if not path:
+            return
+        try:
+            replace_file(path, render_metrics(doc).encode("utf-8"), 0o644,
+                         self.supervisor.euid)
+        except (OSError, UnsafePath) as exc:
+            why = getattr(exc, "strerror", None) or str(exc)
+            self.metrics.failed(why, "cannot write metrics_file %s: %s" % (
+                path, why))
+            return
+        self.metrics.worked("metrics_file %s is written again" % path)
+
+    def mark_status_stale(self):
+        """Clear the write bits of the status file we could not replace:
+        a change of mode needs no free space, and tells --status to ask us
+        instead (read_status)."""
+        try:
+            fd = os.open(self.status_path, os.O_RDONLY | os.O_NOFOLLOW
+                         | getattr(os, "O_CLOEXEC", 0))
+        except OSError:
+            return
+        try:
+            os.fchmod(fd, 0o444)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+    # -- [supervisord] pidfile -------------------------------------------------
+
+    def write_pidfile(self):
+        """[supervisord] pidfile: our pid there too, so that an existing
+        logrotate rule's kill -USR1 $(cat PIDFILE) reaches us.  Replaced
+        whole, never through a link (replace_file)."""
+        supervisor = self.supervisor
+        path = supervisor.settings.pidfile
+        if not path:
+            return
+        try:
+            replace_file(path, b"%d\n" % supervisor.pid, 0o644,
+                         supervisor.euid)
+        except (OSError, UnsafePath) as exc:
+            supervisor.warn("cannot write the pidfile %s: %s" % (
+                path, getattr(exc, "strerror", None) or exc))
+
+    def remove_pidfile(self):
+        supervisor = self.supervisor
+        path = supervisor.settings.pidfile
+        if not path:
+            return
+        try:
+            place = walk_path(path, supervisor.euid)
+        except (OSError, UnsafePath):
+            return
+        try:
+            # O_NONBLOCK: a FIFO put there by the directory's owner must not
+            # hold our shutdown (with the lock held) for as long as it likes.
+            fd = os.open(place.name, os.O_RDONLY | os.O_NOFOLLOW
+                         | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0),
+                         dir_fd=place.fd)
+            try:
+                ours = stat.S_ISREG(os.fstat(fd).st_mode) and \
+                    os.read(fd, 64).strip() == b"%d" % supervisor.pid
+            finally:
+                os.close(fd)
+            if ours:  # else another program's by now
+                os.unlink(place.name, dir_fd=place.fd)
+        except OSError:
+            pass
+        finally:
+            os.close(place.fd)
+
+
+# ===========================================================================
 # Event loop
 #
 # All waiting happens in Supervisor.run(): find the earliest deadline, select
@@ -5649,24 +5979,6 @@ def close_on_exec_inherited():
                 pass
 
 
-class Roll:
-    """A pool's instances restarted one at a time, so that its capacity
-    never drops: each instance's restart (overlapping on a held socket)
-    starts once the one before it is up with its new run."""
-
-    def __init__(self, services):
-        self.waiting = list(services)
-        self.current = None
-        self.mark = 0
-
-    def start_next(self, now):
-        service = self.waiting.pop(0)
-        self.current, self.mark = service, service.spawns
-        service.roll_note = None
-        service.on_restart(now)
-
-
-
 class Supervisor:
     """Owns the services, the pid map, the wake-up pipe and the control
     socket, and runs the one loop."""
@@ -5693,10 +6005,10 @@ class Supervisor:
         self.handover = Handover(self)
         self.tree = Tree(self)
         self.notify = {}          # name -> NotifySocket, made when needed
-        self.rolls = []           # Roll: pools restarted one at a time
+        self.rolls = Rolls(self)  # pools restarted one at a time
         self.ready_listeners = []  # f(service, now): see service_ready
         self.alerts = Alerts(self)
-        self.lock_fd = -1
+        self.disk = StateDir(self)
         self.control = None
         self.devnull = -1
         self.home_fd = None       # our working directory, to return to
@@ -5706,15 +6018,6 @@ class Supervisor:
         self.started = clock()
         self.reset_signals = ()
         self.generation = 0       # times re-executed
-        self.status_written = -STATUS_INTERVAL
-        self.status_warned = False  # one warning until a write works again
-        self.status_problem = None  # why the status file is stale, if it is
-        self.metrics_warned = False
-        self.state_dir_id = None    # (st_dev, st_ino) of state_dir
-        self.lock_sock = None       # the abstract socket that is our lock
-        self.lock_warning = None    # who squats its name, if anyone
-        self.state_dir_warned = False
-        self.status_path = os.path.join(self.settings.state_dir, STATUS_FILE)
 
     # -- logging ---------------------------------------------------------
 
@@ -5774,8 +6077,8 @@ class Supervisor:
         close_on_exec_inherited()
         self.devnull = os.open(os.devnull, os.O_RDWR)
         self.home_fd = open_home()
-        self.make_state_dir()
-        self.take_lock()
+        self.disk.make()
+        self.disk.take_lock()
         self.selector = new_selector()
         self.open_logging()
         self.control = ControlServer(self)
@@ -5790,18 +6093,18 @@ class Supervisor:
             self.pid, self.settings.filename, len(self.services)))
         for warning in self.config.warnings:
             self.warn("config: %s" % warning)
-        if self.lock_warning:
-            self.warn(self.lock_warning)
+        if self.disk.lock_warning:
+            self.warn(self.disk.lock_warning)
         self.raise_limits()
-        self.write_pidfile()
+        self.disk.write_pidfile()
         now = self.clock()
         for service in self.services.values():
             if service.name in adopt:
                 entry, pidfd = adopt[service.name]
-                service.take_over(entry, pidfd, now)
+                self.leftovers.take_over(service, entry, pidfd, now)
             elif service.config.autostart:
                 service.on_want_up(now)
-        self.write_status()
+        self.disk.write_status()
 
     def raise_limits(self):
         """[supervisord] minfds and minprocs: raise RLIMIT_NOFILE and
@@ -5829,133 +6132,6 @@ class Supervisor:
                 self.warn("[supervisord] %s = %d: cannot raise the limit: "
                           "%s" % (name, value, exc))
 
-    def write_pidfile(self):
-        """[supervisord] pidfile: our pid there too, so that an existing
-        logrotate rule's kill -USR1 $(cat PIDFILE) reaches us.  Replaced
-        whole, never through a link (replace_file)."""
-        path = self.settings.pidfile
-        if not path:
-            return
-        try:
-            replace_file(path, b"%d\n" % self.pid, 0o644, self.euid)
-        except (OSError, UnsafePath) as exc:
-            self.warn("cannot write the pidfile %s: %s" % (
-                path, getattr(exc, "strerror", None) or exc))
-
-    def remove_pidfile(self):
-        path = self.settings.pidfile
-        if not path:
-            return
-        try:
-            place = walk_path(path, self.euid)
-        except (OSError, UnsafePath):
-            return
-        try:
-            # O_NONBLOCK: a FIFO put there by the directory's owner must not
-            # hold our shutdown (with the lock held) for as long as it likes.
-            fd = os.open(place.name, os.O_RDONLY | os.O_NOFOLLOW
-                         | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0),
-                         dir_fd=place.fd)
-            try:
-                ours = stat.S_ISREG(os.fstat(fd).st_mode) and \
-                    os.read(fd, 64).strip() == b"%d" % self.pid
-            finally:
-                os.close(fd)
-            if ours:  # else another program's by now
-                os.unlink(place.name, dir_fd=place.fd)
-        except OSError:
-            pass
-        finally:
-            os.close(place.fd)
-
-    def make_state_dir(self):
-        """Create state_dir if need be and check that nobody else can
-        change it or the way to it: everything in it is written as us."""
-        path = self.settings.state_dir
-        try:
-            place = walk_path(path, self.euid, create=True, directory=True)
-        except UnsafePath as exc:
-            raise Failure("state_dir %s cannot be used safely: %s; choose a "
-                          "state_dir that only root (and you) can change"
-                          % (path, exc))
-        except OSError as exc:
-            raise Failure("cannot create state_dir %s: %s; create it or set "
-                          "state_dir in [fcgiwatch]" % (path, exc.strerror))
-        try:
-            info = os.fstat(place.fd)
-        finally:
-            os.close(place.fd)
-        if place.owner is not None or info.st_uid not in (self.euid, 0) or (
-                info.st_uid == 0 and self.euid != 0):
-            raise Failure("state_dir %s belongs to %s, not to us; choose "
-                          "another state_dir" % (path, user_label(
-                              place.owner if place.owner is not None
-                              else info.st_uid)))
-        if info.st_mode & 0o022:
-            raise Failure("state_dir %s is writable by others; chmod go-w %s"
-                          % (path, path))
-        self.state_dir_id = (info.st_dev, info.st_ino)
-        logs = os.path.join(path, AUTO_LOG_DIR)
-        if any(c.stdout_logfile.startswith(logs + "/") or
-               c.stderr_logfile.startswith(logs + "/")
-               for c in self.config.services) and not os.path.isdir(logs):
-            try:
-                os.mkdir(logs, 0o755)  # supervisord's AUTO log files
-            except OSError as exc:
-                raise Failure("cannot create %s: %s" % (logs, exc.strerror))
-
-    def take_lock(self):
-        """One supervisor per state_dir, held for our whole life.  The lock
-        is a flock on the pid file in state_dir, which only root (or our
-        user) can change; --status reads it without waking us.  Beside it,
-        an abstract unix socket named after state_dir's real path, which no
-        file operation can remove: after an rm -rf of state_dir a second
-        supervisor still sees the first.  But anyone may bind any abstract
-        name, so a holder of it counts only when it is of our own user (or
-        root), as the kernel says (SO_PEERCRED); a squatter is named in a
-        warning, and the flock alone decides."""
-        self.lock_fd = self.open_pid_file(write=False)
-        try:
-            self.lock_sock, squatter = bind_lock_socket(
-                self.settings.state_dir, self.euid)
-        except Failure:
-            os.close(self.lock_fd)
-            self.lock_fd = -1
-            raise
-        write_own_pid(self.lock_fd)
-        if squatter:
-            # Logged once logging is open (start()).
-            self.lock_warning = "the lock socket of state_dir %s is %s, " \
-                "not by a supervisor: carrying on with the pid file's lock " \
-                "alone" % (self.settings.state_dir, squatter)
-
-    def open_pid_file(self, write=True):
-        """The pid file, flocked, with our pid in it (write): its fd."""
-        path = os.path.join(self.settings.state_dir, LOCK_FILE)
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW
-                         | getattr(os, "O_CLOEXEC", 0), 0o644)
-        except OSError as exc:
-            raise Failure("cannot open %s: %s" % (path, exc.strerror))
-        # A --status reader holds a shared lock for an instant: try a while.
-        deadline = time.monotonic() + 0.5
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as exc:
-                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-                    os.close(fd)
-                    raise Failure("cannot lock %s: %s" % (path, exc.strerror))
-                if time.monotonic() > deadline:
-                    pid = read_pid(fd)
-                    os.close(fd)
-                    raise AlreadyRunning(pid)
-                time.sleep(0.01)
-        if write:
-            write_own_pid(fd)
-        return fd
-
     def notify_socket(self, service):
         """The path of a service's NOTIFY_SOCKET, bound on first use (and
         again for a new user).  Raises Failure."""
@@ -5975,48 +6151,6 @@ class Supervisor:
         notify = self.notify.pop(name, None)
         if notify is not None:
             notify.close()
-
-    def check_state_dir(self):
-        """Are state_dir, the pid file and the control socket still ours?
-        An rm -rf (a cleaner, a tmpfiles rule) may remove them under us: we
-        notice at the next status write or control request (no timer of
-        our own) and make them again.  True when they were made again."""
-        path = self.settings.state_dir
-        try:
-            info = os.stat(path)
-            pid_file = os.stat(os.path.join(path, LOCK_FILE))
-            held = os.fstat(self.lock_fd)
-            if (info.st_dev, info.st_ino) == self.state_dir_id and (
-                    pid_file.st_dev, pid_file.st_ino) == (
-                        held.st_dev, held.st_ino) and \
-                    (self.control is None or
-                     self.control.file_socket_ours()):
-                return False
-        except OSError:
-            pass
-        if not self.state_dir_warned:
-            self.warn("state_dir %s, or a file in it, was removed; making "
-                      "them again (pid file, control socket, status file)"
-                      % path)
-        try:
-            self.make_state_dir()
-            fd = self.open_pid_file()
-            os.close(self.lock_fd)
-            self.lock_fd = fd
-            if self.control is not None:
-                self.control.listen_file()
-            for notify in self.notify.values():
-                notify.listen()
-        except Failure as exc:
-            if not self.state_dir_warned:
-                self.warn("cannot make state_dir %s again: %s; --status and "
-                          "the control commands reach us through our lock "
-                          "socket meanwhile" % (path, exc))
-            self.state_dir_warned = True
-            return False
-        self.state_dir_warned = False
-        self.status_dirty = True
-        return True
 
     def setup_signals(self):
         self.wakeup_read, self.wakeup_write = os.pipe()
@@ -6063,14 +6197,14 @@ class Supervisor:
                 self.guarded(service.on_due, now)
         if self.shutting_down:
             self.guarded(self.advance_shutdown, now)
-        if self.rolls:
-            self.guarded(self.advance_rolls, now)
+        if self.rolls.underway:
+            self.guarded(self.rolls.advance, now)
         if self.alerts.running:
             self.guarded(self.alerts.check, now)
         self.guarded(self.control.check, now)
-        if self.status_dirty and now >= self.status_written + \
+        if self.status_dirty and now >= self.disk.status_written + \
                 STATUS_INTERVAL:
-            self.write_status()
+            self.disk.write_status()
         if self.exit_code is not None:
             return self.finish()
         timeout = self.next_timeout(self.clock())
@@ -6100,7 +6234,7 @@ class Supervisor:
             times.append(self.tree.deadline())
         times.append(self.alerts.deadline())
         if self.status_dirty:
-            times.append(self.status_written + STATUS_INTERVAL)
+            times.append(self.disk.status_written + STATUS_INTERVAL)
         times = [t for t in times if t is not None]
         if self.pending_signals:
             return 0
@@ -6256,81 +6390,9 @@ class Supervisor:
                 "start_time": process_start_time(self.pid),
                 "generation": self.generation,
                 "stopped": self.exit_code is not None},
-            "services": [s.status_entry(now, wall)
+            "services": [status_entry(s, now, wall)
                          for s in self.services.values()],
         }
-
-    def write_status(self):
-        """Replace the status file atomically; a failure is only a warning.
-
-        Done once per loop turn, after the turn's forks, so a burst of 200
-        exits costs one write and no restart waits for it.
-        """
-        import json
-        self.status_dirty = False
-        self.status_written = self.clock()
-        doc = self.status_document()
-        data = json.dumps(doc, separators=(",", ":"))
-        data = data.encode("utf-8") + b"\n"
-        try:
-            try:
-                replace_file(self.status_path, data, 0o644, self.euid)
-            except FileNotFoundError:
-                # state_dir was removed under us: make it again, and retry.
-                if not self.check_state_dir():
-                    raise
-                replace_file(self.status_path, data, 0o644, self.euid)
-        except (OSError, UnsafePath) as exc:
-            self.status_problem = getattr(exc, "strerror", None) or str(exc)
-            self.mark_status_stale()
-            if not self.status_warned:
-                self.status_warned = True
-                self.warn("cannot write %s: %s; the last good one is kept, "
-                          "marked stale, and --status asks the supervisor "
-                          "instead until a write works (free space on its "
-                          "filesystem, or choose another state_dir)" % (
-                              self.status_path, self.status_problem))
-            return
-        if self.status_warned:
-            self.log("%s is written again" % self.status_path)
-        self.status_warned = False
-        self.status_problem = None
-        self.write_metrics(doc)
-
-    def write_metrics(self, doc):
-        """metrics_file, replaced whole (never through a link), with each
-        status write: on state changes only, no timer."""
-        path = self.settings.metrics_file
-        if not path:
-            return
-        try:
-            replace_file(path, render_metrics(doc).encode("utf-8"), 0o644,
-                         self.euid)
-        except (OSError, UnsafePath) as exc:
-            if not self.metrics_warned:
-                self.metrics_warned = True
-                self.warn("cannot write metrics_file %s: %s" % (
-                    path, getattr(exc, "strerror", None) or exc))
-            return
-        if self.metrics_warned:
-            self.log("metrics_file %s is written again" % path)
-        self.metrics_warned = False
-
-    def mark_status_stale(self):
-        """Clear the write bits of the status file we could not replace:
-        a change of mode needs no free space, and tells --status to ask us
-        instead (read_status)."""
-        try:
-            fd = os.open(self.status_path, os.O_RDONLY | os.O_NOFOLLOW
-                         | getattr(os, "O_CLOEXEC", 0))
-        except OSError:
-            return
-        try:
-            os.fchmod(fd, 0o444)
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
 
     # -- reload --------------------------------------------------------------
 
@@ -6388,7 +6450,7 @@ class Supervisor:
             if self.change_service(self.services[name], new_by_name[name],
                                    opened.pop(name, None), now, note):
                 rolled.append(self.services[name])
-        self.restart_services(rolled, now)
+        self.rolls.restart(rolled, now)
         for name in unchanged:
             service = self.services[name]
             pid = " (pid %d)" % service.pid if service.pid else ""
@@ -6491,59 +6553,6 @@ class Supervisor:
         self.close_notify_socket(service.name)
         self.status_dirty = True
 
-    # -- pools: rolling restarts ---------------------------------------------
-
-    def restart_services(self, services, now):
-        """Restart these: at once, except the instances of a pool, which
-        roll (see Roll)."""
-        by_program = {}
-        for service in services:
-            by_program.setdefault(service.config.program, []).append(service)
-        for program, instances in by_program.items():
-            if len(instances) > 1:
-                self.rolls.append(Roll(instances))
-            else:
-                instances[0].on_restart(now)
-        if self.rolls:
-            self.advance_rolls(now)
-
-    def roll_position(self, service):
-        """How many restarts of its pool come before this instance's."""
-        for roll in self.rolls:
-            if service in roll.waiting:
-                return roll.waiting.index(service) + 1
-        return 0
-
-    def advance_rolls(self, now):
-        """Start the next instance of each roll whose current one is done:
-        up again with a new run.  One that failed stops its roll: the
-        instances after it keep their runs (and say why)."""
-        for roll in list(self.rolls):
-            while True:
-                current = roll.current
-                if current is not None and \
-                        self.services.get(current.name) is current:
-                    outcome = current.outcome_since(roll.mark)
-                    if outcome is None:
-                        break  # still under way
-                    if outcome is not True:
-                        outcome = outcome[1]
-                        for service in roll.waiting:
-                            service.roll_note = (service.spawns, "%s failed "
-                                                 "first (%s), so the rolling "
-                                                 "restart stopped" % (
-                                                     current.name, outcome))
-                        self.log("%s: rolling restart stopped: %s did not "
-                                 "come back (%s); %d instances keep their "
-                                 "runs" % (current.config.program,
-                                           current.name, outcome,
-                                           len(roll.waiting)), LOG_ERR)
-                        roll.waiting = []
-                if not roll.waiting or self.shutting_down:
-                    self.rolls.remove(roll)
-                    break
-                roll.start_next(now)
-
     # -- shutdown ----------------------------------------------------------
 
     def begin_shutdown(self, cause):
@@ -6580,13 +6589,13 @@ class Supervisor:
     def finish(self):
         """Leave nothing behind but the status file saying we stopped."""
         self.log("stopped: every service is down")
-        self.remove_pidfile()
+        self.disk.remove_pidfile()
         for pid in list(self.alerts.running):
             try:
                 os.killpg(pid, signal.SIGKILL)  # not left behind us
             except (ProcessLookupError, PermissionError):
                 pass
-        self.write_status()
+        self.disk.write_status()
         self.control.finish_all("fcgiwatch: stopped (pid %d)" % self.pid)
         self.close_everything()
         return self.exit_code
@@ -6609,76 +6618,9 @@ class Supervisor:
             self.syslog.close()
         if self.own_log is not None:
             self.own_log.close()
-        if self.lock_fd >= 0:
-            os.close(self.lock_fd)
-            self.lock_fd = -1
-        if self.lock_sock is not None:
-            self.lock_sock.close()
-            self.lock_sock = None
+        self.disk.close()
 
     # -- upgrade ----------------------------------------------------------
-
-    def resume(self, state):
-        """Carry on from snapshot() after --reexec: same pid, same children
-        (still ours to reap), same pipes and sockets.  The services come
-        back with the configs they ran under; then the file on disk is
-        applied as a reload would."""
-        fill_standard_fds()
-        close_on_exec_inherited()  # kept fds stay open, but not for children
-        self.devnull = os.open(os.devnull, os.O_RDWR)
-        self.home_fd = open_home()
-        self.lock_fd = state["lock_fd"]
-        fcntl.flock(self.lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # still ours
-        if state.get("lock_sock") is not None:
-            self.lock_sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM,
-                                           fileno=state["lock_sock"])
-            self.lock_sock.setblocking(False)
-        else:
-            try:  # from a version that had no lock socket
-                self.lock_sock = bind_lock_socket(self.settings.state_dir,
-                                                  self.euid)[0]
-            except Failure as exc:
-                sys.stderr.write("fcgiwatch: %s\n" % exc)
-        try:
-            info = os.stat(self.settings.state_dir)
-            self.state_dir_id = (info.st_dev, info.st_ino)
-        except OSError:
-            pass  # gone: made again at the first status write
-        self.selector = new_selector()
-        self.started_wall = state["started_wall"]
-        self.started = self.clock() - (time.time() - self.started_wall)
-        self.generation = state["generation"] + 1
-        self.open_logging()
-        self.control = ControlServer(self)
-        self.setup_signals()
-        self.tree.start()  # still one (it survives exec): says so again
-        new_config = self.config
-        now = self.clock()
-        for service in self.handover.restore(state, now):
-            self.services[service.name] = service
-        self.config = new_config._replace(services=tuple(
-            s.config for s in self.services.values()))
-        self.order_services()
-        # The runs carried over send to their service's socket's path (to
-        # the shared one, if an older version started them).
-        for service in self.services.values():
-            if service.config.ready != "notify":
-                continue
-            try:
-                self.notify_socket(service)
-                if not state.get("notify_per_service") and \
-                        None not in self.notify:
-                    self.notify[None] = NotifySocket(self)
-            except Failure as exc:
-                self.warn(str(exc))
-        release_free_memory()
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
-        self.reap()  # a child that ended during the exec sent no SIGCHLD
-        self.log("re-executed: version %s, %d services carried over" % (
-            VERSION, len(self.services)))
-        self.apply(new_config, "re-exec")
-        self.write_status()
-
 
 class AlreadyRunning(Failure):
     def __init__(self, pid):
@@ -7070,6 +7012,30 @@ class Leftovers:
             return uid in (0, supervisor.euid) or uid in users.get(name, ())
         return trusted
 
+    def take_over(self, service, entry, pidfd, now):
+        """A run a killed supervisor left: -> UP (STARTING until a probe
+        passes) with its pid, watched through its pidfd."""
+        wall = time.time()
+        ran = max(0.0, wall - entry.get("since", wall))
+        run = Run(service, entry["pid"], now - ran)
+        run.pgid = entry.get("pgid") or 0
+        run.start_time = entry["start_time"]
+        run.started_wall = wall - ran
+        run.become_ready(now, service.config)
+        service.watch_pidfd(run, pidfd)
+        service.run = run
+        service.spawns = run.number = 1
+        service.restarts = entry.get("restarts", 0)
+        service.last_exit = entry.get("last_exit")
+        service.want = "up"
+        if service.config.healthcheck:
+            service.health = "unknown"
+        service.change_state(STARTING, "", "taken over: pid %d, left "
+                             "running by a supervisor that died; its exit "
+                             "code will be unknown" % run.pid)
+        service.judge_ready(now, None)
+        service.since, service.since_wall = now - ran, wall - ran
+
     def stop(self, leftovers):
         """Stop leftover runs we will not take over, and wait: this happens
         before any service starts, so blocking here delays nothing."""
@@ -7304,9 +7270,10 @@ class Handover:
         supervisor = self.supervisor
         state = self.snapshot()
         path = os.path.join(supervisor.settings.state_dir, REEXEC_FILE)
-        keep = [supervisor.lock_fd]
-        if supervisor.lock_sock is not None:
-            keep.append(supervisor.lock_sock.fileno())
+        disk = supervisor.disk
+        keep = [disk.lock_fd]
+        if disk.lock_sock is not None:
+            keep.append(disk.lock_sock.fileno())
         for entry in state["services"]:
             keep.extend(fd for out in entry["outputs"] or ()
                         for fd in (out["read"], out["write"]))
@@ -7335,6 +7302,53 @@ class Handover:
                            "program: %s" % (cause, exc), LOG_ERR)
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+
+    def resume(self, state):
+        """Carry on from snapshot() after --reexec: same pid, same children
+        (still ours to reap), same pipes and sockets.  The services come
+        back with the configs they ran under; then the file on disk is
+        applied as a reload would."""
+        supervisor = self.supervisor
+        fill_standard_fds()
+        close_on_exec_inherited()  # kept fds stay open, but not for children
+        supervisor.devnull = os.open(os.devnull, os.O_RDWR)
+        supervisor.home_fd = open_home()
+        supervisor.disk.carry_on(state)
+        supervisor.selector = new_selector()
+        supervisor.started_wall = state["started_wall"]
+        supervisor.started = supervisor.clock() - (time.time() - supervisor.started_wall)
+        supervisor.generation = state["generation"] + 1
+        supervisor.open_logging()
+        supervisor.control = ControlServer(supervisor)
+        supervisor.setup_signals()
+        supervisor.tree.start()  # still one (it survives exec): says so again
+        new_config = supervisor.config
+        now = supervisor.clock()
+        for service in self.restore(state, now):
+            supervisor.services[service.name] = service
+        supervisor.config = new_config._replace(services=tuple(
+            s.config for s in supervisor.services.values()))
+        supervisor.order_services()
+        # The runs carried over send to their service's socket's path (to
+        # the shared one, if an older version started them).
+        for service in supervisor.services.values():
+            if service.config.ready != "notify":
+                continue
+            try:
+                supervisor.notify_socket(service)
+                if not state.get("notify_per_service") and \
+                        None not in supervisor.notify:
+                    supervisor.notify[None] = NotifySocket(supervisor)
+            except Failure as exc:
+                supervisor.warn(str(exc))
+        release_free_memory()
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
+        supervisor.reap()  # a child that ended during the exec sent no SIGCHLD
+        supervisor.log("re-executed: version %s, %d services carried over" % (
+            VERSION, len(supervisor.services)))
+        supervisor.apply(new_config, "re-exec")
+        supervisor.disk.write_status()
+
 
     def snapshot(self):
         """What the next program needs to carry on: every service's run,
@@ -7384,9 +7398,9 @@ class Handover:
                 "notify_per_service": True,
                 "started_wall": supervisor.started_wall,
                 "generation": supervisor.generation,
-                "lock_fd": supervisor.lock_fd, "services": services,
-                "lock_sock": None if supervisor.lock_sock is None
-                else supervisor.lock_sock.fileno(),
+                "lock_fd": supervisor.disk.lock_fd, "services": services,
+                "lock_sock": None if supervisor.disk.lock_sock is None
+                else supervisor.disk.lock_sock.fileno(),
                 "strays": sorted(strays)}
 
     def restore(self, state, now):
@@ -7441,6 +7455,64 @@ class Handover:
 # state change, and the lock, not a round trip: it answers at once, even
 # while the supervisor is busy, and anyone may read it.
 # ===========================================================================
+
+def status_entry(service, now, wall):
+    """What the status file (and --status --json) shows of a service."""
+    config, run = service.config, service.run
+    entry = {
+        "name": service.name, "state": service.state,
+        "pid": service.pid or None, "since": round(service.since_wall, 3),
+        "seconds": round(max(0.0, now - service.since), 3),
+        "restarts": service.restarts, "want": service.want,
+        "last_exit": service.last_exit, "health": service.health,
+        "message": service.message, "why": service.why,
+        "logs": log_destinations(service),
+        "pgid": (run.pgid or None) if run else None,
+        "started": round(run.started_wall, 3) if run else None,
+        "start_time": run.read_start_time() if run else None,
+        "priority": config.priority,
+        "fingerprint": config_fingerprint(config),
+        "uid": service.supervisor.run_uid(config),
+    }
+    if config.numprocs > 1:
+        entry.update(program=config.program,
+                     process_num=config.process_num)
+    if service.state == BACKOFF and "backoff" in service.timers:
+        entry["retry_at"] = round(wall + service.timers["backoff"] - now, 3)
+    if service.state == STOPPING and run is not None and \
+            run.phase == RUN_SIGNALLED:
+        entry["kill_at"] = round(wall + run.kill_at - now, 3)
+    if config.healthcheck:
+        entry["healthcheck"] = config.healthcheck.url
+    if service.next_run is not None:
+        entry["next_pid"] = service.next_run.pid or None
+    if service.retiring:
+        entry["retiring_pids"] = [r.pid for r in service.retiring if r.pid]
+    if "replace" in service.timers:
+        entry["replace_at"] = round(wall + service.timers["replace"] - now,
+                                    3)
+    if service.notify_status:
+        entry["notify_status"] = service.notify_status
+    return entry
+
+
+def log_destinations(service):
+    """Where stdout and stderr go now: the config's words, or syslog
+    where a log file could not be opened safely (and why)."""
+    config = service.config
+    logs = {"stdout": config.stdout_logfile,
+            "stderr": config.stderr_logfile}
+    for pipe in service.outputs or ():
+        if pipe is not None and getattr(pipe.dest, "problem", None):
+            streams = ["stdout", "stderr"] if pipe.stream == "stdout" \
+                and service.outputs[1] is None else [pipe.stream]
+            for stream in streams:
+                if logs[stream] == pipe.dest.path:
+                    logs[stream] = pipe.dest.describe()
+                    logs[stream + "_problem"] = "%s %s" % (
+                        pipe.dest.path, pipe.dest.problem)
+    return logs
+
 
 def format_status_line(entry, now):
     """One line a service, in daemontools' svstat style.
@@ -7902,7 +7974,7 @@ class Connection:
     def finish(self, code):
         # What a command reports must be what --status reads right after.
         if self.supervisor.status_dirty:
-            self.supervisor.write_status()
+            self.supervisor.disk.write_status()
         self.send({"exit": code})
         self.closing = True
         self.flush()
@@ -7975,7 +8047,7 @@ class ControlServer:
         self.listen_file()
         # The lock socket takes requests too: it is how --status and the
         # commands reach us when state_dir (and so this socket) is gone.
-        lock = supervisor.lock_sock
+        lock = supervisor.disk.lock_sock
         if lock is not None:
             supervisor.watch(lock.fileno(), EVENT_READ,
                              lambda _mask: self.on_accept(lock))
@@ -8002,8 +8074,9 @@ class ControlServer:
     def close(self):
         for connection in list(self.connections):
             connection.close()
-        if self.supervisor.lock_sock is not None:
-            self.supervisor.unwatch(self.supervisor.lock_sock.fileno())
+        lock = self.supervisor.disk.lock_sock
+        if lock is not None:
+            self.supervisor.unwatch(lock.fileno())
         self.supervisor.unwatch(self.sock.fileno())
         self.sock.close()
         if self.file_socket_ours():
@@ -8037,7 +8110,7 @@ class ControlServer:
             sock.close()
             return
         self.connections.append(Connection(self, sock, uid))
-        self.supervisor.check_state_dir()
+        self.supervisor.disk.check()
 
     def make_room(self, privileged):
         """Room for one more connection?  Users who may only read the
@@ -8077,7 +8150,7 @@ class ControlServer:
         if command == "status":
             # Anyone may read the status file: anyone may ask for it.
             doc = supervisor.status_document()
-            doc["supervisor"]["status_file"] = supervisor.status_problem
+            doc["supervisor"]["status_file"] = supervisor.disk.status.problem
             connection.send({"status": doc})
             connection.finish(EXIT_OK)
             return
@@ -8165,7 +8238,7 @@ class ControlServer:
         chosen = self.select(names)
         for service in chosen:
             waits.append((service.name, "up", service.spawns))
-        self.supervisor.restart_services(chosen, now)
+        self.supervisor.rolls.restart(chosen, now)
         self.wait(connection, "restart", waits)
 
     def command_signal(self, connection, request, names):
@@ -8221,7 +8294,7 @@ class ControlServer:
             return
         services = self.supervisor.services
         bound = max([wait_time(services[name].config) * (
-            1 + self.supervisor.roll_position(services[name]))
+            1 + self.supervisor.rolls.position(services[name]))
                      for name, _goal, _mark in waits if name in services]
                     + [5])
         connection.send({"timeout": bound})
@@ -8682,7 +8755,7 @@ def run_resume(config_path, state_path):
                          "them over\n" % exc)
         return EXIT_FAIL
     supervisor = Supervisor(config, foreground=state["foreground"])
-    supervisor.resume(state)
+    supervisor.handover.resume(state)
     return supervisor.run()
 
 
