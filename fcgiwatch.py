@@ -3,40 +3,34 @@
 
 Point it at an INI file and every program in it runs, as the user it should
 run as, and comes back within milliseconds when it dies.  Start it from a
-``@reboot`` crontab line; ask ``--status`` how each program is doing.
+``@reboot`` crontab line; ask ``--status`` how each program is doing.  The
+command line is USAGE, below (what --help prints).
 
-Usage:
-  fcgiwatch.py [-c FILE]                  run the supervisor in the foreground
-  fcgiwatch.py [-c FILE] --daemon         detach and run in the background (for cron)
-  fcgiwatch.py [-c FILE] --check          validate the config, print what would run
-  fcgiwatch.py [-c FILE] --status [--json] [NAME ...]
-  fcgiwatch.py [-c FILE] --start NAME ... | all
-  fcgiwatch.py [-c FILE] --stop NAME ... | all
-  fcgiwatch.py [-c FILE] --restart NAME ... | all
-  fcgiwatch.py [-c FILE] --signal SIG NAME ... | all
-  fcgiwatch.py [-c FILE] --reload         re-read the config (same as SIGHUP)
-  fcgiwatch.py [-c FILE] --shutdown       stop every service, then the supervisor
-  fcgiwatch.py [-c FILE] --reexec         re-execute this file (upgrade); services keep running
-  fcgiwatch.py --version | --help
+Map of this file, top to bottom; each section opens with a banner and a
+paragraph on what lives there and why:
 
-Without -c the config is $FCGIWATCH_CONFIG, else fcgiwatch.conf beside this
-file, else /etc/fcgiwatch.conf.
-
-Exit codes: 0 success; 1 the operation failed (supervisor not running,
-permission denied, a service did not come up); 2 usage or config error;
-3 (--status only) the supervisor runs but a service that should be up is not.
-
-Signals to the supervisor: TERM or INT stop every service and exit; HUP
-reloads the config; USR1 reopens log files; USR2 re-executes the supervisor.
-
-Map of this file, top to bottom: constants; errors; config (converters,
-parse_config, diff_configs); child process (spawn, the child side); safe
-paths (how a root supervisor writes files others can reach); output (log
-files, syslog, routing); the supervision state machine (Run, Service and
-the TRANSITIONS table); process trees (orphans, adopted daemons);
-health probes; the event loop (Supervisor);
-leftovers of a supervisor that died; upgrade in place (Handover); status;
-control protocol (server, then client); command line (parse_args, main).
+  imports, constants, USAGE
+  Errors                     exceptions that carry file, section, key
+  Words                      durations, sizes, a service's text made safe
+  Config                     converters, parse_config, diff_configs
+  Child process              spawn_child, the child side, launch_run
+  Safe paths                 how a root supervisor writes files others reach
+  Output: log files and syslog
+  Output routing             a service's pipes and where they go
+  Held listening sockets     socket = : bound once, kept across restarts
+  Supervision state machine  Run, Overlap, Service; TRANSITIONS, OVERLAP
+  Process trees              orphans, adopted daemons (Tree)
+  Readiness from the program sd_notify's READY=1 (NotifySocket)
+  Alerts                     alert_command
+  Health probes              tcp, FastCGI and HTTP probes (Probe)
+  Pools: rolling restarts    Roll, Rolls
+  What the supervisor owns on disk   the lock, status file, pidfile
+  Event loop                 Supervisor: start-up, the loop, reload
+  Leftovers of a supervisor that died
+  Upgrade in place (--reexec)        Handover
+  Status                     --status, the status file, metrics
+  Control protocol           the server, then the client
+  Command line               parse_args, main
 """
 
 import errno
@@ -51,6 +45,35 @@ import struct
 import sys
 import time
 from collections import deque, namedtuple
+from selectors import EVENT_READ, EVENT_WRITE, DefaultSelector
+
+USAGE = """\
+Usage:
+  fcgiwatch.py [-c FILE]                  run the supervisor in the foreground
+  fcgiwatch.py [-c FILE] --daemon         detach and run in the background (for cron)
+  fcgiwatch.py [-c FILE] --check          validate the config, print what would run
+  fcgiwatch.py [-c FILE] --status [--json | --prometheus] [NAME ...]
+  fcgiwatch.py [-c FILE] --start NAME ... | all
+  fcgiwatch.py [-c FILE] --stop NAME ... | all
+  fcgiwatch.py [-c FILE] --restart NAME ... | all
+  fcgiwatch.py [-c FILE] --signal SIG NAME ... | all
+  fcgiwatch.py [-c FILE] --reload         re-read the config (same as SIGHUP)
+  fcgiwatch.py [-c FILE] --shutdown       stop every service, then the supervisor
+  fcgiwatch.py [-c FILE] --reexec         re-execute this file (upgrade); services keep running
+  fcgiwatch.py --version | --help
+
+NAME is a service, a pool's program (all its instances), a group, or
+GROUP:NAME and GROUP:* as supervisorctl writes them.  Without -c the config
+is $FCGIWATCH_CONFIG, else fcgiwatch.conf beside this file, else
+/etc/fcgiwatch.conf.
+
+Exit codes: 0 success; 1 the operation failed (supervisor not running,
+permission denied, a service did not come up); 2 usage or config error;
+3 (--status only) the supervisor runs but a service that should be up is not.
+
+Signals to the supervisor: TERM or INT stop every service and exit; HUP
+reloads the config; USR1 reopens log files; USR2 re-executes the supervisor.
+"""
 
 VERSION = "1.0.0"
 
@@ -60,9 +83,6 @@ EXIT_FAIL = 1
 EXIT_USAGE = 2
 EXIT_NOT_UP = 3
 
-#: selectors' event bits (the module itself is imported only by the loop:
-#: --status has no use for it and should start fast).
-EVENT_READ, EVENT_WRITE = 1 << 0, 1 << 1
 
 #: The service states of the contract: plain strings, exactly what the
 #: status file and --status --json carry.
@@ -138,6 +158,9 @@ GROUP_POLL = 0.02
 #: large where the kernel allows, so a fast writer needs few wake-ups.
 PIPE_CHUNK = 1 << 18
 
+#: fcntl's F_SETPIPE_SZ, which the module names only from Python 3.10 on.
+F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+
 #: Least time between two writes of the status file: a burst of exits
 #: (200 children killed at once) costs a few writes, not one per loop turn.
 STATUS_INTERVAL = 0.05
@@ -165,7 +188,7 @@ SYSLOG_FACILITIES = {
     "local0": 16, "local1": 17, "local2": 18, "local3": 19,
     "local4": 20, "local5": 21, "local6": 22, "local7": 23,
 }
-LOG_ERR, LOG_WARNING, LOG_NOTICE, LOG_INFO = 3, 4, 5, 6
+LOG_ERR, LOG_WARNING, LOG_INFO = 3, 4, 6
 
 
 # ===========================================================================
@@ -232,6 +255,56 @@ class UsageError(Exception):
 
 class Failure(Exception):
     """An operation failed for a reason outside the user's input (exit 1)."""
+
+
+class AlreadyRunning(Failure):
+    def __init__(self, pid):
+        Failure.__init__(self, "already running (pid %s)" % (pid or "?"))
+        self.pid = pid
+
+
+# ===========================================================================
+# Words
+#
+# How durations, sizes and a service's own text read in log lines and in
+# --status: short, and never with a control character a service chose.
+# ===========================================================================
+
+#: Control characters (C0, DEL, C1): what a service's text must not carry
+#: to a terminal or a log line (escape sequences, a fake line).
+CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def printable(text):
+    """text with each control character shown as '?'.
+
+    >>> printable("ok\x1b]0;owned\x07 \x9b2J")
+    'ok?]0;owned? ?2J'
+    """
+    return CONTROL_CHARACTERS.sub("?", text)
+
+
+def format_bytes(size):
+    """12.3 MB, 512 KB: sizes for log lines.
+
+    >>> format_bytes(300 * 1024 * 1024)
+    '300.0 MB'
+    """
+    for unit, scale in (("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)):
+        if size >= scale:
+            return "%.1f %s" % (size / float(scale), unit)
+    return "%d bytes" % size
+
+
+def format_seconds(seconds):
+    """Short human durations for log lines: 0.2 s, 12 s, 3 min 4 s."""
+    if seconds < 10:
+        return "%.1f s" % seconds
+    if seconds < 120:
+        return "%d s" % seconds
+    if seconds < 7200:
+        return "%d min %d s" % (seconds // 60, seconds % 60)
+    return "%d h %d min" % (seconds // 3600, seconds % 3600 // 60)
 
 
 # ===========================================================================
@@ -1677,6 +1750,7 @@ def convert_service_keys(raw, base_dir, euid, report, trusted=(),
     # here only where it is.
     values["environment_file"] = os.path.normpath(os.path.join(
         base_dir, os.path.expanduser(text))) if text else None
+
     def log_file(value, key):
         if value.strip() in trusted:
             return value.strip()
@@ -2168,240 +2242,6 @@ def decode_wait_status(status):
         code = os.WEXITSTATUS(status)
         return code, None, "exited %d" % code
     return None, None, "wait status %d" % status
-
-
-def group_alive(pgid):
-    """Is any process left in this process group?"""
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def read_proc_stat(pid):
-    """(command name, [field 3, field 4, ...]) of /proc/PID/stat, or None
-    once the process is gone.  Index 0 is the state, 1 the parent, 2 the
-    process group, 3 the session, 19 the start time.  The name is the
-    process's own to set: it comes without control characters."""
-    return read_proc_stat_path("/proc/%d/stat" % pid)
-
-
-def read_proc_stat_path(path):
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read()
-    except OSError:
-        return None
-    # The command name (field 2) may hold spaces and parentheses.
-    close = data.rfind(b")")
-    name = data[data.find(b"(") + 1:close].decode("utf-8", "replace")
-    return printable(name), data[close + 2:].split()
-
-
-#: Control characters (C0, DEL, C1): what a service's text must not carry
-#: to a terminal or a log line (escape sequences, a fake line).
-CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f]")
-
-
-def printable(text):
-    """text with each control character shown as '?'.
-
-    >>> printable("ok\x1b]0;owned\x07 \x9b2J")
-    'ok?]0;owned? ?2J'
-    """
-    return CONTROL_CHARACTERS.sub("?", text)
-
-
-def process_ids(pid):
-    """(state, process group, session, name) of a process, or None."""
-    info = read_proc_stat(pid)
-    try:
-        fields = info[1]
-        return (fields[0].decode("ascii", "replace"), int(fields[2]),
-                int(fields[3]), info[0])
-    except (TypeError, IndexError, ValueError):
-        return None
-
-
-def tree_rss(run):
-    """Bytes of resident memory of a run's whole tree: its process group,
-    its sessions, its members."""
-    page = os.sysconf("SC_PAGE_SIZE")
-    total = 0
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        info = read_proc_stat(int(name))
-        try:
-            fields = info[1]
-            pgid, sid, rss = int(fields[2]), int(fields[3]), int(fields[21])
-        except (TypeError, IndexError, ValueError):
-            continue
-        if pgid == run.pgid or sid in run.sessions or \
-                int(name) in run.members:
-            total += rss
-    return total * page
-
-
-def list_children(pid):
-    """The pids of pid's children.  Linux 3.5+ lists them in one file
-    (task/PID/children: a single-threaded process's children all hang on
-    its one thread); without it, every process's parent is looked up."""
-    try:
-        with open("/proc/%d/task/%d/children" % (pid, pid), "rb") as handle:
-            return [int(word) for word in handle.read().split()]
-    except OSError:
-        pass
-    found = []
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            info = read_proc_stat(int(name))
-            if info and len(info[1]) > 1 and info[1][1] == b"%d" % pid:
-                found.append(int(name))
-    return found
-
-
-def service_identity(name, state_dir):
-    """What every run of a service carries in its environment, so that an
-    orphan (and a leftover of a supervisor that died) can be traced to its
-    service.  Added at spawn time, not in the config: a config that
-    changes its environment restarts its services, and an upgrade by
-    --reexec must not."""
-    return ((SERVICE_VARIABLE.decode("ascii"), name),
-            (STATE_DIR_VARIABLE.decode("ascii"), state_dir))
-
-
-def process_exiting(pid):
-    """True once a process has begun to exit (the kernel's PF_EXITING
-    flag, field 9 of /proc/PID/stat) or is a zombie, and no thread of it
-    lives on: its memory, and so its environment, may be gone while its
-    children are not yet handed on to us.  A thread-group leader that
-    ended alone while its other threads serve on looks the same from its
-    own stat, and is anything but gone: it stays signallable by its pid."""
-    info = read_proc_stat(pid)
-    try:
-        fields = info[1]
-        exiting = fields[0] in (b"Z", b"X") or bool(int(fields[6]) & 0x4)
-    except (TypeError, IndexError, ValueError):
-        return False  # gone: reaped, so nothing to wait for
-    return exiting and not live_threads(pid)
-
-
-def live_threads(pid):
-    """The ids of a process's threads other than its leader that are not
-    zombies (a leader may end before them, with pthread_exit)."""
-    try:
-        names = os.listdir("/proc/%d/task" % pid)
-    except OSError:
-        return []
-    found = []
-    for name in names:
-        if name.isdigit() and int(name) != pid:
-            info = read_proc_stat_path("/proc/%d/task/%s/stat" % (pid, name))
-            if info is not None and info[1][:1] not in ([b"Z"], [b"X"]):
-                found.append(int(name))
-    return found
-
-
-def process_uid(pid):
-    """The real uid of a process (/proc/PID/status), or None once it is
-    gone.  The kernel's word: only root can change it."""
-    try:
-        with open("/proc/%d/status" % pid, "rb") as handle:
-            for line in handle:
-                if line.startswith(b"Uid:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
-def service_named_in(pid):
-    """The FCGIWATCH_SERVICE a process carries in its environment (as
-    it was at exec), None without one, or "" when the environment is
-    empty or cannot be read (an exiting process has no memory left to
-    read; one run with env -i has none).  A leader that ended before its
-    threads has none either: a live thread of it is read instead.  A hint
-    only, which the process itself may have set: see Tree.identify."""
-    places = ["/proc/%d/environ" % pid]
-    places.extend("/proc/%d/task/%d/environ" % (pid, tid)
-                  for tid in live_threads(pid)[:1])
-    data = b""
-    for place in places:
-        try:
-            with open(place, "rb") as handle:
-                data = handle.read()
-        except OSError:
-            continue
-        if data:
-            break
-    if not data:
-        return ""
-    for item in data.split(b"\0"):
-        if item.startswith(SERVICE_VARIABLE + b"="):
-            return item[len(SERVICE_VARIABLE) + 1:].decode("utf-8",
-                                                           "replace")
-    return None
-
-
-def load_libc():
-    """The C library, through ctypes, loaded once (ctypes costs about
-    0.5 MB and 8 ms to import: paid once, by the supervisor only), or None
-    where ctypes cannot load it."""
-    if not _LIBC:
-        try:
-            import ctypes
-            _LIBC.append(ctypes.CDLL(None, use_errno=True))
-        except (ImportError, OSError):
-            _LIBC.append(None)
-    return _LIBC[0]
-
-
-_LIBC = []
-
-
-def become_subreaper():
-    """Make ourselves the child subreaper of everything we start (Linux
-    3.4+): a descendant orphaned by its parent's death becomes our child,
-    not PID 1's, so we reap it at once (no zombie waits on an init that may
-    never reap) and can stop it, even after it left its process group with
-    setsid.  Returns None, or why it cannot be done."""
-    libc = load_libc()
-    if libc is None:
-        return "ctypes cannot load the C library"
-    try:
-        if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0:
-            return None
-        import ctypes
-        return os.strerror(ctypes.get_errno())
-    except AttributeError:
-        return "the C library has no prctl"
-
-
-def format_bytes(size):
-    """12.3 MB, 512 KB: sizes for log lines.
-
-    >>> format_bytes(300 * 1024 * 1024)
-    '300.0 MB'
-    """
-    for unit, scale in (("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)):
-        if size >= scale:
-            return "%.1f %s" % (size / float(scale), unit)
-    return "%d bytes" % size
-
-
-def format_seconds(seconds):
-    """Short human durations for log lines: 0.2 s, 12 s, 3 min 4 s."""
-    if seconds < 10:
-        return "%.1f s" % seconds
-    if seconds < 120:
-        return "%d s" % seconds
-    if seconds < 7200:
-        return "%d min %d s" % (seconds // 60, seconds % 60)
-    return "%d h %d min" % (seconds // 3600, seconds % 3600 // 60)
 
 
 # ===========================================================================
@@ -3153,7 +2993,7 @@ class OutputPipe:
         else:
             self.read_fd, self.write_fd = os.pipe()
             try:
-                fcntl.fcntl(self.read_fd, 1031, PIPE_CHUNK)  # F_SETPIPE_SZ
+                fcntl.fcntl(self.read_fd, F_SETPIPE_SZ, PIPE_CHUNK)
             except OSError:
                 pass
         os.set_blocking(self.read_fd, False)
@@ -3314,6 +3154,142 @@ class Outputs:
 
 
 # ===========================================================================
+# Held listening sockets
+#
+# With socket =, the supervisor binds and listens once and hands the
+# socket to every run, so that it never closes while the program
+# restarts: clients wait in the backlog instead of being refused.  A pool's
+# instances share one.  A unix socket is made safely in a directory
+# another user may own (see Safe paths).
+# ===========================================================================
+
+def socket_key(config):
+    """What identifies a held socket: reused across reloads when equal."""
+    if config is None or config.socket is None:
+        return None
+    return (config.socket.url, config.socket_owner, config.socket_mode,
+            config.uid)
+
+
+def open_listener(config, euid):
+    """Bind and listen once on a service's socket; raises Failure.
+
+    A unix socket file left by a dead program is replaced; one that still
+    answers belongs to a live program and is never taken over.
+    """
+    endpoint = config.socket
+    where = "[%s] socket %s" % (config.section, endpoint.url)
+    sock = socket.socket(endpoint.family, socket.SOCK_STREAM)
+    try:
+        if endpoint.family == socket.AF_UNIX:
+            owner = config.socket_owner or (
+                config.uid if config.uid is not None else euid,
+                config.gid if config.gid is not None else os.getegid())
+            bind_unix(sock, endpoint.address, config.socket_mode, owner,
+                      euid, where)
+        else:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(endpoint.address)
+        sock.listen(socket.SOMAXCONN)
+    except Failure:
+        sock.close()
+        raise
+    except UnsafePath as exc:
+        sock.close()
+        raise Failure("%s: not created: %s; put the socket in a directory "
+                      "that only root (or its owner) can change, such as "
+                      "/run/NAME" % (where, exc))
+    except OSError as exc:
+        sock.close()
+        raise Failure("%s: cannot listen: %s" % (where, exc.strerror or exc))
+    # The socket stays blocking: its open file is shared with the child,
+    # which expects accept() to wait.
+    return sock
+
+
+def bind_unix(sock, path, mode, owner, euid, where):
+    """Create a unix socket with its mode and owner right from the first
+    moment, and change nothing through its path afterwards.
+
+    bind() takes a path, so it runs from inside the directory's safely
+    opened fd (fchdir, a relative name); the umask gives the mode.  In a
+    directory only root (or we) can change, root binds and sets the owner
+    with a chown that does not follow links, as nobody could have swapped
+    the file meanwhile.  In a directory its owner can change, the socket
+    is bound as that owner, so no chown is needed at all; a socket for
+    somebody else there is refused, since the directory's owner could swap
+    the file before we gave it away.
+    """
+    place = walk_path(path, euid)
+    saved = open_home()
+    try:
+        os.fchdir(place.fd)
+        remove_stale_socket(place, where)
+        identity = None
+        if place.owner is not None:
+            if owner[0] != place.owner:
+                raise UnsafePath("%s can change %s, and the socket is to "
+                                 "belong to %s" % (user_label(place.owner),
+                                                   place.where,
+                                                   user_label(owner[0])))
+            identity = identity_of(owner[0], owner[1])
+        old_umask = os.umask(0o777 & ~mode)
+        try:
+            with_identity(identity, sock.bind, place.name)
+        finally:
+            os.umask(old_umask)
+        if identity is None and euid == 0 and tuple(owner) != (0, 0):
+            os.chown(place.name, owner[0], owner[1], dir_fd=place.fd,
+                     follow_symlinks=False)
+    finally:
+        os.fchdir(saved)
+        os.close(saved)
+        os.close(place.fd)
+
+
+def remove_stale_socket(place, where):
+    """Unlink the socket file a dead program left, inside place (we are
+    in that directory).  Anything else under the name is left alone."""
+    path = os.path.join(place.where, place.name)
+    try:
+        info = os.stat(place.name, dir_fd=place.fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(info.st_mode):
+        raise Failure("%s: %s exists and is not a socket; remove it or "
+                      "choose another path" % (where, path))
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(place.name)
+    except OSError:
+        # Nobody listens: a leftover from a dead program.  unlinkat never
+        # follows a link, so only this directory's entry goes.
+        os.unlink(place.name, dir_fd=place.fd)
+        return
+    finally:
+        probe.close()
+    raise Failure("%s: a running program listens on %s; stop it first"
+                  % (where, path))
+
+
+def remove_socket_file(path, euid):
+    """Unlink our unix socket at stop, through a safe walk, and only while
+    the name still holds a socket."""
+    try:
+        place = walk_path(path, euid)
+    except (OSError, UnsafePath):
+        return
+    try:
+        info = os.stat(place.name, dir_fd=place.fd, follow_symlinks=False)
+        if stat.S_ISSOCK(info.st_mode):
+            os.unlink(place.name, dir_fd=place.fd)
+    except OSError:
+        pass
+    finally:
+        os.close(place.fd)
+
+
+# ===========================================================================
 # Supervision state machine
 #
 # One Service per program instance.  Each process it starts is a Run, kept
@@ -3348,27 +3324,27 @@ class Outputs:
 # tables at the end of this section hold it (a test checks that they
 # agree):
 #
-#   state(s)                event          handler              goes to
-#   down fatal backoff      want_up        start_wanted         starting
-#   down fatal backoff      restart        start_wanted         starting
-#   backoff                 backoff        backoff_over         starting
-#   backoff fatal           want_down      give_up_retrying     down
-#   down                    want_down      settle_down          down
-#   starting up             ready          run_ready            up, or starting until a probe passes
-#   starting up             not_ready      run_not_ready        stopping, then backoff
-#   starting                probe_ok       first_probe_passed   up, once the run is ready
-#   starting up             probe          start_probe          (a probe in flight)
-#   starting up             probe_timeout  probe_timed_out      (a failed probe)
-#   starting up             probe_failed   restart_unhealthy    as restart
-#   starting up             watchdog       watchdog_expired     as restart
-#   starting up             memory         check_memory         (as restart, twice over)
-#   starting up             want_down      stop_running         stopping
-#   starting up             restart        restart_running      stopping, then starting; or up with a replacement
-#   up                      replace        retry_replacement    up, a replacement beside
-#   starting up             exited         run_ended            starting, backoff, fatal, down
-#   stopping                exited         stopping_exited      (down once gone)
-#   stopping                gone           stop_finished        down, or starting when wanted up
-#   down backoff fatal      exited         exit_out_of_turn     (cannot happen: logged)
+#   state(s)            event          handler             goes to
+#   down fatal backoff  want_up        start_wanted        starting
+#   down fatal backoff  restart        start_wanted        starting
+#   backoff             backoff        backoff_over        starting
+#   backoff fatal       want_down      give_up_retrying    down
+#   down                want_down      settle_down         down
+#   starting up         ready          run_ready           up, once probed
+#   starting up         not_ready      run_not_ready       stopping, backoff
+#   starting            probe_ok       first_probe_passed  up, once ready
+#   starting up         probe          start_probe         (a probe)
+#   starting up         probe_timeout  probe_timed_out     (a failed probe)
+#   starting up         probe_failed   restart_unhealthy   as restart
+#   starting up         watchdog       watchdog_expired    as restart
+#   starting up         memory         check_memory        (as restart)
+#   starting up         want_down      stop_running        stopping
+#   starting up         restart        restart_running     stopping; overlap
+#   up                  replace        retry_replacement   up, overlap
+#   starting up         exited         run_ended           starting, backoff
+#   stopping            exited         stopping_exited     (down once gone)
+#   stopping            gone           stop_finished       down or starting
+#   down backoff fatal  exited         exit_out_of_turn    (logged)
 #
 # A start that fails in the supervisor itself (fork, chdir, exec with
 # posix_spawn, a socket that cannot be bound) is decided like a run that
@@ -3379,12 +3355,12 @@ class Outputs:
 # and retires the serving run (stop signal, stopwaitsecs, KILL) only once
 # the replacement is ready.  The service stays UP meanwhile.  By role:
 #
-#   role                    event          handler
-#   replacement             ready          promote
-#   replacement             not_ready      replacement_overdue
-#   replacement             exited         replacement_ended
-#   retiring                exited         retired_exited
-#   retiring                gone           retired_gone
+#   role                event          handler
+#   replacement         ready          promote
+#   replacement         not_ready      replacement_overdue
+#   replacement         exited         replacement_ended
+#   retiring            exited         retired_exited
+#   retiring            gone           retired_gone
 #
 # The serving run ending while its replacement starts makes the
 # replacement the run (run_ended); a stop, a shutdown or a newer restart
@@ -4483,6 +4459,7 @@ class Service(Overlap):
             return "did not start: " + why, why
         return None
 
+
 def stderr_follows_stdout(config):
     """Does the child's fd 2 share stdout's pipe (or fd)?  Yes when asked
     (redirect_stderr), or when both name the same destination, except
@@ -4559,6 +4536,223 @@ OVERLAP = {
 # us a subreaper, none of this happens: process groups are polled, as
 # before.
 # ===========================================================================
+
+def group_alive(pgid):
+    """Is any process left in this process group?"""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def read_proc_stat(pid):
+    """(command name, [field 3, field 4, ...]) of /proc/PID/stat, or None
+    once the process is gone.  Index 0 is the state, 1 the parent, 2 the
+    process group, 3 the session, 19 the start time.  The name is the
+    process's own to set: it comes without control characters."""
+    return read_proc_stat_path("/proc/%d/stat" % pid)
+
+
+def read_proc_stat_path(path):
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses.
+    close = data.rfind(b")")
+    name = data[data.find(b"(") + 1:close].decode("utf-8", "replace")
+    return printable(name), data[close + 2:].split()
+
+
+def process_ids(pid):
+    """(state, process group, session, name) of a process, or None."""
+    info = read_proc_stat(pid)
+    try:
+        fields = info[1]
+        return (fields[0].decode("ascii", "replace"), int(fields[2]),
+                int(fields[3]), info[0])
+    except (TypeError, IndexError, ValueError):
+        return None
+
+
+def process_start_time(pid):
+    """Field 22 of /proc/PID/stat (start time in clock ticks), or None."""
+    info = read_proc_stat(pid)
+    try:
+        return int(info[1][19])
+    except (TypeError, IndexError, ValueError):
+        return None
+
+
+def is_same_process(pid, start_time):
+    """Is pid still the process that started at start_time (not a zombie)?"""
+    if not pid or start_time is None:
+        return False
+    info = read_proc_stat(pid)
+    try:
+        return int(info[1][19]) == start_time and info[1][0] != b"Z"
+    except (TypeError, IndexError, ValueError):
+        return False
+
+
+def tree_rss(run):
+    """Bytes of resident memory of a run's whole tree: its process group,
+    its sessions, its members."""
+    page = os.sysconf("SC_PAGE_SIZE")
+    total = 0
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        info = read_proc_stat(int(name))
+        try:
+            fields = info[1]
+            pgid, sid, rss = int(fields[2]), int(fields[3]), int(fields[21])
+        except (TypeError, IndexError, ValueError):
+            continue
+        if pgid == run.pgid or sid in run.sessions or \
+                int(name) in run.members:
+            total += rss
+    return total * page
+
+
+def list_children(pid):
+    """The pids of pid's children.  Linux 3.5+ lists them in one file
+    (task/PID/children: a single-threaded process's children all hang on
+    its one thread); without it, every process's parent is looked up."""
+    try:
+        with open("/proc/%d/task/%d/children" % (pid, pid), "rb") as handle:
+            return [int(word) for word in handle.read().split()]
+    except OSError:
+        pass
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            info = read_proc_stat(int(name))
+            if info and len(info[1]) > 1 and info[1][1] == b"%d" % pid:
+                found.append(int(name))
+    return found
+
+
+def service_identity(name, state_dir):
+    """What every run of a service carries in its environment, so that an
+    orphan (and a leftover of a supervisor that died) can be traced to its
+    service.  Added at spawn time, not in the config: a config that
+    changes its environment restarts its services, and an upgrade by
+    --reexec must not."""
+    return ((SERVICE_VARIABLE.decode("ascii"), name),
+            (STATE_DIR_VARIABLE.decode("ascii"), state_dir))
+
+
+def process_exiting(pid):
+    """True once a process has begun to exit (the kernel's PF_EXITING
+    flag, field 9 of /proc/PID/stat) or is a zombie, and no thread of it
+    lives on: its memory, and so its environment, may be gone while its
+    children are not yet handed on to us.  A thread-group leader that
+    ended alone while its other threads serve on looks the same from its
+    own stat, and is anything but gone: it stays signallable by its pid."""
+    info = read_proc_stat(pid)
+    try:
+        fields = info[1]
+        exiting = fields[0] in (b"Z", b"X") or bool(int(fields[6]) & 0x4)
+    except (TypeError, IndexError, ValueError):
+        return False  # gone: reaped, so nothing to wait for
+    return exiting and not live_threads(pid)
+
+
+def live_threads(pid):
+    """The ids of a process's threads other than its leader that are not
+    zombies (a leader may end before them, with pthread_exit)."""
+    try:
+        names = os.listdir("/proc/%d/task" % pid)
+    except OSError:
+        return []
+    found = []
+    for name in names:
+        if name.isdigit() and int(name) != pid:
+            info = read_proc_stat_path("/proc/%d/task/%s/stat" % (pid, name))
+            if info is not None and info[1][:1] not in ([b"Z"], [b"X"]):
+                found.append(int(name))
+    return found
+
+
+def process_uid(pid):
+    """The real uid of a process (/proc/PID/status), or None once it is
+    gone.  The kernel's word: only root can change it."""
+    try:
+        with open("/proc/%d/status" % pid, "rb") as handle:
+            for line in handle:
+                if line.startswith(b"Uid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def service_named_in(pid):
+    """The FCGIWATCH_SERVICE a process carries in its environment (as
+    it was at exec), None without one, or "" when the environment is
+    empty or cannot be read (an exiting process has no memory left to
+    read; one run with env -i has none).  A leader that ended before its
+    threads has none either: a live thread of it is read instead.  A hint
+    only, which the process itself may have set: see Tree.identify."""
+    places = ["/proc/%d/environ" % pid]
+    places.extend("/proc/%d/task/%d/environ" % (pid, tid)
+                  for tid in live_threads(pid)[:1])
+    data = b""
+    for place in places:
+        try:
+            with open(place, "rb") as handle:
+                data = handle.read()
+        except OSError:
+            continue
+        if data:
+            break
+    if not data:
+        return ""
+    for item in data.split(b"\0"):
+        if item.startswith(SERVICE_VARIABLE + b"="):
+            return item[len(SERVICE_VARIABLE) + 1:].decode("utf-8",
+                                                           "replace")
+    return None
+
+
+def load_libc():
+    """The C library, through ctypes, loaded once (ctypes costs about
+    0.5 MB and 8 ms to import: paid once, by the supervisor only), or None
+    where ctypes cannot load it."""
+    if not _LIBC:
+        try:
+            import ctypes
+            _LIBC.append(ctypes.CDLL(None, use_errno=True))
+        except (ImportError, OSError):
+            _LIBC.append(None)
+    return _LIBC[0]
+
+
+_LIBC = []
+
+
+def become_subreaper():
+    """Make ourselves the child subreaper of everything we start (Linux
+    3.4+): a descendant orphaned by its parent's death becomes our child,
+    not PID 1's, so we reap it at once (no zombie waits on an init that may
+    never reap) and can stop it, even after it left its process group with
+    setsid.  Returns None, or why it cannot be done."""
+    libc = load_libc()
+    if libc is None:
+        return "ctypes cannot load the C library"
+    try:
+        if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0:
+            return None
+        import ctypes
+        return os.strerror(ctypes.get_errno())
+    except AttributeError:
+        return "the C library has no prctl"
+
 
 class Tree:
     """The members of every run, the strays, and the daemons adopted."""
@@ -4878,42 +5072,6 @@ def notify_socket_path(state_dir, name):
     return path
 
 
-def bind_state_socket(path, kind, umask):
-    """A unix socket of ours at path in state_dir, replacing a stale one
-    (we hold the lock), with its mode right from the first moment (the
-    umask, not a chmod afterwards): (socket, what path_identity says of it
-    now), non-blocking, listening if a stream.  Raises Failure."""
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
-    sock = socket.socket(socket.AF_UNIX, kind)
-    if kind == socket.SOCK_DGRAM:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
-    old_umask = os.umask(umask)
-    try:
-        sock.bind(path)
-        if kind == socket.SOCK_STREAM:
-            sock.listen(16)
-        bound = path_identity(path)
-    except OSError as exc:
-        sock.close()
-        raise Failure("cannot listen on %s: %s" % (path, exc.strerror))
-    finally:
-        os.umask(old_umask)
-    sock.setblocking(False)
-    return sock, bound
-
-
-def path_identity(path):
-    """(st_dev, st_ino) of what is at path now, or None: whether a file we
-    made is still the one there (state_dir may have been removed)."""
-    try:
-        info = os.stat(path)
-    except OSError:
-        return None
-    return info.st_dev, info.st_ino
-
 #: Largest datagram read; sd_notify messages are a few lines.
 NOTIFY_MAX = 4096
 
@@ -5030,8 +5188,6 @@ class NotifySocket:
 
 ALERT_TIMEOUT = 30.0
 ALERTS_AT_ONCE = 4
-ALERT_KINDS = ("crashed", "crash_loop", "fatal", "health_failing",
-               "recovered")
 
 
 class Alerts:
@@ -5144,7 +5300,7 @@ class Alerts:
 # ===========================================================================
 
 FCGI_BEGIN_REQUEST, FCGI_END_REQUEST, FCGI_PARAMS, FCGI_STDIN = 1, 3, 4, 5
-FCGI_STDOUT, FCGI_STDERR = 6, 7
+FCGI_STDOUT = 6
 FCGI_GET_VALUES, FCGI_GET_VALUES_RESULT, FCGI_UNKNOWN_TYPE = 9, 10, 11
 FCGI_RESPONDER = 1
 
@@ -5524,6 +5680,128 @@ class Rolls:
 # when it works again (Trouble), never a crash.
 # ===========================================================================
 
+def lock_address(state_dir):
+    """The abstract unix socket name that locks state_dir: its real path,
+    or a digest of it where that is too long for a socket name."""
+    real = os.path.realpath(state_dir)
+    name = "fcgiwatch:" + real
+    if len(name.encode("utf-8", "replace")) > 100:
+        import hashlib
+        name = "fcgiwatch:" + hashlib.sha256(
+            real.encode("utf-8", "replace")).hexdigest()
+    return "\0" + name
+
+
+def bind_lock_socket(state_dir, euid):
+    """Bind and listen on state_dir's lock socket (it also takes control
+    requests: see ControlServer): (socket, None), or (None, who holds the
+    name) where a process of another user took it first.  Raises
+    AlreadyRunning when a supervisor of our user (or root's) holds it."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(lock_address(state_dir))
+        sock.listen(16)
+    except OSError as exc:
+        sock.close()
+        if exc.errno != errno.EADDRINUSE:
+            raise Failure("cannot take the lock of state_dir %s: %s" % (
+                state_dir, exc.strerror))
+        holder = lock_holder(state_dir)
+        if holder is not None and holder[1] in (0, euid):
+            raise AlreadyRunning(holder[0])
+        if holder is None:
+            return None, "bound by a process that does not answer"
+        return None, "held by pid %d of %s" % (holder[0],
+                                               user_label(holder[1]))
+    sock.setblocking(False)
+    return sock, None
+
+
+def lock_holder(state_dir):
+    """(pid, uid) of the process listening on state_dir's lock socket, as
+    the kernel tells (SO_PEERCRED), or None.  Anyone may bind the name:
+    see trusted_uids."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(1.0)
+    try:
+        sock.connect(lock_address(state_dir))
+        return peer_credentials(sock)[:2]
+    except OSError:
+        return None
+    finally:
+        sock.close()
+
+
+def peer_credentials(sock):
+    """(pid, uid, gid) of a unix socket's peer, as the kernel says."""
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                            struct.calcsize("3i"))
+    return struct.unpack("3i", creds)
+
+
+def trusted_uids(state_dir):
+    """Whose supervisor a client believes: root's, its own user's, and
+    that of the user state_dir belongs to (root may ask a user's
+    supervisor)."""
+    uids = set((0, os.geteuid()))
+    try:
+        uids.add(os.stat(state_dir).st_uid)
+    except OSError:
+        pass
+    return uids
+
+
+def write_own_pid(fd):
+    os.ftruncate(fd, 0)
+    os.write(fd, b"%d\n" % os.getpid())
+    os.fchmod(fd, 0o644)
+
+
+def read_pid(fd):
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        return int(os.read(fd, 64).split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def bind_state_socket(path, kind, umask):
+    """A unix socket of ours at path in state_dir, replacing a stale one
+    (we hold the lock), with its mode right from the first moment (the
+    umask, not a chmod afterwards): (socket, what path_identity says of it
+    now), non-blocking, listening if a stream.  Raises Failure."""
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+    sock = socket.socket(socket.AF_UNIX, kind)
+    if kind == socket.SOCK_DGRAM:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+    old_umask = os.umask(umask)
+    try:
+        sock.bind(path)
+        if kind == socket.SOCK_STREAM:
+            sock.listen(16)
+        bound = path_identity(path)
+    except OSError as exc:
+        sock.close()
+        raise Failure("cannot listen on %s: %s" % (path, exc.strerror))
+    finally:
+        os.umask(old_umask)
+    sock.setblocking(False)
+    return sock, bound
+
+
+def path_identity(path):
+    """(st_dev, st_ino) of what is at path now, or None: whether a file we
+    made is still the one there (state_dir may have been removed)."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
+
+
 class Trouble:
     """Something that may fail on every try, such as a file written at each
     state change: one warning when it starts failing, one line when it
@@ -5789,7 +6067,7 @@ class StateDir:
         finally:
             os.close(fd)
 
-    # -- [supervisord] pidfile -------------------------------------------------
+    # -- [supervisord] pidfile ---------------------------------------------
 
     def write_pidfile(self):
         """[supervisord] pidfile: our pid there too, so that an existing
@@ -5845,11 +6123,6 @@ class StateDir:
 # supervisor never wakes up.
 # ===========================================================================
 
-def new_selector():
-    import selectors
-    return selectors.DefaultSelector()
-
-
 def fill_standard_fds():
     """Make sure fds 0, 1 and 2 are open (on /dev/null if need be).
 
@@ -5864,78 +6137,6 @@ def fill_standard_fds():
             if null != fd:
                 os.dup2(null, fd)
                 os.close(null)
-
-
-def boot_command(args):
-    """(argv, directory) that run this file as the long-running supervisor:
-    python3 -E -S -m fcgiwatch ARGS from the file's directory, which ps
-    shows as such, and which loads the bytecode Python caches beside the
-    file (compiled once, at the first start).  -E -S: the supervisor needs
-    nothing from site-packages or PYTHON* variables, and a .pth file there
-    can cost megabytes in every fork.  Where the directory is not ours to
-    write and holds no cache, Python 3.8+ caches in ~/.cache/fcgiwatch."""
-    directory, name = os.path.split(PROGRAM_PATH)
-    module = name[:-3] if name.endswith(".py") else ""
-    argv = [sys.executable, "-E", "-S"]
-    if not module.isidentifier():
-        return argv + ["-c", BOOT, PROGRAM_PATH] + list(args), None
-    cached = forget_stale_bytecode()
-    if sys.version_info >= (3, 8) and not os.access(directory, os.W_OK) \
-            and not (cached and os.path.exists(cached)):
-        cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(
-            os.path.expanduser("~"), ".cache")
-        argv += ["-X", "pycache_prefix=" + os.path.join(cache, "fcgiwatch")]
-    return argv + ["-m", module] + list(args), directory
-
-
-def forget_stale_bytecode():
-    """Remove this file's cached bytecode when it is older than the file.
-
-    Python checks a cache against the source's mtime in whole seconds and
-    its size: a file replaced within the second of the last compile, by
-    one of the same size (a version bump), would load the old code.
-    Returns the cache's path (or None without one)."""
-    try:
-        from importlib.util import cache_from_source
-        cached = cache_from_source(PROGRAM_PATH)
-        if os.stat(cached).st_mtime_ns <= os.stat(PROGRAM_PATH).st_mtime_ns:
-            os.unlink(cached)
-        return cached
-    except (ImportError, NotImplementedError, ValueError, OSError):
-        return None
-
-
-def boot_exec(argv, directory):
-    """exec argv in directory, telling the new program where we were."""
-    if directory is None:
-        os.execv(argv[0], argv)
-    try:
-        cwd = os.getcwd()
-    except OSError:
-        cwd = "/"
-    os.environ[BOOT_CWD] = cwd
-    try:
-        os.chdir(directory)
-        os.execv(argv[0], argv)
-    except OSError:
-        os.environ.pop(BOOT_CWD, None)
-        os.chdir(cwd)
-        raise
-
-
-def finish_boot():
-    """In the booted program: back to the caller's directory, and drop the
-    program's directory from the module path (all we import later is the
-    standard library: nothing there may shadow it)."""
-    cwd = os.environ.pop(BOOT_CWD, None)
-    if cwd is None:
-        return
-    try:
-        os.chdir(cwd)
-    except OSError:
-        os.chdir("/")
-    if sys.path and sys.path[0] in ("", os.path.dirname(PROGRAM_PATH)):
-        del sys.path[0]
 
 
 def open_home():
@@ -6079,7 +6280,7 @@ class Supervisor:
         self.home_fd = open_home()
         self.disk.make()
         self.disk.take_lock()
-        self.selector = new_selector()
+        self.selector = DefaultSelector()
         self.open_logging()
         self.control = ControlServer(self)
         self.setup_signals()
@@ -6620,224 +6821,6 @@ class Supervisor:
             self.own_log.close()
         self.disk.close()
 
-    # -- upgrade ----------------------------------------------------------
-
-class AlreadyRunning(Failure):
-    def __init__(self, pid):
-        Failure.__init__(self, "already running (pid %s)" % (pid or "?"))
-        self.pid = pid
-
-
-def lock_address(state_dir):
-    """The abstract unix socket name that locks state_dir: its real path,
-    or a digest of it where that is too long for a socket name."""
-    real = os.path.realpath(state_dir)
-    name = "fcgiwatch:" + real
-    if len(name.encode("utf-8", "replace")) > 100:
-        import hashlib
-        name = "fcgiwatch:" + hashlib.sha256(
-            real.encode("utf-8", "replace")).hexdigest()
-    return "\0" + name
-
-
-def bind_lock_socket(state_dir, euid):
-    """Bind and listen on state_dir's lock socket (it also takes control
-    requests: see ControlServer): (socket, None), or (None, who holds the
-    name) where a process of another user took it first.  Raises
-    AlreadyRunning when a supervisor of our user (or root's) holds it."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.bind(lock_address(state_dir))
-        sock.listen(16)
-    except OSError as exc:
-        sock.close()
-        if exc.errno != errno.EADDRINUSE:
-            raise Failure("cannot take the lock of state_dir %s: %s" % (
-                state_dir, exc.strerror))
-        holder = lock_holder(state_dir)
-        if holder is not None and holder[1] in (0, euid):
-            raise AlreadyRunning(holder[0])
-        if holder is None:
-            return None, "bound by a process that does not answer"
-        return None, "held by pid %d of %s" % (holder[0],
-                                               user_label(holder[1]))
-    sock.setblocking(False)
-    return sock, None
-
-
-def lock_holder(state_dir):
-    """(pid, uid) of the process listening on state_dir's lock socket, as
-    the kernel tells (SO_PEERCRED), or None.  Anyone may bind the name:
-    see trusted_uids."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(1.0)
-    try:
-        sock.connect(lock_address(state_dir))
-        return peer_credentials(sock)[:2]
-    except OSError:
-        return None
-    finally:
-        sock.close()
-
-
-def peer_credentials(sock):
-    """(pid, uid, gid) of a unix socket's peer, as the kernel says."""
-    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
-                            struct.calcsize("3i"))
-    return struct.unpack("3i", creds)
-
-
-def trusted_uids(state_dir):
-    """Whose supervisor a client believes: root's, its own user's, and
-    that of the user state_dir belongs to (root may ask a user's
-    supervisor)."""
-    uids = set((0, os.geteuid()))
-    try:
-        uids.add(os.stat(state_dir).st_uid)
-    except OSError:
-        pass
-    return uids
-
-
-def write_own_pid(fd):
-    os.ftruncate(fd, 0)
-    os.write(fd, b"%d\n" % os.getpid())
-    os.fchmod(fd, 0o644)
-
-
-def read_pid(fd):
-    try:
-        os.lseek(fd, 0, os.SEEK_SET)
-        return int(os.read(fd, 64).split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def socket_key(config):
-    """What identifies a held socket: reused across reloads when equal."""
-    if config is None or config.socket is None:
-        return None
-    return (config.socket.url, config.socket_owner, config.socket_mode,
-            config.uid)
-
-
-def open_listener(config, euid):
-    """Bind and listen once on a service's socket; raises Failure.
-
-    A unix socket file left by a dead program is replaced; one that still
-    answers belongs to a live program and is never taken over.
-    """
-    endpoint = config.socket
-    where = "[%s] socket %s" % (config.section, endpoint.url)
-    sock = socket.socket(endpoint.family, socket.SOCK_STREAM)
-    try:
-        if endpoint.family == socket.AF_UNIX:
-            owner = config.socket_owner or (
-                config.uid if config.uid is not None else euid,
-                config.gid if config.gid is not None else os.getegid())
-            bind_unix(sock, endpoint.address, config.socket_mode, owner,
-                      euid, where)
-        else:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(endpoint.address)
-        sock.listen(socket.SOMAXCONN)
-    except Failure:
-        sock.close()
-        raise
-    except UnsafePath as exc:
-        sock.close()
-        raise Failure("%s: not created: %s; put the socket in a directory "
-                      "that only root (or its owner) can change, such as "
-                      "/run/NAME" % (where, exc))
-    except OSError as exc:
-        sock.close()
-        raise Failure("%s: cannot listen: %s" % (where, exc.strerror or exc))
-    # The socket stays blocking: its open file is shared with the child,
-    # which expects accept() to wait.
-    return sock
-
-
-def bind_unix(sock, path, mode, owner, euid, where):
-    """Create a unix socket with its mode and owner right from the first
-    moment, and change nothing through its path afterwards.
-
-    bind() takes a path, so it runs from inside the directory's safely
-    opened fd (fchdir, a relative name); the umask gives the mode.  In a
-    directory only root (or we) can change, root binds and sets the owner
-    with a chown that does not follow links, as nobody could have swapped
-    the file meanwhile.  In a directory its owner can change, the socket
-    is bound as that owner, so no chown is needed at all; a socket for
-    somebody else there is refused, since the directory's owner could swap
-    the file before we gave it away.
-    """
-    place = walk_path(path, euid)
-    saved = open_home()
-    try:
-        os.fchdir(place.fd)
-        remove_stale_socket(place, where)
-        identity = None
-        if place.owner is not None:
-            if owner[0] != place.owner:
-                raise UnsafePath("%s can change %s, and the socket is to "
-                                 "belong to %s" % (user_label(place.owner),
-                                                   place.where,
-                                                   user_label(owner[0])))
-            identity = identity_of(owner[0], owner[1])
-        old_umask = os.umask(0o777 & ~mode)
-        try:
-            with_identity(identity, sock.bind, place.name)
-        finally:
-            os.umask(old_umask)
-        if identity is None and euid == 0 and tuple(owner) != (0, 0):
-            os.chown(place.name, owner[0], owner[1], dir_fd=place.fd,
-                     follow_symlinks=False)
-    finally:
-        os.fchdir(saved)
-        os.close(saved)
-        os.close(place.fd)
-
-
-def remove_stale_socket(place, where):
-    """Unlink the socket file a dead program left, inside place (we are
-    in that directory).  Anything else under the name is left alone."""
-    path = os.path.join(place.where, place.name)
-    try:
-        info = os.stat(place.name, dir_fd=place.fd, follow_symlinks=False)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(info.st_mode):
-        raise Failure("%s: %s exists and is not a socket; remove it or "
-                      "choose another path" % (where, path))
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(place.name)
-    except OSError:
-        # Nobody listens: a leftover from a dead program.  unlinkat never
-        # follows a link, so only this directory's entry goes.
-        os.unlink(place.name, dir_fd=place.fd)
-        return
-    finally:
-        probe.close()
-    raise Failure("%s: a running program listens on %s; stop it first"
-                  % (where, path))
-
-
-def remove_socket_file(path, euid):
-    """Unlink our unix socket at stop, through a safe walk, and only while
-    the name still holds a socket."""
-    try:
-        place = walk_path(path, euid)
-    except (OSError, UnsafePath):
-        return
-    try:
-        info = os.stat(place.name, dir_fd=place.fd, follow_symlinks=False)
-        if stat.S_ISSOCK(info.st_mode):
-            os.unlink(place.name, dir_fd=place.fd)
-    except OSError:
-        pass
-    finally:
-        os.close(place.fd)
-
 
 # ===========================================================================
 # Leftovers of a supervisor that died
@@ -6848,26 +6831,6 @@ def remove_socket_file(path, euid):
 # alone: a pid is recycled, a pid with its start time is not), and takes it
 # over through a pidfd or stops it, before anything starts.
 # ===========================================================================
-
-def process_start_time(pid):
-    """Field 22 of /proc/PID/stat (start time in clock ticks), or None."""
-    info = read_proc_stat(pid)
-    try:
-        return int(info[1][19])
-    except (TypeError, IndexError, ValueError):
-        return None
-
-
-def is_same_process(pid, start_time):
-    """Is pid still the process that started at start_time (not a zombie)?"""
-    if not pid or start_time is None:
-        return False
-    info = read_proc_stat(pid)
-    try:
-        return int(info[1][19]) == start_time and info[1][0] != b"Z"
-    except (TypeError, IndexError, ValueError):
-        return False
-
 
 def open_pidfd(pid):
     """A pidfd for pid (Python 3.9+, Linux 5.3+), or None where there is
@@ -7314,9 +7277,10 @@ class Handover:
         supervisor.devnull = os.open(os.devnull, os.O_RDWR)
         supervisor.home_fd = open_home()
         supervisor.disk.carry_on(state)
-        supervisor.selector = new_selector()
+        supervisor.selector = DefaultSelector()
         supervisor.started_wall = state["started_wall"]
-        supervisor.started = supervisor.clock() - (time.time() - supervisor.started_wall)
+        supervisor.started = supervisor.clock() - (
+            time.time() - supervisor.started_wall)
         supervisor.generation = state["generation"] + 1
         supervisor.open_logging()
         supervisor.control = ControlServer(supervisor)
@@ -7348,7 +7312,6 @@ class Handover:
             VERSION, len(supervisor.services)))
         supervisor.apply(new_config, "re-exec")
         supervisor.disk.write_status()
-
 
     def snapshot(self):
         """What the next program needs to carry on: every service's run,
@@ -8728,6 +8691,78 @@ def describe_config(config):
     return lines
 
 
+def boot_command(args):
+    """(argv, directory) that run this file as the long-running supervisor:
+    python3 -E -S -m fcgiwatch ARGS from the file's directory, which ps
+    shows as such, and which loads the bytecode Python caches beside the
+    file (compiled once, at the first start).  -E -S: the supervisor needs
+    nothing from site-packages or PYTHON* variables, and a .pth file there
+    can cost megabytes in every fork.  Where the directory is not ours to
+    write and holds no cache, Python 3.8+ caches in ~/.cache/fcgiwatch."""
+    directory, name = os.path.split(PROGRAM_PATH)
+    module = name[:-3] if name.endswith(".py") else ""
+    argv = [sys.executable, "-E", "-S"]
+    if not module.isidentifier():
+        return argv + ["-c", BOOT, PROGRAM_PATH] + list(args), None
+    cached = forget_stale_bytecode()
+    if sys.version_info >= (3, 8) and not os.access(directory, os.W_OK) \
+            and not (cached and os.path.exists(cached)):
+        cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(
+            os.path.expanduser("~"), ".cache")
+        argv += ["-X", "pycache_prefix=" + os.path.join(cache, "fcgiwatch")]
+    return argv + ["-m", module] + list(args), directory
+
+
+def forget_stale_bytecode():
+    """Remove this file's cached bytecode when it is older than the file.
+
+    Python checks a cache against the source's mtime in whole seconds and
+    its size: a file replaced within the second of the last compile, by
+    one of the same size (a version bump), would load the old code.
+    Returns the cache's path (or None without one)."""
+    try:
+        from importlib.util import cache_from_source
+        cached = cache_from_source(PROGRAM_PATH)
+        if os.stat(cached).st_mtime_ns <= os.stat(PROGRAM_PATH).st_mtime_ns:
+            os.unlink(cached)
+        return cached
+    except (ImportError, NotImplementedError, ValueError, OSError):
+        return None
+
+
+def boot_exec(argv, directory):
+    """exec argv in directory, telling the new program where we were."""
+    if directory is None:
+        os.execv(argv[0], argv)
+    try:
+        cwd = os.getcwd()
+    except OSError:
+        cwd = "/"
+    os.environ[BOOT_CWD] = cwd
+    try:
+        os.chdir(directory)
+        os.execv(argv[0], argv)
+    except OSError:
+        os.environ.pop(BOOT_CWD, None)
+        os.chdir(cwd)
+        raise
+
+
+def finish_boot():
+    """In the booted program: back to the caller's directory, and drop the
+    program's directory from the module path (all we import later is the
+    standard library: nothing there may shadow it)."""
+    cwd = os.environ.pop(BOOT_CWD, None)
+    if cwd is None:
+        return
+    try:
+        os.chdir(cwd)
+    except OSError:
+        os.chdir("/")
+    if sys.path and sys.path[0] in ("", os.path.dirname(PROGRAM_PATH)):
+        del sys.path[0]
+
+
 def run_foreground(config):
     supervisor = Supervisor(config, foreground=True)
     try:
@@ -8863,7 +8898,7 @@ def main(argv=None):
         sys.stderr.write("fcgiwatch: %s; see --help\n" % exc)
         return EXIT_USAGE
     if options.action == "help":
-        sys.stdout.write(__doc__.split("\nMap of this file")[0].strip() + "\n")
+        sys.stdout.write(USAGE)
         return EXIT_OK
     if options.action == "version":
         sys.stdout.write("fcgiwatch %s\n" % VERSION)

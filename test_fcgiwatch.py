@@ -196,6 +196,48 @@ class DocTests(unittest.TestCase):
         self.assertGreater(tried, 10)
         self.assertEqual(failures, 0)
 
+    def source(self):
+        with open(PROGRAM) as handle:
+            return handle.read()
+
+    def test_the_map_lists_every_section(self):
+        titles = re.findall(r"^# =+\n# (.+)\n", self.source(), re.M)
+        self.assertGreater(len(titles), 15)
+        for title in titles:
+            self.assertIn(title.split(" (")[0], fcgiwatch.__doc__)
+
+    def table(self, header):
+        """The rows of a table in the state machine's banner: (first
+        column's words, event, handler)."""
+        lines = self.source().split("\n")
+        at = lines.index(header)
+        rows = []
+        for line in lines[at + 1:]:
+            if line.strip() == "#":
+                return rows
+            columns = re.split(r"\s{2,}", line[1:].strip())
+            rows.append((columns[0].split(), columns[1], columns[2]))
+        return rows
+
+    def test_the_tables_in_the_banner_are_the_tables_in_the_code(self):
+        """Issue 21: a newcomer finds every event's handler from the
+        section's tables; they must be the ones the code looks up."""
+        written = {}
+        for states, event, handler in self.table(
+                "#   state(s)            event          handler"
+                "             goes to"):
+            for state in states:
+                written[(state, event)] = handler
+        self.assertEqual(written, dict(
+            (key, function.__name__) for key, function in
+            fcgiwatch.TRANSITIONS.items()))
+        overlap = dict(((roles[0], event), handler) for roles, event, handler
+                       in self.table("#   role                event          "
+                                     "handler"))
+        self.assertEqual(overlap, dict(
+            (key, function.__name__) for key, function in
+            fcgiwatch.OVERLAP.items()))
+
 
 class ConverterTests(unittest.TestCase):
     def test_bool(self):
@@ -948,7 +990,12 @@ class CommandLineTests(SupervisorCase):
                                                + fcgiwatch.VERSION))
         code, out, err = self.cli("--help")
         self.assertEqual(code, 0)
-        self.assertIn("--status", out)
+        self.assertIn("--status [--json | --prometheus]", out)
+        # From a constant, not the docstring, which -OO strips.
+        result = subprocess.run([PY, "-OO", PROGRAM, "--help"],
+                                stdout=subprocess.PIPE,
+                                universal_newlines=True)
+        self.assertEqual((result.returncode, result.stdout), (0, out))
 
     @unittest.skipUnless(IS_ROOT, "the check applies to root")
     def test_root_refuses_config_others_can_write(self):
