@@ -36,10 +36,22 @@ import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+sys.path.insert(1, os.path.join(HERE, "tests"))
 import fcgiwatch  # noqa: E402
+from apps import SOCKET_APP, Load, free_port  # noqa: E402  (the bench's too)
 
 PROGRAM = os.path.join(HERE, "fcgiwatch.py")
 PY = sys.executable
+
+#: How the tests run fcgiwatch: importing the file (Python caches its
+#: bytecode), not as a script, which Python compiles at every run (0.1 s
+#: here, a few hundred times a suite), and without site (-S), as the
+#: supervisor runs itself (boot_command): a site-packages .pth costs each
+#: start 40 ms on some machines.  The supervisor then needs no boot exec.
+#: The tests of the file as a script and of that exec (install, --reexec,
+#: another user) run PROGRAM itself.
+FCGIWATCH = [PY, "-S", "-c", "import sys; sys.path.insert(0, %r); "
+             "from fcgiwatch import main; sys.exit(main())" % HERE]
 IS_ROOT = os.geteuid() == 0
 NOBODY = pwd.getpwnam("nobody") if IS_ROOT else None
 HAVE_PIDFD = fcgiwatch.open_pidfd(os.getpid()) is not None
@@ -167,6 +179,16 @@ def read_to_eof(client):
         data += chunk
     client.close()
     return data
+
+
+def connected_to(port):
+    """Is a TCP connection to this loopback port established (a probe)?"""
+    with open("/proc/net/tcp") as handle:
+        for line in list(handle)[1:]:
+            fields = line.split()
+            if fields[3] == "01" and int(fields[2].split(":")[1], 16) == port:
+                return True
+    return False
 
 
 def environment_of(pid):
@@ -794,7 +816,7 @@ class SupervisorCase(unittest.TestCase):
             keys["environment"] = (keys["environment"] + "," + mark
                                    if "environment" in keys else mark)
             keys.setdefault("stdout_logfile", "null")
-            keys.setdefault("startsecs", "0.2")
+            keys.setdefault("startsecs", "0.1")
             for key, value in keys.items():
                 lines.append("%s = %s" % (key, value))
         with open(self.conf, "w") as handle:
@@ -806,8 +828,9 @@ class SupervisorCase(unittest.TestCase):
         if services is not None:
             self.write_config(services, settings)
         log = open(self.log_path, "ab")
+        command = FCGIWATCH if program == PROGRAM else [PY, program]
         self.proc = subprocess.Popen(
-            [PY, program, "-c", self.conf] + list(args),
+            command + ["-c", self.conf] + list(args),
             stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         log.close()
         wait_for(lambda: self.proc.poll() is not None or (
@@ -863,7 +886,8 @@ class SupervisorCase(unittest.TestCase):
                 exc, self.entry(name), self.log_text()[-3000:]))
 
     def cli(self, *args, **kwargs):
-        """Run fcgiwatch.py with this config; returns (code, out, err)."""
+        """Run fcgiwatch with this config (as FCGIWATCH; as user, the file
+        itself, run by a Python they may run); returns (code, out, err)."""
         user = kwargs.pop("user", None)
         env = kwargs.pop("env", None)
         stdin = kwargs.pop("stdin", subprocess.DEVNULL)
@@ -876,7 +900,8 @@ class SupervisorCase(unittest.TestCase):
                 self.skipTest("no Python that %s may run" % user.pw_name)
             preexec = as_user(user)
             program = readable_program()
-        command = [interpreter, program, "-c", self.conf] + list(args)
+        command = [interpreter, program] if user is not None else FCGIWATCH
+        command = command + ["-c", self.conf] + list(args)
         result = subprocess.run(command, stdin=stdin, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, env=env,
                                 preexec_fn=preexec, timeout=timeout,
@@ -1010,33 +1035,26 @@ class CommandLineTests(SupervisorCase):
 class CoreTests(SupervisorCase):
     """Issue 2: supervise, restart, drop privileges."""
 
-    def test_sigkilled_child_is_back_fast(self):
+    def test_sigkilled_child_is_back(self):
+        # How fast: make bench measures it (milliseconds).
         self.start({"web": {"command": "sleep 1000"}})
         for _round in range(3):
             old = self.kill_service("web")
-            killed = time.monotonic()
             entry = wait_for(lambda: self.entry("web")["pid"] not in (
                 None, old) and self.entry("web"), 5, "a new pid")
-            elapsed = time.monotonic() - killed
             self.assertTrue(is_alive(entry["pid"]))
-            # Generous for a loaded CI machine; make bench measures ms.
-            self.assertLess(elapsed, 0.5)
             self.wait_state("web", "up")
         self.assertEqual(self.entry("web")["restarts"], 3)
         self.assertEqual(self.entry("web")["last_exit"]["signal"], "KILL")
 
-    def test_crash_loop_costs_no_cpu(self):
+    def test_crash_loop_backs_off(self):
         """The delays themselves are tested on a stepped clock
-        (SteppedClockTests); here, for real, that a crash loop neither
-        hot-loops nor costs CPU."""
+        (SteppedClockTests), what the loop costs in make bench; here, for
+        real, that a crash loop does not hot-loop."""
         self.start({"bad": {"command": "false", "startsecs": "1"}},
                    wait_up=False)
         wait_for(lambda: "restarting in 2.0 s" in self.log_text(), 5,
                  "the first retry, backing off again")
-        with open("/proc/%d/stat" % self.proc.pid) as handle:
-            fields = handle.read().rsplit(")", 1)[1].split()
-        cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        self.assertLess(cpu, 1.0)
         self.assertEqual(self.log_text().count("bad: spawned"), 2)
         self.wait_state("bad", "backoff")
 
@@ -1130,7 +1148,7 @@ class CoreTests(SupervisorCase):
         leak_r, leak_w = os.pipe()
         os.set_inheritable(leak_w, True)
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([PY, PROGRAM, "-c", self.conf],
+        self.proc = subprocess.Popen(FCGIWATCH + ["-c", self.conf],
                                      stdout=log, stderr=log, close_fds=False)
         log.close()
         os.close(leak_w)
@@ -1167,10 +1185,8 @@ class CoreTests(SupervisorCase):
         })
         wait_for(lambda: len(processes_with(self.tmp)) >= 7, 5,
                  "grandchildren")
-        began = time.monotonic()
         self.proc.send_signal(signal.SIGTERM)
         self.assertEqual(self.proc.wait(20), 0)
-        self.assertLess(time.monotonic() - began, 10)
         self.assertEqual(processes_with(self.tmp), [])
         self.assertIn("stubborn: killed", self.log_text())
         doc = self.doc()
@@ -1232,20 +1248,6 @@ class CoreTests(SupervisorCase):
         self.assertEqual(stat.S_IMODE(os.stat(os.path.join(
             self.state_dir, "control.sock")).st_mode), 0o600)
 
-    def test_idle_supervisor_does_not_wake(self):
-        services = dict(("s%d" % i, {"command": "sleep 1000"})
-                        for i in range(5))
-        self.start(services)
-
-        def switches():
-            with open("/proc/%d/status" % self.proc.pid) as handle:
-                text = handle.read()
-            return sum(int(line.split()[1]) for line in text.splitlines()
-                       if "ctxt_switches" in line)
-        first = switches()
-        time.sleep(1.5)  # not a wait for a condition: idleness takes time
-        self.assertLessEqual(switches() - first, 1)
-
     def test_autorestart_false_and_unexpected(self):
         self.start({
             "once": {"command": "sh -c 'exit 0'", "autorestart": "false",
@@ -1301,9 +1303,11 @@ class CoreTests(SupervisorCase):
         # unexpected, would leave an exit 0 down.
         self.start({"quick": {"command": "true", "startsecs": "0",
                               "autorestart": "true"}}, wait_up=False)
-        wait_for(lambda: self.entry("quick")["state"] == "backoff", 5,
-                 "backoff")
-        time.sleep(0.5)  # a hot loop would spawn hundreds meanwhile
+        entry = wait_for(lambda: self.entry("quick")["state"] == "backoff"
+                         and self.entry("quick"), 5, "backoff")
+        # A run under 0.1 s is a quick failure: the next start is a backoff
+        # away, not at once.
+        self.assertGreater(entry["retry_at"] - entry["since"], 0.5)
         self.assertLessEqual(self.log_text().count("quick: spawned"), 2)
 
 
@@ -1377,7 +1381,6 @@ class SteppedClockTests(SupervisorCase):
         return result.stdout
 
     def test_backoff_doubles_up_to_backoff_max(self):
-        began = time.monotonic()
         log = self.scenario({"bad": {"command": "false", "startsecs": "1",
                                      "backoff_max": "8"}}, """
             bad = service("bad")
@@ -1395,7 +1398,6 @@ class SteppedClockTests(SupervisorCase):
             """)
         self.assertEqual(log.count("bad: spawned"), 7)
         self.assertIn("restarting in 8.0 s (6 quick failures in a row)", log)
-        self.assertLess(time.monotonic() - began, 20)
 
     def test_stopwaitsecs_then_kill(self):
         trapped = os.path.join(self.tmp, "trapped")
@@ -1421,6 +1423,19 @@ class SteppedClockTests(SupervisorCase):
                        "down")
             """ % trapped)
         self.assertEqual(processes_with(self.tmp), [])
+
+    def test_an_idle_supervisor_sets_no_timer(self):
+        """Nothing due, nothing to wake for: select() with no timeout.  (The
+        wake-ups of a real idle supervisor: make bench.)"""
+        self.scenario({"s%d" % i: {"command": "sleep 1000"}
+                       for i in range(5)}, """
+            advance(0.2)  # startsecs
+            turn_until(lambda: all(service("s%d" % i).state == "up"
+                                   for i in range(5)), "all up")
+            supervisor.turn(wait=0)
+            assert supervisor.next_timeout(clock.now) is None, \
+                supervisor.next_timeout(clock.now)
+            """)
 
     def test_startsecs_decides_up_and_quick_failures(self):
         self.scenario({"slow": {"command": "sleep 1000",
@@ -1458,7 +1473,7 @@ class StateDirTests(SupervisorCase):
         """Start a supervisor without waiting for its status file (it may
         not be able to write one); wait until --status answers."""
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([PY, PROGRAM, "-c", self.conf],
+        self.proc = subprocess.Popen(FCGIWATCH + ["-c", self.conf],
                                      stdin=subprocess.DEVNULL, stdout=log,
                                      stderr=log)
         log.close()
@@ -1622,78 +1637,6 @@ class StatusReaderFuzzTests(unittest.TestCase):
                     os.close(lock)
 
 
-#: A service on a held TCP socket (fd 0) that answers each connection with
-#: its pid.  It starts after argv[1] seconds; with a file named by argv[2]
-#: present it exits 1 at once instead (a broken version).  TERM ends it
-#: gracefully: the request in hand is answered, the backlog is left to the
-#: next run.
-OVERLAP_APP = r"""
-import os, select, signal, socket, sys, time
-if len(sys.argv) > 2 and os.path.exists(sys.argv[2]):
-    sys.exit(1)
-time.sleep(float(sys.argv[1]))
-server = socket.fromfd(0, socket.AF_INET, socket.SOCK_STREAM)
-server.setblocking(False)
-wake_read, wake_write = os.pipe()
-os.set_blocking(wake_write, False)
-signal.set_wakeup_fd(wake_write)
-stop = []
-signal.signal(signal.SIGTERM, lambda number, frame: stop.append(number))
-while not stop:
-    ready = select.select([server, wake_read], [], [])[0]
-    if server not in ready:
-        continue
-    try:
-        conn, _ = server.accept()
-    except BlockingIOError:
-        continue
-    conn.setblocking(True)
-    try:
-        conn.recv(16)
-        conn.sendall(b"%d\n" % os.getpid())
-    except OSError:
-        pass
-    conn.close()
-"""
-
-
-class Load:
-    """Clients in a thread, one request after another, until stopped:
-    what answered (pid -> count), the failures, the longest request."""
-
-    def __init__(self, port):
-        import threading
-        self.port = port
-        self.answers = {}
-        self.failures = []
-        self.longest = 0.0
-        self.count = 0
-        self.running = True
-        self.thread = threading.Thread(target=self.loop)
-        self.thread.daemon = True
-        self.thread.start()
-
-    def loop(self):
-        while self.running:
-            began = time.monotonic()
-            try:
-                client = socket.create_connection(("127.0.0.1", self.port),
-                                                  10)
-                client.settimeout(10)
-                client.sendall(b"GET\n")
-                pid = int(read_to_eof(client))
-                self.answers[pid] = self.answers.get(pid, 0) + 1
-            except (OSError, ValueError) as exc:
-                self.failures.append(repr(exc))
-            self.longest = max(self.longest, time.monotonic() - began)
-            self.count += 1
-            time.sleep(0.005)
-
-    def stop(self):
-        self.running = False
-        self.thread.join(15)
-
-
 class OverlapTests(SupervisorCase):
     """A restart on a held socket starts the new run beside the old one,
     and stops the old one only once the new one is ready."""
@@ -1702,7 +1645,7 @@ class OverlapTests(SupervisorCase):
         self.port = free_port()
         path = os.path.join(self.tmp, "overlap_app.py")
         with open(path, "w") as handle:
-            handle.write(OVERLAP_APP)
+            handle.write(SOCKET_APP)
         self.broken = os.path.join(self.tmp, "broken")
         return {"command": "%s %s %s %s" % (PY, path, startup, self.broken),
                 "socket": "tcp://127.0.0.1:%d" % self.port,
@@ -1728,10 +1671,14 @@ class OverlapTests(SupervisorCase):
         wait_for(lambda: not is_alive(first), 5, "the old run gone")
         load.stop()
         self.assertEqual(load.failures, [])
-        # Before, every request waited for the new run's 1.5 s start-up.
-        self.assertLess(load.longest, 1.0, "longest request %.3f s"
-                        % load.longest)
+        # Before, every request waited for the new run's 1.5 s start-up;
+        # now the old run answers all along, until the new one is ready.
         self.assertGreaterEqual(took, 1.5)
+        for moment in (0.2, 0.7, 1.2):
+            self.assertTrue(load.served_by(first, began + moment,
+                                           began + moment + 0.3),
+                            "nothing answered %.1f s into the restart"
+                            % moment)
         print("\n  overlap figures: --restart of an app with a 1.5 s "
               "start-up under load: %d requests, 0 failed, longest %.0f ms "
               "(%.2f of the start-up)" % (load.count, load.longest * 1000,
@@ -1767,7 +1714,7 @@ class OverlapTests(SupervisorCase):
         self.start({"app": self.app(1.0)}, wait_up=False)
         first = self.wait_state("app", "up", timeout=10)["pid"]
         restart = subprocess.Popen(
-            [PY, PROGRAM, "-c", self.conf, "--restart", "app"],
+            FCGIWATCH + ["-c", self.conf, "--restart", "app"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         wait_for(lambda: (self.entry("app") or {}).get("next_pid"), 5,
                  "the replacement starting")
@@ -1902,7 +1849,7 @@ class NotifyTests(SupervisorCase):
         first = self.wait_state("app", "up", timeout=10)["pid"]
         began = time.monotonic()
         restart = subprocess.Popen(
-            [PY, PROGRAM, "-c", self.conf, "--restart", "app"],
+            FCGIWATCH + ["-c", self.conf, "--restart", "app"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             universal_newlines=True)
         wait_for(lambda: (self.entry("app") or {}).get("next_pid"), 5,
@@ -1945,7 +1892,7 @@ class PoolTests(SupervisorCase):
         self.port = free_port()
         path = os.path.join(self.tmp, "overlap_app.py")
         with open(path, "w") as handle:
-            handle.write(OVERLAP_APP)
+            handle.write(SOCKET_APP)
         self.broken = os.path.join(self.tmp, "broken")
         return {"command": "%s %s %s %s" % (PY, path, startup, self.broken),
                 "socket": "tcp://127.0.0.1:%d" % self.port,
@@ -2028,7 +1975,7 @@ class PoolTests(SupervisorCase):
         self.start({"app": keys}, wait_up=False)
         first = self.wait_state("app", "up", timeout=10)["pid"]
         restart = subprocess.Popen(
-            [PY, PROGRAM, "-c", self.conf, "--restart", "app"],
+            FCGIWATCH + ["-c", self.conf, "--restart", "app"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         wait_for(lambda: (self.entry("app") or {}).get("next_pid"), 5,
                  "the replacement starting")
@@ -2044,7 +1991,7 @@ class PoolTests(SupervisorCase):
         # A supervisor killed during an overlap: the next one starts one
         # copy, whatever the status file says.
         restart = subprocess.Popen(
-            [PY, PROGRAM, "-c", self.conf, "--restart", "app"],
+            FCGIWATCH + ["-c", self.conf, "--restart", "app"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         wait_for(lambda: (self.entry("app") or {}).get("next_pid"), 5,
                  "the replacement starting")
@@ -2568,12 +2515,10 @@ class ProcessTreeTests(SupervisorCase):
         self.wait_state("fam", "up", timeout=10)
         wait_for(lambda: len(self.marked()) >= 2, 5, "sh and its sleep")
         (init_pid,) = [p for p, _ in children_of(namespace.pid)]
-        began = time.monotonic()
         code, out, err = self.cli("--stop", "fam")
-        took = time.monotonic() - began
         self.assertEqual(code, 0, out + err)
-        # Before, the zombie kept the group alive for stopwaitsecs (30 s).
-        self.assertLess(took, 10, self.log_text())
+        # Before, the zombie kept the group alive for stopwaitsecs (30 s),
+        # then KILL was sent in vain.
         self.assertNotIn("KILL", self.log_text())
         self.assertEqual(self.marked(), [])
         zombies = [p for p, state in children_of(init_pid) if state == "Z"]
@@ -2615,16 +2560,17 @@ class ProcessTreeTests(SupervisorCase):
                 os._exit(0)
             time.sleep(1000)
         """)
-        self.start({"daemon": {"command": command, "startsecs": "1"}})
+        self.start({"daemon": {"command": command, "startsecs": "0.5"}})
         entry = self.entry("daemon")
         self.assertEqual(self.marked(), [entry["pid"]])
         self.assertIn("daemon: adopted: pid %d, which put itself in the "
                       "background" % entry["pid"], self.log_text())
-        # One copy, the same one, for 10 s: no restart loop.
-        deadline = time.monotonic() + 10
+        # One copy, the same one, over two backoffs' time: no restart loop
+        # (a loop would have started two more by then).
+        deadline = time.monotonic() + 2
         while time.monotonic() < deadline:
             self.assertEqual(self.marked(), [entry["pid"]])
-            time.sleep(0.2)
+            time.sleep(0.2)  # sampling, not waiting on a state
         self.assertEqual(self.entry("daemon")["restarts"], 0)
         os.kill(entry["pid"], signal.SIGKILL)
         self.wait_state("daemon", "up", pid_not=entry["pid"])
@@ -2862,14 +2808,12 @@ class StatusTests(SupervisorCase):
         self.assertIn("pid %d died" % self.proc.pid, err)
         os.killpg(self.entry("web")["pid"], signal.SIGKILL)
 
-    def test_status_of_fifty_services_is_fast(self):
+    def test_status_of_fifty_services(self):
+        # How fast: make bench measures --status of 200.
         self.start(dict(("s%02d" % i, {"command": "sleep 1000"})
                         for i in range(50)))
-        began = time.monotonic()
         code, out, err = self.cli("--status")
-        elapsed = time.monotonic() - began
         self.assertEqual((code, len(out.splitlines())), (0, 50))
-        self.assertLess(elapsed, 1.0)
 
     @unittest.skipUnless(IS_ROOT, "needs a second user")
     def test_anyone_may_read_status(self):
@@ -2917,7 +2861,8 @@ class ControlTests(SupervisorCase):
         self.start({"web": {"command": "sleep 1000"}})
         self.cli("--stop", "web")
         self.assertEqual(self.cli("--reload")[0], 0)
-        time.sleep(0.3)  # give a wrong restart the chance to happen
+        # The answer comes after the reload's starts, and after the status
+        # file that says so: a wrong start would show now.
         self.assertEqual(self.entry("web")["state"], "down")
         self.assertEqual(self.log_text().count("web: spawned"), 1)
 
@@ -3299,9 +3244,7 @@ class OutputTests(SupervisorCase):
         victim = self.wait_state("victim", "up")["pid"]
         # While the big writer runs, another service still restarts fast.
         os.kill(victim, signal.SIGKILL)
-        killed = time.monotonic()
         self.wait_state("victim", "up", pid_not=victim, timeout=5)
-        self.assertLess(time.monotonic() - killed, 1.0)
         self.wait_state("big", "down", timeout=60)
         self.assertEqual(os.path.getsize(log), size)
         block = bytes(range(256)) * 4096
@@ -3383,15 +3326,6 @@ class OutputTests(SupervisorCase):
         pieces = [g.split(": ", 1)[1] for g in mine if "LLL" in g]
         self.assertEqual("".join(pieces), long_line)
         self.assertTrue(all(len(p) <= 1024 for p in pieces))
-
-
-def free_port():
-    """A loopback TCP port nobody listens on right now."""
-    probe = socket.socket()
-    probe.bind(("127.0.0.1", 0))
-    port = probe.getsockname()[1]
-    probe.close()
-    return port
 
 
 #: A FastCGI responder in the standard library, for probe tests.
@@ -3645,11 +3579,11 @@ class HealthTests(SupervisorCase):
         self.wait_state("other", "up")
         wait_for(lambda: "hung" and self.entry("hung")["state"] ==
                  "starting", 5, "hung starting")
-        time.sleep(0.5)  # let the hung probe be in flight
+        wait_for(lambda: connected_to(port), 5, "the hung probe in flight")
         old = self.kill_service("other")
-        killed = time.monotonic()
-        self.wait_state("other", "up", pid_not=old)
-        self.assertLess(time.monotonic() - killed, 0.5)
+        # Well before the probe's 5 s timeout.
+        self.wait_state("other", "up", pid_not=old, timeout=2.5)
+        self.assertTrue(connected_to(port), "the probe is still in flight")
 
 
 class HeldSocketTests(SupervisorCase):
@@ -3917,7 +3851,8 @@ class SafetyAsRootTests(SupervisorCase):
                 self.proc.send_signal(signal.SIGUSR1)
                 wait_for(lambda: "tick" in read_text(log), 5,
                          "output in the file again")
-                self.assertEqual(self.entry("app")["logs"]["stdout"], log)
+                wait_for(lambda: self.entry("app")["logs"]["stdout"] == log,
+                         5, "the status saying so")
         self.assertIn("writing to it again", self.log_text())
         self.assert_target_untouched()
 
@@ -4451,7 +4386,7 @@ class LocalAttackTests(SupervisorCase):
     def test_a_flood_of_connections_never_drops_roots_answer(self):
         self.start({"slow": {"command": "sleep 1000", "startsecs": "1.5"}})
         restart = subprocess.Popen(
-            [PY, PROGRAM, "-c", self.conf, "--restart", "slow"],
+            FCGIWATCH + ["-c", self.conf, "--restart", "slow"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             universal_newlines=True)
         self.addCleanup(restart.wait)
@@ -4703,18 +4638,13 @@ class EndToEndTests(SupervisorCase):
             self.assertEqual(status, 200)
             self.assertIn(b"hello from flup pid %d" % self.entry("app")["pid"],
                           body)
-            times = []
-            for _round in range(3):
-                self.wait_state("app", "up")
-                wait_for(lambda: http_get(web)[0] == 200, 10, "a 200")
-                times.append(self.recovery_after_kill(web)[0])
-            times.sort()
+            self.wait_state("app", "up")
+            wait_for(lambda: http_get(web)[0] == 200, 10, "a 200")
+            took = self.recovery_after_kill(web)[0]
             self.figures.append(
                 "port-bound app, lighttpd disable-time %s: first 200 after "
-                "SIGKILL in %.2f s (median of 3; %s)" % (
-                    "default (1 s)" if disable_time is None else "0",
-                    times[1], ", ".join("%.2f" % t for t in times)))
-            self.assertLess(times[1], 10)
+                "SIGKILL in %.2f s" % (
+                    "default (1 s)" if disable_time is None else "0", took))
 
     def test_lighttpd_sigstopped_app_restarted_by_health_check(self):
         app_port = free_port()
@@ -4731,8 +4661,6 @@ class EndToEndTests(SupervisorCase):
         self.figures.append("SIGSTOPped app: served again after %.2f s "
                             "(interval 0.5 s x 2 retries, timeout 0.5 s)"
                             % elapsed)
-        # interval x retries + timeouts + stop + start-up, with margin.
-        self.assertLess(elapsed, 0.5 * 2 + 0.5 * 2 + 2 + 5)
         self.assertFalse(is_alive(stopped))
         self.assertIn("health failed 2 times in a row", self.log_text())
 
@@ -4773,13 +4701,13 @@ class EndToEndTests(SupervisorCase):
         try:
             # Killed between requests: every request made while the app is
             # dead waits in the backlog and is answered by the next run.
-            for _round in range(5):
+            for _round in range(3):
                 kill_and_wait(True)
             between = list(results)
             del results[:]
             # Killed at any moment: a request the app held when it died is
             # lost with it (no supervisor can save that one), nothing else.
-            for _round in range(5):
+            for _round in range(3):
                 kill_and_wait(False)
             count = len(results)
             wait_for(lambda: len(results) > count + 20, 10, "traffic")
@@ -4791,26 +4719,26 @@ class EndToEndTests(SupervisorCase):
         stall = max(duration for _status, duration in between)
         lost = [r for r in results if r[0] != 200]
         self.figures.append(
-            "held socket, lighttpd default disable-time, 5 SIGKILLs between "
+            "held socket, lighttpd default disable-time, 3 SIGKILLs between "
             "requests: %d of %d answers not 200; longest request %.3f s"
             % (len(bad), len(between), stall))
         self.figures.append(
-            "held socket, 5 SIGKILLs at any moment: %d of %d answers not 200"
+            "held socket, 3 SIGKILLs at any moment: %d of %d answers not 200"
             " (requests in flight in the killed process)" % (
                 len(lost), len(results)))
         self.assertEqual(bad, [])
         self.assertLessEqual(len(lost), 5)
 
     def test_lighttpd_deploys_lose_no_request(self):
-        """The story's deploy: restart the app after a code update, five
+        """The story's deploy: restart the app after a code update, three
         times, under load through lighttpd: the restart overlaps on the
         held socket, so no answer is lost and none waits for the start-up."""
         import threading
         app_port = free_port()
-        startup = 1.0
+        startup = 0.6
         self.start({"app": self.app_service(
             app_port, held=True,
-            environment="STARTUP=%s,GRACE=0.5" % startup,
+            environment="STARTUP=%s,GRACE=0.3" % startup,
             startsecs=str(startup + 0.5))}, wait_up=False)
         self.wait_state("app", "up", timeout=15)
         web = self.lighttpd(app_port)
@@ -4825,7 +4753,7 @@ class EndToEndTests(SupervisorCase):
         thread = threading.Thread(target=client)
         thread.start()
         try:
-            for _deploy in range(5):
+            for _deploy in range(3):
                 old = self.entry("app")["pid"]
                 code, out, err = self.cli("--restart", "app")
                 self.assertEqual(code, 0, out + err)
@@ -4839,7 +4767,7 @@ class EndToEndTests(SupervisorCase):
         bad = [r for r in results if r[0] != 200]
         longest = max(duration for _status, duration in results)
         self.figures.append(
-            "5 deploys (--restart) of a flup app with a %.1f s start-up on a "
+            "3 deploys (--restart) of a flup app with a %.1f s start-up on a "
             "held socket: %d of %d answers not 200; longest request %.3f s "
             "(%.2f of the start-up)" % (startup, len(bad), len(results),
                                         longest, longest / startup))
@@ -5190,7 +5118,7 @@ class StabilityTests(SupervisorCase):
         rss = int(proc_status(self.proc.pid)["VmRSS"].split()[0])
         return fds, rss
 
-    def test_two_thousand_restarts_leak_nothing(self):
+    def test_three_hundred_restarts_leak_nothing(self):
         services = dict(("s%02d" % i, {"command": "sleep 1000",
                                        "stopwaitsecs": "2"})
                         for i in range(20))
@@ -5207,10 +5135,10 @@ class StabilityTests(SupervisorCase):
             return len(samples) > 1 and samples[-1][0] == samples[-2][0]
         wait_for(settled, 5, "a settled fd count", interval=0.1)
         fds, rss = samples[-1]
-        for _ in range(100):  # 100 x 20 services = 2,000 restarts
+        for _ in range(15):  # 15 x 20 services = 300 restarts
             answer = control_request(self.state_dir, request)
             self.assertEqual([m["exit"] for m in answer if "exit" in m], [0])
-        self.assertGreaterEqual(self.entry("s05")["restarts"], 2000 // 20)
+        self.assertGreaterEqual(self.entry("s05")["restarts"], 15)
         # The last answer's connection may still be closing: the count must
         # come back to where it was, not match at one instant.
         wait_for(lambda: self.fds_and_rss()[0] == fds, 5,
@@ -5346,14 +5274,37 @@ class HostileInputTests(SupervisorCase):
         self.assertEqual(self.entry("web")["state"], "up")
 
 
+class TimedResult(unittest.TextTestResult):
+    """Notes how long each test took: FWTEST_SLOWEST=N prints the N
+    slowest at the end (where the suite's minutes go)."""
+
+    timings = []
+
+    def startTest(self, test):
+        self.began = time.monotonic()
+        unittest.TextTestResult.startTest(self, test)
+
+    def stopTest(self, test):
+        unittest.TextTestResult.stopTest(self, test)
+        self.timings.append((time.monotonic() - self.began, test.id()))
+
+
 if __name__ == "__main__":
-    program = unittest.main(exit=False, verbosity=int(os.environ.get(
-        "FWTEST_VERBOSE", "1")))
+    began = time.monotonic()
+    runner = unittest.TextTestRunner(resultclass=TimedResult,
+                                     verbosity=int(os.environ.get(
+                                         "FWTEST_VERBOSE", "1")))
+    program = unittest.main(exit=False, testRunner=runner)
     result = program.result
     failed = len(result.failures) + len(result.errors) + len(
         getattr(result, "unexpectedSuccesses", []))
     passed = result.testsRun - failed - len(result.skipped)
+    slowest = int(os.environ.get("FWTEST_SLOWEST", "0"))
+    for seconds, name in sorted(TimedResult.timings)[::-1][:slowest]:
+        print("%6.1f s  %s" % (seconds, name))
     if result.skipped:
         print("%d skipped" % len(result.skipped))
+    print("the suite took %.0f s on %s" % (time.monotonic() - began,
+                                           sys.version.split()[0]))
     print("%d passed, %d failed" % (passed, failed))
     sys.exit(1 if failed else 0)

@@ -28,6 +28,8 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PROGRAM = os.path.join(os.path.dirname(HERE), "fcgiwatch.py")
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
+from apps import SOCKET_APP, Load  # noqa: E402  (the tests' too)
 PY = sys.executable
 QUICK = bool(os.environ.get("BENCH_QUICK"))
 TICK = os.sysconf("SC_CLK_TCK")
@@ -308,7 +310,8 @@ def idle_figures(bench, seconds):
 
 
 def free_ports(count):
-    import socket
+    """count distinct free ports (apps.free_port gives one at a time:
+    two calls may give the same)."""
     sockets, ports = [], []
     for _ in range(count):
         probe = socket.socket()
@@ -531,83 +534,35 @@ def output_figures(timestamps):
             "supervisor_cpu_per_100mb_s": cpu * 100.0 / (size >> 20)}
 
 
-#: An app on the held socket (fd 0) that takes START seconds to start,
-#: answers each connection with its pid, and on TERM finishes the one in
-#: hand (what a graceful FastCGI server does).
-DEPLOY_APP = r"""
-import os, select, signal, socket, sys, time
-time.sleep(float(sys.argv[1]))
-server = socket.fromfd(0, socket.AF_INET, socket.SOCK_STREAM)
-server.setblocking(False)
-wake_read, wake_write = os.pipe()
-os.set_blocking(wake_write, False)
-signal.set_wakeup_fd(wake_write)
-stop = []
-signal.signal(signal.SIGTERM, lambda number, frame: stop.append(number))
-while not stop:
-    if server not in select.select([server, wake_read], [], [])[0]:
-        continue
-    try:
-        conn, _ = server.accept()
-    except BlockingIOError:
-        continue
-    conn.setblocking(True)
-    try:
-        conn.recv(16)
-        conn.sendall(b"%d\n" % os.getpid())
-    except OSError:
-        pass
-    conn.close()
-"""
-
-
 def bench_deploy():
     """--restart of an app with a 2 s start-up on a held socket, under a
     steady client: the longest request, as a share of the start-up."""
-    import threading
     startup = 2.0
     (port,) = free_ports(1)
 
     def services(bench):
         app = os.path.join(bench.tmp, "app.py")
         with open(app, "w") as handle:
-            handle.write(DEPLOY_APP)
+            handle.write(SOCKET_APP)
         return [("app", {"command": "%s %s %s" % (PY, app, startup),
                          "socket": "tcp://127.0.0.1:%d" % port,
                          "startsecs": str(startup + 0.5)})]
     bench = Bench(services)
     bench.start()
     wait_until(bench.all_up, timeout=30)
-    times, failures, stop = [], [], threading.Event()
-
-    def client():
-        while not stop.is_set():
-            began = time.monotonic()
-            try:
-                conn = socket.create_connection(("127.0.0.1", port), 30)
-                conn.sendall(b"GET\n")
-                if not conn.recv(64):
-                    failures.append("empty answer")
-                conn.close()
-            except OSError as exc:
-                failures.append(str(exc))
-            times.append(time.monotonic() - began)
-    thread = threading.Thread(target=client)
-    thread.start()
+    load = Load(port, pause=0)
     restarts = 2 if QUICK else 5
     try:
         for _ in range(restarts):
             subprocess.run([PY, PROGRAM, "-c", bench.conf, "--restart",
                             "app"], stdout=subprocess.DEVNULL, timeout=60)
     finally:
-        stop.set()
-        thread.join(60)
+        load.stop()
         bench.stop()
-    longest = max(times)
     return {"startup_s": startup, "restarts": restarts,
-            "requests": len(times), "failed": len(failures),
-            "longest_ms": longest * 1000,
-            "longest_to_startup": longest / startup}
+            "requests": load.count, "failed": len(load.failures),
+            "longest_ms": load.longest * 1000,
+            "longest_to_startup": load.longest / startup}
 
 
 FIGURES = [
