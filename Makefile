@@ -28,7 +28,8 @@ check-all-pythons:
 	echo "check-all-pythons: all $$found interpreters passed"
 
 # Installs the program as LIBDIR/fcgiwatch.py with its bytecode compiled,
-# and bin/fcgiwatch, three lines that import it: Python caches the bytecode
+# and bin/fcgiwatch, three lines that import it, run by the Python that
+# compiled it (PYTHON, as a path): Python caches the bytecode
 # of a module it imports, never of a script it runs, and compiling this file
 # is most of what a --status costs.  The example config goes to
 # SYSCONFDIR/fcgiwatch.conf only where none exists yet.
@@ -37,7 +38,7 @@ install:
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(LIBDIR) $(DESTDIR)$(SYSCONFDIR)
 	install -m 644 fcgiwatch.py $(DESTDIR)$(LIBDIR)/fcgiwatch.py
 	$(PYTHON) -m py_compile $(DESTDIR)$(LIBDIR)/fcgiwatch.py
-	printf '%s\n' '#!/usr/bin/env python3' \
+	printf '%s\n' "#!$$(command -v $(PYTHON))" \
 	  '# fcgiwatch: the program is $(LIBDIR)/fcgiwatch.py, imported.' \
 	  'import sys; sys.path.insert(0, "$(LIBDIR)")' \
 	  'from fcgiwatch import main; sys.exit(main())' \

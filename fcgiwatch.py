@@ -278,7 +278,7 @@ CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f]")
 def printable(text):
     """text with each control character shown as '?'.
 
-    >>> printable("ok\x1b]0;owned\x07 \x9b2J")
+    >>> printable("ok\\x1b]0;owned\\x07 \\x9b2J")
     'ok?]0;owned? ?2J'
     """
     return CONTROL_CHARACTERS.sub("?", text)
@@ -344,9 +344,11 @@ LATER_FIELDS = {"ready": "startsecs", "watchdog_secs": 0, "program": None,
                 "stderr_logfile_timestamps": False, "max_memory": None}
 
 #: A whole config: globals, services (instances, in priority order), the
-#: warnings that reading it gave (ConfigError each), and the groups as
-#: ((name, (program, ...)), ...).
-Config = namedtuple("Config", ["globals", "services", "warnings", "groups"])
+#: warnings that reading it gave (ConfigError each), the groups as
+#: ((name, (program, ...)), ...), and the file of each section as
+#: ((section, file), ...).
+Config = namedtuple("Config", ["globals", "services", "warnings", "groups",
+                               "files"])
 
 #: Keys that shape the process itself: a change restarts the service on
 #: reload.  Every other key only changes how it is supervised.
@@ -957,11 +959,29 @@ def read_config_file(filename, euid=None):
                     exc.errno, "")
         raise ConfigErrors([ConfigError(filename, None, None, "cannot read: "
                                         + exc.strerror + hint)])
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]  # the byte-order mark Notepad writes
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigErrors([ConfigError(
-            filename, None, None, "not UTF-8 text (byte %d)" % exc.start)])
+            filename, section_at(data, exc.start), None,
+            "line %d: not UTF-8 text (byte 0x%02X); save the file as UTF-8"
+            % (data.count(b"\n", 0, exc.start) + 1, data[exc.start]))])
+
+
+def section_at(data, offset):
+    """The [section] that holds the byte at offset, or None.
+
+    >>> section_at(b"[a]\\nx = 1\\n[b]\\ny = \\xe9\\n", 18)
+    'b'
+    """
+    found = None
+    for line in data[:offset].split(b"\n"):
+        line = line.strip()
+        if line.startswith(b"[") and b"]" in line:
+            found = line[1:line.index(b"]")].decode("utf-8", "replace")
+    return found
 
 
 def open_config(path, euid):
@@ -1108,9 +1128,11 @@ def parse_config(text, filename, euid=None):
             warn=warn_once, environment=supervisord["environment"],
             childlogdir=supervisord["childlogdir"],
             state_dir=globals_.state_dir)
+        # Relative paths, and the default directory, are the directory of
+        # the file that holds the section: its %(here)s.
         for config in parse_program(ini.values[section], section, name,
-                                    globals_, base_dir, euid, error_once,
-                                    flavour) or ():
+                                    globals_, flavour.here, euid,
+                                    error_once, flavour) or ():
             if config.name in instances:
                 error(section, "process_name", "instance %r is already "
                       "defined in [%s]; give each a name of its own" % (
@@ -1135,7 +1157,8 @@ def parse_config(text, filename, euid=None):
         raise ConfigErrors(errors)
     services.sort(key=lambda s: (s.priority, s.name))
     return Config(globals_, tuple(services), tuple(warnings),
-                  tuple(sorted(group_members.items())))
+                  tuple(sorted(group_members.items())),
+                  tuple(sorted(files.items())))
 
 
 #: supervisord's sections that hold nothing for fcgiwatch.
@@ -1243,6 +1266,13 @@ class IniReader:
                          "includes nest more than %d deep; is one file "
                          "including itself?" % INCLUDE_DEPTH)
             return
+        for pattern in patterns.split():
+            if not include_matches(pattern, filename):
+                self.problem(self.warnings, filename, "include", "files",
+                             "%s matches no file: is it a typo? What it "
+                             "should bring is not in the config" % (
+                                 os.path.join(os.path.dirname(filename),
+                                              pattern)))
         for path in included_files(patterns, filename):
             if path in self.read_files:
                 continue
@@ -1266,13 +1296,18 @@ def included_files(patterns, filename):
     including file, each glob in sorted order (one that matches nothing
     is fine), directories left out.  Read by the supervisor and, for
     state_dir, by its clients."""
+    for pattern in patterns.split():
+        for path in include_matches(pattern, filename):
+            yield path
+
+
+def include_matches(pattern, filename):
+    """The files one glob of [include] names, sorted."""
     import glob
     here = os.path.dirname(os.path.abspath(filename))
-    for pattern in patterns.split():
-        for path in sorted(glob.glob(os.path.join(
-                here, os.path.expanduser(pattern)))):
-            if not os.path.isdir(path):
-                yield os.path.abspath(path)
+    return [os.path.abspath(path) for path in sorted(glob.glob(
+        os.path.join(here, os.path.expanduser(pattern))))
+        if not os.path.isdir(path)]
 
 
 def repeated_keys(text):
@@ -2696,6 +2731,7 @@ class SyslogSender:
         self.sock = None
         self.next_try = 0.0
         self.warned = False
+        self.problem = None       # why it cannot connect, while it cannot
         self.backlog = deque(maxlen=SYSLOG_BACKLOG_MAX)  # oldest dropped
         self.dropped = 0
         self.on_backlog = None  # set by the supervisor: register for write
@@ -2718,17 +2754,20 @@ class SyslogSender:
         except OSError as exc:
             sock.close()
             self.next_try = now + self.RETRY
+            self.problem = "syslog %s: %s" % (
+                address if kind == "unix" else "udp://%s:%d" % address[:2],
+                exc.strerror or exc)
             if not self.warned:
                 self.warned = True
-                self.on_warning("syslog: cannot connect to %s: %s; logging "
-                                "without syslog" % (
-                                    address if kind == "unix" else
-                                    "udp://%s:%d" % address[:2],
-                                    exc.strerror or exc))
+                self.on_warning("%s; logging without syslog, and services' "
+                                "output to files in state_dir's logs/ "
+                                "meanwhile (see --status)" % self.problem)
             return False
         self.sock = sock
-        if self.warned:
-            self.warned = False
+        if self.problem:
+            self.on_warning("%s works again" % self.problem.split(":")[0])
+        self.problem = None
+        self.warned = False
         return True
 
     def send(self, severity, tag, pid, body, facility=None):
@@ -2815,6 +2854,14 @@ class SyslogOutput:
         return sender is not None and sender.is_backlogged()
 
     def deliver(self, pipe, data):
+        sender = self.supervisor.syslog
+        if sender is not None and not sender.connect():
+            # No syslog (no /dev/log on many small boxes and containers):
+            # a file the user can find, which --status names.
+            fallback = self.supervisor.outputs.fallback(pipe.service)
+            fallback.deliver(pipe, pipe.partial + data)
+            pipe.partial = b""
+            return
         lines, pipe.partial = split_lines(pipe.partial, data)
         self.send(pipe, lines)
 
@@ -3052,12 +3099,19 @@ class OutputPipe:
 # so the pipe throttles the child instead of our memory growing.
 # ===========================================================================
 
+def fallback_path(settings, name):
+    """Where a service's syslog-bound output goes while syslog cannot be
+    reached."""
+    return os.path.join(settings.state_dir, AUTO_LOG_DIR, "%s.log" % name)
+
+
 class Outputs:
     """The supervisor's output pipes and their destinations."""
 
     def __init__(self, supervisor):
         self.supervisor = supervisor
         self.files = {}           # path -> LogFile
+        self.fallbacks = {}       # service name -> LogFile, without syslog
         self.syslog = SyslogOutput(supervisor)
 
     def make(self, service, handed=None):
@@ -3097,6 +3151,24 @@ class Outputs:
                               lambda _mask: self.on_readable(pipe))
         return pipe
 
+    def fallback(self, service):
+        """The file a service's syslog-bound output goes to while syslog
+        cannot be reached: state_dir/logs/NAME.log, a megabyte and one
+        backup at most."""
+        log_file = self.fallbacks.get(service.name)
+        if log_file is None:
+            path = fallback_path(self.supervisor.settings, service.name)
+            try:
+                os.mkdir(os.path.dirname(path), 0o755)
+            except OSError:
+                pass  # there already (or the file's open says why)
+            log_file = self.fallbacks[service.name] = LogFile(
+                path, 1 << 20, 1, self.on_log_file_warning,
+                self.supervisor.euid)
+            log_file.open()
+            self.supervisor.status_dirty = True
+        return log_file
+
     def on_log_file_warning(self, message):
         # Where output goes changed (to syslog, or back): --status says so.
         self.supervisor.status_dirty = True
@@ -3105,6 +3177,9 @@ class Outputs:
     def release(self, pipe):
         self.supervisor.unwatch(pipe.read_fd)
         pipe.close()
+        fallback = self.fallbacks.pop(pipe.service.name, None)
+        if fallback is not None:
+            fallback.close()
         if isinstance(pipe.dest, LogFile):
             pipe.dest.users -= 1
             if pipe.dest.users <= 0:
@@ -3692,6 +3767,8 @@ class Overlap:
         self.run = run
         self.fails = 0
         self.message = ""
+        # --status counts a run's seconds, as svstat does a pid's.
+        self.since, self.since_wall = now, time.time()
         self.retire(old, now)
         words = "restarted: pid %d is ready; pid %d gets %s" % (
             run.pid, old.pid, signal_name(self.config.stopsignal))
@@ -3850,6 +3927,12 @@ class Service(Overlap):
             self.state = state
             self.since = now
             self.since_wall = time.time()
+            if state not in (STARTING, UP) and self.config.healthcheck:
+                # Nothing is probed while nothing runs: neither "ok" any
+                # more, nor the last run's failure.
+                self.health, self.health_fails = "unknown", 0
+                if self.message.startswith("health: "):
+                    self.message = ""
             if state == UP and self.troubled:
                 self.troubled = False
                 self.supervisor.alerts.send(self, "recovered", words or
@@ -4241,6 +4324,7 @@ class Service(Overlap):
                 "run it in the foreground (e.g. runfcgi daemonize=false) " \
                 "to keep its output" % pid
         run.start_clock(now, self.config)
+        self.since, self.since_wall = now, time.time()  # a new pid
         self.change_state(STARTING, "", words, LOG_WARNING)
 
     def spawn_failed(self, now, error, cause=None):
@@ -4369,10 +4453,15 @@ class Service(Overlap):
             self.retire(self.next_run, now)  # it goes with the service
             self.next_run = None
         run.stop(now, config)
-        self.change_state(STOPPING, why, "stopping (%s): %s to %s %d" % (
+        if not config.stopasgroup:
+            target = "pid %d" % run.pid
+        elif run.pgid == run.pid:
+            target = "process group %d" % run.pgid
+        else:  # an adopted daemon, in the group its launcher led
+            target = "process group %d of pid %d" % (run.pgid, run.pid)
+        self.change_state(STOPPING, why, "stopping (%s): %s to %s" % (
             STOP_REASONS.get(why, why), signal_name(config.stopsignal),
-            "process group" if config.stopasgroup else "pid",
-            run.pgid if config.stopasgroup else run.pid))
+            target))
 
     def close_exec_pipe(self, run):
         if run.exec_fd >= 0:
@@ -5587,17 +5676,22 @@ class Probe:
 # A pool's instances (numprocs) are restarted one at a time, so that its
 # capacity never drops: each instance's restart (overlapping on a held
 # socket) starts once the one before it is up with its new run.  One that
-# fails stops its roll: the instances after it keep their runs, and a
-# --restart waiting for them says why.
+# fails pauses its roll: the instances after it keep their runs, each with
+# "restart pending" in --status (a --restart waiting for them says why),
+# until the failed one's own retry brings it up on the new version; then
+# the roll goes on, so a pool never stays on two versions without saying
+# so.  A newer restart of an instance takes it out of an older roll.
 # ===========================================================================
 
 class Roll:
-    """One pool's restart, one instance at a time."""
+    """One pool's restart, one instance at a time.  paused: the instance
+    whose restart failed, while the roll waits for its retry."""
 
     def __init__(self, services):
         self.waiting = list(services)
         self.current = None
         self.mark = 0
+        self.paused = None
         for service in services:
             service.roll_note = None  # an older roll's word is no news
 
@@ -5617,6 +5711,10 @@ class Rolls:
     def restart(self, services, now):
         """Restart these: at once, except the instances of a pool, which
         roll."""
+        for roll in list(self.underway):
+            roll.waiting = [s for s in roll.waiting if s not in services]
+            if roll.current in services or not roll.waiting:
+                self.underway.remove(roll)
         by_program = {}
         for service in services:
             by_program.setdefault(service.config.program, []).append(service)
@@ -5637,7 +5735,8 @@ class Rolls:
 
     def advance(self, now):
         """Start the next instance of each roll whose current one is done:
-        up again with a new run.  One that failed stops its roll."""
+        up again with a new run.  One that failed pauses its roll until it
+        is."""
         supervisor = self.supervisor
         for roll in list(self.underway):
             while True:
@@ -5648,24 +5747,40 @@ class Rolls:
                     if outcome is None:
                         break  # still under way
                     if outcome is not True:
-                        self.stop(roll, current, outcome[1])
+                        if roll.paused is None:
+                            self.pause(roll, current, outcome[1])
+                        break  # until its own retry comes up
+                    if roll.paused is not None:
+                        self.resume(roll)
                 if not roll.waiting or supervisor.shutting_down:
                     self.underway.remove(roll)
                     break
                 roll.start_next(now)
 
-    def stop(self, roll, failed, why):
+    def pause(self, roll, failed, why):
         """The instance failed: the ones after it keep their runs, each
-        with a note for the --restart that waits for it."""
+        with a note for --status and for the --restart that waits for it."""
+        roll.paused = failed
         for service in roll.waiting:
             service.roll_note = (service.spawns, "%s failed first (%s), so "
-                                 "the rolling restart stopped" % (
-                                     failed.name, why))
-        self.supervisor.log("%s: rolling restart stopped: %s did not come "
-                            "back (%s); %d instances keep their runs" % (
-                                failed.config.program, failed.name, why,
-                                len(roll.waiting)), LOG_ERR)
-        roll.waiting = []
+                                 "the rolling restart waits until it is up "
+                                 "on the new version" % (failed.name, why))
+        self.supervisor.status_dirty = True
+        self.supervisor.log("%s: rolling restart paused: %s did not come "
+                            "back (%s); %d instances keep their runs until "
+                            "it does" % (failed.config.program, failed.name,
+                                         why, len(roll.waiting)), LOG_ERR)
+
+    def resume(self, roll):
+        """The failed instance is up on the new version after all: the
+        others follow, one at a time."""
+        self.supervisor.log("%s: rolling restart goes on: %s is up on the "
+                            "new version" % (roll.paused.config.program,
+                                             roll.paused.name))
+        roll.paused = None
+        for service in roll.waiting:
+            service.roll_note = None
+        self.supervisor.status_dirty = True
 
 
 # ===========================================================================
@@ -6590,6 +6705,7 @@ class Supervisor:
                 "state_dir": self.settings.state_dir,
                 "start_time": process_start_time(self.pid),
                 "generation": self.generation,
+                "groups": [[g, list(m)] for g, m in self.config.groups],
                 "stopped": self.exit_code is not None},
             "services": [status_entry(s, now, wall)
                          for s in self.services.values()],
@@ -6699,10 +6815,12 @@ class Supervisor:
 
     def remove_service(self, service, now, note):
         service.removing = True
-        stopping = service.state in RUNNING_STATES
-        note("%s: removed%s" % (service.name, ", stopping" if stopping
-                                else ""),
-             (service.name, "gone", service.spawns))
+        if service.state in RUNNING_STATES:
+            # Told again, as "removed", once it is gone.
+            note("%s: removed, stopping" % service.name,
+                 (service.name, "gone", service.spawns))
+        else:
+            note("%s: removed" % service.name)
         service.on_want_down(now, "removed")
 
     def change_service(self, service, new, listener, now, note):
@@ -7419,6 +7537,49 @@ class Handover:
 # while the supervisor is busy, and anyone may read it.
 # ===========================================================================
 
+def choose_services(names, rows, groups):
+    """The service names that names pick, in order, each once.  rows:
+    (service, program) for each service; groups: ((group, (program, ...)),
+    ...).  A service's name picks it, a pool's program all its instances,
+    a group (or GROUP:*) all of its programs', and GROUP:NAME the program
+    or instance NAME in it, as supervisorctl writes them.  Raises
+    UsageError naming what is unknown and what is known.
+
+    >>> rows = [("web", "web"), ("q_0", "q"), ("q_1", "q")]
+    >>> choose_services(["g:*", "q_1"], rows, (("g", ("web", "q")),))
+    ['web', 'q_0', 'q_1']
+    """
+    services = [name for name, _program in rows]
+    picks = dict((name, [name]) for name in services)
+    programs = {}
+    for name, program in rows:
+        programs.setdefault(program, []).append(name)
+    for program, instances in programs.items():
+        picks.setdefault(program, instances)
+    for group, members in groups:
+        chosen = [n for p in members for n in programs.get(p, ())]
+        picks.setdefault(group, chosen)
+        picks.setdefault(group + ":*", chosen)
+        for member in members:
+            picks.setdefault(group + ":" + member, programs.get(member, []))
+            for instance in programs.get(member, ()):
+                picks.setdefault(group + ":" + instance, [instance])
+    unknown = [n for n in names if n not in picks]
+    if unknown:
+        known = ["services " + ", ".join(services)] if services else []
+        pools = sorted(p for p, i in programs.items() if i != [p])
+        if pools:
+            known.append("pools " + ", ".join(pools))
+        if groups:
+            known.append("groups " + ", ".join(g for g, _m in groups))
+        raise UsageError("no such service: %s (known: %s)" % (
+            ", ".join(unknown), "; ".join(known) or "none"))
+    out = []
+    for name in names:
+        out.extend(n for n in picks[name] if n not in out)
+    return out
+
+
 def status_entry(service, now, wall):
     """What the status file (and --status --json) shows of a service."""
     config, run = service.config, service.run
@@ -7440,6 +7601,8 @@ def status_entry(service, now, wall):
     if config.numprocs > 1:
         entry.update(program=config.program,
                      process_num=config.process_num)
+    elif config.program != service.name:
+        entry["program"] = config.program
     if service.state == BACKOFF and "backoff" in service.timers:
         entry["retry_at"] = round(wall + service.timers["backoff"] - now, 3)
     if service.state == STOPPING and run is not None and \
@@ -7456,6 +7619,13 @@ def status_entry(service, now, wall):
                                     3)
     if service.notify_status:
         entry["notify_status"] = service.notify_status
+    if service.roll_note is not None:
+        entry["pending"] = service.roll_note[1]
+    if service.state == STARTING and run is not None:
+        # Starting normally is no failure (--status exit 0) until then.
+        allowance = startup_allowance(config)
+        entry["starting_until"] = None if allowance is None else round(
+            run.started_wall + allowance, 3)
     return entry
 
 
@@ -7465,6 +7635,13 @@ def log_destinations(service):
     config = service.config
     logs = {"stdout": config.stdout_logfile,
             "stderr": config.stderr_logfile}
+    sender = service.supervisor.syslog
+    if sender is not None and sender.problem:
+        for stream in ("stdout", "stderr"):
+            if logs[stream] == "syslog":
+                logs[stream] = fallback_path(service.supervisor.settings,
+                                             service.name)
+                logs[stream + "_problem"] = sender.problem
     for pipe in service.outputs or ():
         if pipe is not None and getattr(pipe.dest, "problem", None):
             streams = ["stdout", "stderr"] if pipe.stream == "stdout" \
@@ -7525,10 +7702,12 @@ def format_status_line(entry, now):
         else:
             parts.append("last exit unknown")
     health = entry.get("health", "none")
-    if health != "none":
+    if health != "none" and state in (STARTING, UP):
         parts.append("health %s" % health)
     if entry.get("notify_status"):
         parts.append("status: %s" % entry["notify_status"])
+    if entry.get("pending"):
+        parts.append("restart pending: %s" % entry["pending"])
     logs = entry.get("logs") or {}
     for stream in ("stdout", "stderr"):
         problem = logs.get(stream + "_problem")
@@ -7543,11 +7722,35 @@ def format_status_line(entry, now):
     return printable(", ".join(parts))
 
 
-def status_exit_code(entries):
-    """0 when every service that should be up is up, else 3."""
+def startup_allowance(config):
+    """Seconds a run may take to be up and still be starting as it should:
+    startsecs (the READY=1 deadline with ready = notify: none at all with
+    startsecs = 0), and with a health check an interval and a timeout for
+    the first probe that passes.  None: no bound."""
+    if config.ready == "notify" and not config.startsecs:
+        return None
+    allowance = config.startsecs
+    if config.healthcheck:
+        allowance += config.healthcheck_interval + config.healthcheck_timeout
+    return allowance
+
+
+def status_exit_code(entries, now):
+    """0 when every service that should be up is up, or starting within its
+    start-up allowance (starting_until, a Unix time); else 3.
+
+    >>> status_exit_code([{"state": "starting", "want": "up",
+    ...                    "starting_until": 10.0}], 9.0)
+    0
+    """
     for entry in entries:
-        if entry.get("want") == "up" and entry["state"] != UP:
-            return EXIT_NOT_UP
+        if entry.get("want") != "up" or entry["state"] == UP:
+            continue
+        if entry["state"] == STARTING and "starting_until" in entry and (
+                entry["starting_until"] is None or
+                now < entry["starting_until"]):
+            continue
+        return EXIT_NOT_UP
     return EXIT_OK
 
 
@@ -7587,7 +7790,7 @@ def trusted_lock_holder(state_dir):
 NUMBER, MAYBE_INT = (int, float), (int, type(None))
 STATUS_SUPERVISOR_TYPES = {
     "pid": int, "written": NUMBER, "started": NUMBER, "stopped": bool,
-    "generation": int, "uptime": NUMBER, "euid": int,
+    "generation": int, "uptime": NUMBER, "euid": int, "groups": list,
     "start_time": MAYBE_INT, "version": str, "config": str}
 STATUS_SERVICE_TYPES = {
     "name": str, "state": str, "since": NUMBER, "pid": MAYBE_INT,
@@ -7599,7 +7802,8 @@ STATUS_SERVICE_TYPES = {
     "next_pid": MAYBE_INT, "retiring_pids": list,
     "started": (int, float, type(None)),
     "replace_at": (int, float, type(None)), "notify_status": str,
-    "program": str, "process_num": int, "uid": int}
+    "program": str, "process_num": int, "uid": int, "pending": str,
+    "starting_until": (int, float, type(None))}
 
 
 def checked_status(doc):
@@ -7620,6 +7824,11 @@ def checked_status(doc):
                    for key, kinds in types.items())
     if not typed(doc["supervisor"], STATUS_SUPERVISOR_TYPES):
         return None
+    for group in doc["supervisor"].get("groups") or ():
+        if not (isinstance(group, list) and len(group) == 2 and isinstance(
+                group[0], str) and isinstance(group[1], list) and all(
+                    isinstance(member, str) for member in group[1])):
+            return None
     for entry in doc["services"]:
         if not isinstance(entry, dict) or not all(
                 key in entry for key in ("name", "state", "since")) or \
@@ -7807,12 +8016,14 @@ def show_status(state_dir, names, as_json, out=None):
     entries = doc.get("services", [])
     if names:
         known = dict((e["name"], e) for e in entries)
-        unknown = [n for n in names if n not in known]
-        if unknown:
-            sys.stderr.write("fcgiwatch: no such service: %s\n"
-                             % ", ".join(unknown))
+        try:
+            chosen = choose_services(names, [
+                (e["name"], e.get("program") or e["name"])
+                for e in entries], doc["supervisor"].get("groups") or ())
+        except UsageError as exc:
+            sys.stderr.write("fcgiwatch: %s\n" % exc)
             return EXIT_USAGE
-        entries = [known[n] for n in names]
+        entries = [known[n] for n in chosen]
     wall = time.time()
     if as_json == "prometheus":
         out.write(render_metrics(dict(doc, services=entries)))
@@ -7827,7 +8038,7 @@ def show_status(state_dir, names, as_json, out=None):
     else:
         out.write("".join(format_status_line(e, wall) + "\n"
                           for e in entries))
-    return status_exit_code(entries)
+    return status_exit_code(entries, wall)
 
 
 # ===========================================================================
@@ -8138,33 +8349,13 @@ class ControlServer:
             raise UsageError("name at least one service, or all")
         if names == ["all"]:
             return list(services.values())
-        programs = {}
-        for service in services.values():
-            programs.setdefault(service.config.program, []).append(service)
-        # [group:NAME]: NAME or NAME:* is all its programs, NAME:PROGRAM one
-        # of them (supervisorctl's names).
-        for group, members in self.supervisor.config.groups:
-            programs.setdefault(group, [
-                s for p in members for s in programs.get(p, ())])
-            programs.setdefault(group + ":*", programs[group])
-            for member in members:
-                programs.setdefault(group + ":" + member,
-                                    programs.get(member, []))
-        unknown = [n for n in names if n not in services and n not in
-                   programs]
-        if unknown:
-            raise UsageError("no such service: %s; nothing was done (known: "
-                             "%s)" % (", ".join(unknown),
-                                      ", ".join(services) or "none"))
-        chosen = []
-        for name in names:
-            # An instance's name is that instance; a pool's program name
-            # is all its instances.
-            for service in [services[name]] if name in services else \
-                    programs[name]:
-                if service not in chosen:
-                    chosen.append(service)
-        return chosen
+        rows = [(s.name, s.config.program) for s in services.values()]
+        try:
+            chosen = choose_services(names, rows,
+                                     self.supervisor.config.groups)
+        except UsageError as exc:
+            raise UsageError("%s; nothing was done" % exc)
+        return [services[name] for name in chosen]
 
     # -- the commands ------------------------------------------------------
 
@@ -8294,7 +8485,7 @@ class ControlServer:
         service = self.supervisor.services.get(name)
         if goal == "gone":
             if service is None or not service.removing:
-                return True, "%s: removed" % name
+                return True, "%s: stopped" % name  # after "removed, stopping"
         elif service is None:
             return False, "%s: removed meanwhile" % name
         elif goal == "down":
@@ -8536,9 +8727,12 @@ def parse_args(argv):
                     member == "*" or SERVICE_NAME_RE.match(member))):
             raise UsageError("%r is not a service name (or GROUP:NAME, "
                              "GROUP:*)" % name)
-    if "all" in names and (len(names) > 1 or action == "status"):
-        raise UsageError("all stands alone, and --status lists every "
-                         "service without it")
+    if "all" in names and action == "status":
+        raise UsageError("--status lists every service without names; "
+                         "leave out all")
+    if "all" in names and len(names) > 1:
+        raise UsageError("all stands alone: --%s all, or name the services"
+                         % action)
     return Options(action, config, names, as_json, sig)
 
 
@@ -8648,23 +8842,32 @@ def find_state_dir(config_path):
 
 
 def describe_config(config):
-    """--check: each service as it would run."""
+    """--check: each service as it would run, and what will fail when it
+    starts (tried as its user: warnings, as a start would meet them)."""
     import shlex
-    lines = ["config %s: %d services; state_dir %s" % (
-        config.globals.filename, len(config.services),
+    count = len(config.services)
+    lines = ["config %s: %d service%s; state_dir %s" % (
+        config.globals.filename, count, "" if count == 1 else "s",
         config.globals.state_dir)]
+    warnings = []
     for service in config.services:
-        env = dict(service.env)
-        program = service.argv[0]
-        found = program if "/" in program else next((
-            os.path.join(d, program) for d in env.get("PATH", "").split(":")
-            if d and os.access(os.path.join(d, program), os.X_OK)), None)
+        where = "%s [%s]" % (service_file(config, service), service.section)
+        warnings.extend("%s %s: %s" % (where, key, problem)
+                        for key, problem in start_problems(service))
         if service.uid is None:
             who = "%s (the supervisor's user, unchanged)" % service.user
         else:
             who = "%s (uid %d, gid %d, groups %s)" % (
                 service.user, service.uid, service.gid,
                 ",".join(str(g) for g in service.groups) or "none")
+        ready = "ran startsecs (%s)" % format_seconds(service.startsecs)
+        if service.ready == "notify":
+            ready = "READY=1 on NOTIFY_SOCKET%s" % (
+                " within %s" % format_seconds(service.startsecs)
+                if service.startsecs else "")
+            if service.watchdog_secs:
+                ready += ", WATCHDOG=1 every %s" % format_seconds(
+                    service.watchdog_secs)
         lines.append("%s: %s" % (service.name, " ".join(
             shlex.quote(a) for a in service.argv)))
         lines.append("  argv      %r" % (list(service.argv),))
@@ -8675,20 +8878,73 @@ def describe_config(config):
         lines.append("  start     %s, priority %d, autorestart %s" % (
             "at once" if service.autostart else "on request (autostart "
             "false)", service.priority, service.autorestart))
+        lines.append("  ready     when it %s" % ready)
+        lines.append("  stop      %s, KILL after %s" % (
+            signal_name(service.stopsignal),
+            format_seconds(service.stopwaitsecs)))
         if service.socket is not None:
-            lines.append("  socket    %s as fd 0" % service.socket.url)
+            lines.append("  socket    %s, passed as fd 0 (stdin)"
+                         % service.socket.url)
         if service.healthcheck is not None:
             lines.append("  health    %s every %s" % (
                 service.healthcheck.url,
                 format_seconds(service.healthcheck_interval)))
-        if found is None:
-            lines.append("  warning   %s is not in PATH (%s)" % (
-                program, env.get("PATH", "")))
-        elif not os.path.exists(os.path.join(service.directory, found)):
-            lines.append("  warning   %s does not exist" % found)
-        elif not os.access(os.path.join(service.directory, found), os.X_OK):
-            lines.append("  warning   %s is not executable" % found)
-    return lines
+        if service.environment_file:
+            lines.append("  env file  %s, read at each start"
+                         % service.environment_file)
+        if service.limits:
+            lines.append("  limits    %s" % ", ".join(
+                "%s=%s" % (name, "unlimited" if value < 0 else value)
+                for name, value in service.limits))
+        if service.max_memory:
+            lines.append("  memory    restarted over %s" % format_bytes(
+                service.max_memory))
+    return ["warning: %s" % w for w in warnings] + lines
+
+
+def service_file(config, service):
+    """The file that holds a service's section (for messages)."""
+    return dict(config.files).get(service.section, config.globals.filename)
+
+
+def start_problems(config):
+    """What will fail when this service starts, tried as its user as far
+    as that can be done without starting it: (key, why) pairs.  The
+    program must be found in PATH and executable by the user, the
+    directory reachable by the user, the environment_file readable by the
+    user and safe (read_environment_file)."""
+    identity = None
+    if config.uid is not None and os.geteuid() == 0:
+        identity = (config.uid, config.gid, config.groups)
+
+    def access(path, mode):
+        return with_identity(identity, lambda: os.access(
+            path, mode, effective_ids=True))
+    problems = []
+    user = "user %s" % config.user
+    path = dict(config.env).get("PATH", DEFAULT_PATH)
+    candidates = program_candidates(config.argv[0], path)
+    where = [os.path.join(config.directory, p) for p in candidates]
+    existing = [p for p in where if os.path.exists(p)]
+    if not existing:
+        problems.append(("command", "%s %s: the service will not start" % (
+            config.argv[0], "does not exist" if "/" in config.argv[0]
+            else "is not in PATH (%s)" % path)))
+    elif not any(access(p, os.X_OK) for p in existing):
+        problems.append(("command", "%s is not executable by %s: the "
+                         "service will not start" % (existing[0], user)))
+    if not access(config.directory, os.X_OK):
+        problems.append(("directory", "%s cannot be entered by %s: the "
+                         "service will not start" % (config.directory,
+                                                     user)))
+    if config.environment_file:
+        try:
+            read_environment_file(config.environment_file, identity,
+                                  os.geteuid())
+        except ValueError as exc:
+            problems.append(("environment_file", "%s: the service will not "
+                             "start" % exc))
+    return problems
 
 
 def boot_command(args):
