@@ -35,6 +35,7 @@ paragraph on what lives there and why:
 
 import errno
 import fcntl
+import heapq
 import math
 import os
 import re
@@ -45,6 +46,7 @@ import struct
 import sys
 import time
 from collections import deque, namedtuple
+from itertools import chain
 from selectors import EVENT_READ, EVENT_WRITE, DefaultSelector
 
 USAGE = """\
@@ -158,12 +160,26 @@ GROUP_POLL = 0.02
 #: large where the kernel allows, so a fast writer needs few wake-ups.
 PIPE_CHUNK = 1 << 18
 
-#: fcntl's F_SETPIPE_SZ, which the module names only from Python 3.10 on.
+#: fcntl's F_SETPIPE_SZ and F_GETPIPE_SZ, which the module names only
+#: from Python 3.10 on.
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
+
+#: The kernel's budget of pipe pages per user who is not root: past it,
+#: new pipes get a page or two.
+PIPE_PAGES_SOFT = "/proc/sys/fs/pipe-user-pages-soft"
 
 #: Least time between two writes of the status file: a burst of exits
 #: (200 children killed at once) costs a few writes, not one per loop turn.
 STATUS_INTERVAL = 0.05
+
+#: And at least this many times what the last write took (see
+#: StateDir.next_write).
+STATUS_SHARE = 20
+
+#: Starts made in one turn of the loop; a burst's others wait for the next
+#: turns, so that reaping, control requests and probes go on meanwhile.
+SPAWN_SLICE = 50
 
 #: Bytes read from a pipe bound for syslog per wake-up: each line is a
 #: datagram anyway, and when the socket fills, what was read waits in
@@ -178,6 +194,13 @@ SYSLOG_BACKLOG_MAX = 10000
 
 #: Largest control request accepted, in bytes.
 CONTROL_REQUEST_MAX = 65536
+
+#: Seconds the control sockets are left alone when no file descriptor is
+#: left to accept a connection with.
+ACCEPT_PAUSE = 1
+
+#: Bytes of a streamed answer (the status) kept ready ahead of the client.
+STREAM_AHEAD = 1 << 16
 
 #: Seconds a control client waits for the supervisor's first answer.
 CONTROL_ANSWER_TIMEOUT = 10.0
@@ -282,6 +305,24 @@ def printable(text):
     'ok?]0;owned? ?2J'
     """
     return CONTROL_CHARACTERS.sub("?", text)
+
+
+def os_error_words(exc):
+    """An OSError in words; running out of file descriptors says which
+    limit, and what to do.
+
+    >>> os_error_words(OSError(errno.ENOENT, "No such file or directory"))
+    'No such file or directory'
+    """
+    if exc.errno in (errno.EMFILE, errno.ENFILE):
+        import resource
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        which = "the system's" if exc.errno == errno.ENFILE else \
+            "the supervisor's limit of %d" % soft
+        return ("%s: out of file descriptors (%s); raise minfds in "
+                "[fcgiwatch], or the hard limit (ulimit -Hn) it is capped at"
+                % (exc.strerror, which))
+    return exc.strerror or str(exc)
 
 
 def format_bytes(size):
@@ -399,7 +440,7 @@ EXPANSION_RE = re.compile(
 
 GLOBAL_KEYS = ("state_dir", "syslog", "syslog_facility", "syslog_socket",
                "log_file", "path", "metrics_file", "alert_command",
-               "alert_interval")
+               "alert_interval", "minfds")
 
 #: The keys whose value may continue on indented lines below.
 MULTILINE_KEYS = ("command", "environment")
@@ -1511,7 +1552,9 @@ def parse_globals(values, filename, base_dir, euid, error, supervisord,
                               ("unix", socket.AF_UNIX, "/dev/log")),
         log_file=convert("log_file", log_file, supervisord["log_file"]),
         path=convert("path", path_list, DEFAULT_PATH),
-        pidfile=supervisord["pidfile"], minfds=supervisord["minfds"],
+        pidfile=supervisord["pidfile"],
+        minfds=convert("minfds", lambda v: to_int(v, 1),
+                       supervisord["minfds"]),
         minprocs=supervisord["minprocs"],
         metrics_file=convert("metrics_file", lambda v: log_file(v, False),
                              None),
@@ -2207,7 +2250,9 @@ def launch_run(service, now):
                 config.environment_file, None if config.uid is None
                 else (config.uid, config.gid, config.groups),
                 supervisor.euid)
+        step = "making its output pipes"
         stdin_fd, stdout_fd, stderr_fd = run_fds(service)
+        step = "fork"
         pid, exec_fd = spawn_child(config, stdin_fd, stdout_fd, stderr_fd,
                                    supervisor.reset_signals,
                                    supervisor.home_fd, identity,
@@ -2217,10 +2262,13 @@ def launch_run(service, now):
     except SpawnError as exc:
         return str(exc)
     except OSError as exc:
-        # Fork failed (no memory, too many processes): warn and retry
-        # after a backoff, as supervise.c does; never give up the loop.
-        return "fork failed: %s" % (exc.strerror or exc)
-    run = Run(service, pid, now, exec_fd)
+        # Fork failed (no memory, too many processes), or a pipe could not
+        # be made (no file descriptor left): warn and retry after a
+        # backoff, as supervise.c does; never give up the loop.
+        return "%s failed: %s" % (step, os_error_words(exc))
+    # Its own start time, not the loop turn's: in a burst of thousands of
+    # starts, the last one is judged from its own spawn.
+    run = Run(service, pid, supervisor.clock(), exec_fd)
     run.number = service.spawns
     supervisor.children[pid] = run
     if exec_fd >= 0:
@@ -2902,6 +2950,7 @@ class LogFile:
         self.fallback = fallback
         self.fd = -1
         self.size = 0
+        self.line_end = True  # the file ends with a whole line
         self.problem = None  # why it cannot be opened: output to fallback
         self.write_failing = False
         self.users = 0
@@ -2921,6 +2970,7 @@ class LogFile:
         try:
             self.fd = open_for_append(self.path, self.euid)
             self.size = os.fstat(self.fd).st_size
+            self.line_end = True  # a new file, or taken as it is
         except UnsafePath as exc:
             self.fail("cannot be opened safely: %s" % exc)
             return False
@@ -2963,22 +3013,25 @@ class LogFile:
             self.fallback.finish(pipe)
 
     def write(self, data):
-        """Append data; returns what could not be written (b"" when all)."""
+        """Append data; returns what could not be written (b"" when all).
+
+        The file is rotated at a line end only, as multilog does, so that a
+        reader of lines never sees one torn in two: the line that would
+        pass maxbytes goes to the next file (a line longer than maxbytes on
+        its own is the one that passes it), and a line still being written
+        when the file is full is finished first."""
         if self.fd < 0 and (self.problem or not self.open()):
             return data
-        view = memoryview(data)
-        while view:
-            chunk = view
-            if self.maxbytes:
-                room = self.maxbytes - self.size
-                if room <= 0:
-                    self.rotate()
-                    if self.fd < 0:
-                        return bytes(view)
-                    room = self.maxbytes
-                chunk = view[:room]
+        view, at, end = memoryview(data), 0, len(data)
+        while at < end:
+            stop, full = self.chunk_end(data, at)
+            if full and self.line_end:
+                self.rotate()
+                if self.fd < 0:
+                    return data[at:]
+                continue
             try:
-                written = os.write(self.fd, chunk)
+                written = os.write(self.fd, view[at:stop])
             except OSError as exc:
                 # A full disk may have room again at the next write: try
                 # every time, warn once.
@@ -2989,14 +3042,42 @@ class LogFile:
                                        "the output goes to syslog meanwhile"
                                        if self.fallback else
                                        "lines are dropped meanwhile"))
-                return bytes(view)
+                return data[at:]
             if self.write_failing:
                 self.write_failing = False
                 self.on_warning("log file %s: writing to it again"
                                 % self.path)
+            if written:
+                self.line_end = data[at + written - 1] == 10  # b"\n"
             self.size += written
-            view = view[written:]
+            at += written
         return b""
+
+    def chunk_end(self, data, at):
+        """(where the next write ends, whether the file must be rotated
+        first, at a line end).  All that is left, where it fits; else the
+        whole lines that fit; else, in the middle of a line (or for a line
+        longer than maxbytes in an empty file), the rest of that line."""
+        end = len(data)
+        if not self.maxbytes:
+            return end, False
+        room = self.maxbytes - self.size
+        if room <= 0:
+            return self.line_to_end(data, at), True
+        if end - at <= room:
+            return end, False
+        if self.line_end:
+            cut = data.rfind(b"\n", at, at + room)
+            if cut >= 0:
+                return cut + 1, False
+            if self.size:
+                return at, True  # the next line would pass maxbytes
+        return self.line_to_end(data, at), False
+
+    @staticmethod
+    def line_to_end(data, at):
+        found = data.find(b"\n", at)
+        return found + 1 if found >= 0 else len(data)
 
     def rotate(self):
         self.close()
@@ -3042,7 +3123,11 @@ class OutputPipe:
             try:
                 fcntl.fcntl(self.read_fd, F_SETPIPE_SZ, PIPE_CHUNK)
             except OSError:
-                pass
+                pass  # the per-user budget is spent: Outputs says so
+        try:
+            self.size = fcntl.fcntl(self.read_fd, F_GETPIPE_SZ)
+        except OSError:
+            self.size = PIPE_CHUNK
         os.set_blocking(self.read_fd, False)
         self.partial = b""
         self.line_start = True    # the next byte begins a line
@@ -3099,6 +3184,32 @@ class OutputPipe:
 # so the pipe throttles the child instead of our memory growing.
 # ===========================================================================
 
+def pipe_pages_needed(pipes):
+    """Pipe pages a user needs for this many output pipes of PIPE_CHUNK,
+    with room for the supervisor's own (the wake-up pipe, exec reports)."""
+    return (pipes + 16) * (PIPE_CHUNK // 4096)
+
+
+def pipe_budget_problem(pipes, euid):
+    """Why the kernel would give a non-root supervisor smaller output pipes
+    than it asks for, or None."""
+    if euid == 0:
+        return None
+    try:
+        with open(PIPE_PAGES_SOFT) as handle:
+            soft = int(handle.read())
+    except (OSError, ValueError):
+        return None
+    needed = pipe_pages_needed(pipes)
+    if not soft or needed <= soft:
+        return None
+    return ("%d output pipes need %d pipe pages, and the kernel gives a user "
+            "other than root %d (%s): past that, pipes hold a page or two, "
+            "and a burst of output blocks a service sooner; raise it (sysctl "
+            "-w fs.pipe-user-pages-soft=%d) or run fcgiwatch as root" % (
+                pipes, needed, soft, PIPE_PAGES_SOFT, needed))
+
+
 def fallback_path(settings, name):
     """Where a service's syslog-bound output goes while syslog cannot be
     reached."""
@@ -3112,6 +3223,9 @@ class Outputs:
         self.supervisor = supervisor
         self.files = {}           # path -> LogFile
         self.fallbacks = {}       # service name -> LogFile, without syslog
+        self.small_pipes = False  # said that the kernel gave smaller pipes
+        self.pipe_fds = 0         # fds the output pipes hold
+        self.fd_budget = None     # what they may hold (Supervisor.raise_limits)
         self.syslog = SyslogOutput(supervisor)
 
     def make(self, service, handed=None):
@@ -3125,28 +3239,50 @@ class Outputs:
                                 handed.get("stdout"))
         stderr = None  # None: the child's fd 2 shares stdout's
         if not stderr_follows_stdout(config):
-            stderr = self.make_pipe(service, "stderr", config.stderr_logfile,
-                                    config.stderr_logfile_maxbytes,
-                                    config.stderr_logfile_backups,
-                                    handed.get("stderr"))
+            try:
+                stderr = self.make_pipe(
+                    service, "stderr", config.stderr_logfile,
+                    config.stderr_logfile_maxbytes,
+                    config.stderr_logfile_backups, handed.get("stderr"))
+            except OSError:
+                if stdout is not None:
+                    self.release(stdout)
+                raise
         return stdout, stderr
 
     def make_pipe(self, service, stream, dest, maxbytes, backups, fds=None):
         if dest in ("null", "inherit"):
             return None
+        if fds is None and self.fd_budget is not None and \
+                self.pipe_fds + 2 > self.fd_budget:
+            # The services' pipes may take all but FDS_OWN: the status
+            # file, the control socket and the logs need some too.
+            raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+        log_file = None
         if dest == "syslog":
             dest = self.syslog
         else:
-            log_file = self.files.get(dest)
-            if log_file is None:
-                log_file = LogFile(dest, maxbytes, backups,
-                                   self.on_log_file_warning,
-                                   self.supervisor.euid, self.syslog)
-                log_file.open()
-                self.files[dest] = log_file
-            log_file.users += 1
+            log_file = self.files.get(dest) or LogFile(
+                dest, maxbytes, backups, self.on_log_file_warning,
+                self.supervisor.euid, self.syslog)
             dest = log_file
-        pipe = OutputPipe(service, stream, dest, fds)
+        pipe = OutputPipe(service, stream, dest, fds)  # may raise: no fd
+        self.pipe_fds += 2
+        if log_file is not None:
+            if log_file.path not in self.files:
+                log_file.open()
+                self.files[log_file.path] = log_file
+            log_file.users += 1
+        if pipe.size < PIPE_CHUNK and not self.small_pipes:
+            self.small_pipes = True
+            self.supervisor.warn(
+                "%s's output pipe holds %d KB, not %d KB: the kernel's "
+                "budget of pipe pages for user %s (%s) is spent, so a burst "
+                "of output blocks the service sooner; raise it, e.g. sysctl "
+                "-w fs.pipe-user-pages-soft=%d, or run fcgiwatch as root" % (
+                    service.name, pipe.size >> 10, PIPE_CHUNK >> 10,
+                    user_label(self.supervisor.euid), PIPE_PAGES_SOFT,
+                    pipe_pages_needed(len(self.supervisor.services) * 2)))
         self.supervisor.watch(pipe.read_fd, EVENT_READ,
                               lambda _mask: self.on_readable(pipe))
         return pipe
@@ -3177,6 +3313,7 @@ class Outputs:
     def release(self, pipe):
         self.supervisor.unwatch(pipe.read_fd)
         pipe.close()
+        self.pipe_fds -= 2
         fallback = self.fallbacks.pop(pipe.service.name, None)
         if fallback is not None:
             fallback.close()
@@ -3541,7 +3678,7 @@ class Run:
         self.spawn_error = None
         self.pidfd = None     # set for a taken-over process: not our child
         self.phase = RUN_STARTING
-        self.due = None
+        self.next_due = None
         self.kill_at = None   # signalled: KILL; killed: the grace's end
         self.lingered = False  # its main process ended before its tree
         self.members = {}
@@ -3552,6 +3689,17 @@ class Run:
         self.exit_words = None  # how the main process ended, once it did
         self.number = 0         # the service's spawn count at its start
         self.said_stopping = False  # STOPPING=1 logged
+
+    @property
+    def due(self):
+        """When the run's machine is due (see the table above), or None."""
+        return self.next_due
+
+    @due.setter
+    def due(self, when):
+        self.next_due = when
+        if when is not None:
+            self.service.touch()
 
     @property
     def ready(self):
@@ -3750,7 +3898,7 @@ class Overlap:
             return
         # Never ready at once: the old run would be stopped before the new
         # one could even fail.
-        run.start_clock(now, self.config, MIN_GOOD_RUN)
+        run.start_clock(run.started_at, self.config, MIN_GOOD_RUN)
         self.next_run = run
         self.replace_why = why
         self.supervisor.status_dirty = True
@@ -3857,6 +4005,28 @@ class Overlap:
             self.fire("gone", now, self.run)
 
 
+class Timers(dict):
+    """A service's timers, name -> monotonic due time (STATE_TIMERS); one
+    set (or made sooner) touches the service, for the loop's heap."""
+
+    def __init__(self, service):
+        dict.__init__(self)
+        self.service = service
+
+    def __setitem__(self, name, when):
+        dict.__setitem__(self, name, when)
+        self.service.touch()
+
+    def setdefault(self, name, when):
+        if name not in self:
+            self[name] = when
+        return self[name]
+
+    def update(self, items):
+        for name, when in items:
+            self[name] = when
+
+
 class Service(Overlap):
     """Everything about one supervised program instance (runit's struct
     svdir): its config, what is wanted, its state, counters, output pipes,
@@ -3879,11 +4049,13 @@ class Service(Overlap):
         self.run = None
         self.next_run = None      # a replacement starting beside run
         self.retiring = []        # runs replaced, being stopped
-        self.timers = {}          # name -> monotonic due time
+        self.timers = Timers(self)  # name -> monotonic due time
+        self.fingerprint_of = (None, None)  # (config, its fingerprint)
         self.replace_why = None   # what the replacement is for
         self.replace_failure = None  # (spawn count, why) of the last
         self.notify_status = ""   # the last STATUS= the run sent
         self.roll_note = None     # (spawn count, why) a roll skipped it
+        self.queued_cause = None  # a queued start: the line to log at it
         self.troubled = False     # an alert of trouble went out: recovered
         self.memory_over = 0      # looks in a row over max_memory
         self.pending_backoff = False  # back off once the stop is over
@@ -3906,6 +4078,19 @@ class Service(Overlap):
     @property
     def pid(self):
         return self.run.pid if self.run is not None else 0
+
+    @property
+    def fingerprint(self):
+        """config_fingerprint of the config, worked out once a config: the
+        status file carries it at every write."""
+        if self.fingerprint_of[0] is not self.config:
+            self.fingerprint_of = (self.config,
+                                   config_fingerprint(self.config))
+        return self.fingerprint_of[1]
+
+    def touch(self):
+        """Something may be due sooner: the loop looks again."""
+        self.supervisor.touched.add(self)
 
     def runs(self):
         """The service's runs: serving, replacement, retiring."""
@@ -3940,6 +4125,7 @@ class Service(Overlap):
         if why is not None:
             self.why = why
         self.arm(now)
+        self.touch()
         self.supervisor.status_dirty = True
         if words is not None:
             self.log("%s [%s -> %s]" % (words, old, state), severity)
@@ -3954,12 +4140,12 @@ class Service(Overlap):
         for name in [n for n in self.timers if n not in keep]:
             del self.timers[name]
         config = self.config
-        if "probe" not in keep or not config.healthcheck:
+        if "probe" not in keep or not config.healthcheck or self.run is None:
             self.cancel_probe()
             self.timers.pop("probe", None)
         elif self.probe is None:
             self.timers.setdefault("probe", now)
-        if "memory" not in keep or not config.max_memory:
+        if "memory" not in keep or not config.max_memory or self.run is None:
             self.timers.pop("memory", None)
         else:
             self.timers.setdefault("memory",
@@ -4090,7 +4276,8 @@ class Service(Overlap):
         machine of a pass or of healthcheck_retries failures."""
         config = self.config
         self.timers.pop("probe_timeout", None)
-        if self.state not in (STARTING, UP) or not config.healthcheck:
+        if self.state not in (STARTING, UP) or not config.healthcheck or \
+                self.run is None:
             return
         interval = config.healthcheck_interval
         # Until it first answers, look again soon, not an interval later.
@@ -4256,10 +4443,18 @@ class Service(Overlap):
             self.begin_stop(now, why)  # -> STOPPING -> respawn
 
     def stop_running(self, now, why):
+        if self.run is None:
+            # STARTING -> DOWN: its start had not been made yet.
+            self.change_state(DOWN, "stopped", "stopped before it started "
+                              "(%s)" % STOP_REASONS.get(why, why))
+            self.settle_down()
+            return
         self.begin_stop(now, why)  # STARTING/UP -> STOPPING
 
     def restart_running(self, now):
         self.fails = 0
+        if self.run is None:
+            return  # a start not made yet: that start is the restart
         if self.can_overlap():
             self.begin_overlap(now, "restart")  # UP, a replacement beside
         else:
@@ -4412,7 +4607,14 @@ class Service(Overlap):
         """Start a run: -> STARTING (UP with startsecs = 0; BACKOFF or FATAL
         when the start fails in the supervisor).  cause is the line about
         what led here (an exit): logged after the fork, so that logging is
-        never on the restart path, but ahead of the "spawned" line."""
+        never on the restart path, but ahead of the "spawned" line.  In a
+        burst of starts (thousands at start-up, or killed at once) those
+        past the loop turn's slice wait for the next: STARTING with no
+        process yet (why "queued"), so the loop reaps, answers and probes
+        in between."""
+        if not self.supervisor.may_spawn(self, cause):
+            self.change_state(STARTING, "queued")  # -> STARTING, no run yet
+            return
         if self.pending_config is not None:
             self.apply_config(self.pending_config, now)
         config = self.config
@@ -4422,6 +4624,7 @@ class Service(Overlap):
             return
         self.run = run
         pid = run.pid
+        now = run.started_at  # its own, in a burst of starts
         # A fresh run: its probes and memory looks start afresh.
         self.health_fails = self.memory_over = 0
         self.cancel_probe()
@@ -5950,6 +6153,7 @@ class StateDir:
         self.lock_warning = None  # who squats its name, if anyone
         self.identity = None      # (st_dev, st_ino) of state_dir
         self.status_written = -STATUS_INTERVAL
+        self.status_took = 0.0    # seconds the last status write took
         self.status = Trouble(supervisor)   # the status file
         self.metrics = Trouble(supervisor)  # metrics_file
         self.remade = Trouble(supervisor)   # state_dir, made again
@@ -6116,6 +6320,14 @@ class StateDir:
 
     # -- the status file, metrics_file ---------------------------------------
 
+    def next_write(self):
+        """When the status file may be written again: STATUS_INTERVAL after
+        the last write, or longer where a write takes long (thousands of
+        services), so that writing it takes at most a twentieth of the
+        supervisor's time however many services change how often."""
+        return self.status_written + max(STATUS_INTERVAL,
+                                         STATUS_SHARE * self.status_took)
+
     def write_status(self):
         """Replace the status file atomically; a failure is only a warning.
 
@@ -6149,6 +6361,7 @@ class StateDir:
             return
         self.status.worked("%s is written again" % self.status_path)
         self.write_metrics(doc)
+        self.status_took = supervisor.clock() - self.status_written
 
     def write_metrics(self, doc):
         """metrics_file, replaced whole (never through a link), with each
@@ -6238,6 +6451,33 @@ class StateDir:
 # supervisor never wakes up.
 # ===========================================================================
 
+#: Open files the supervisor keeps for itself, beyond its services':
+#: control connections (80 at most), logs, probes, the selector.
+FDS_OWN = 160
+
+
+def output_pipes(config):
+    """How many output pipes a service holds (none for null or inherit)."""
+    count = 0 if config.stdout_logfile in ("null", "inherit") else 1
+    if not stderr_follows_stdout(config) and \
+            config.stderr_logfile not in ("null", "inherit"):
+        count += 1
+    return count
+
+
+def fds_needed(config):
+    """Open files a config needs: two a pipe for each service's output
+    (kept for its life), its held socket, its notify socket, one while it
+    starts, and the supervisor's own.
+
+    >>> fds_needed(parse_config("[a]\\ncommand = x\\n", "/x.conf"))
+    163
+    """
+    return FDS_OWN + sum(
+        2 * output_pipes(s) + (s.socket is not None) + (s.ready == "notify")
+        + 1 for s in config.services)
+
+
 def fill_standard_fds():
     """Make sure fds 0, 1 and 2 are open (on /dev/null if need be).
 
@@ -6323,6 +6563,11 @@ class Supervisor:
         self.notify = {}          # name -> NotifySocket, made when needed
         self.rolls = Rolls(self)  # pools restarted one at a time
         self.ready_listeners = []  # f(service, now): see service_ready
+        self.start_queue = deque()  # services waiting for a slice
+        self.spawned = 0          # starts made in this turn of the loop
+        self.due = []             # heap of (time, number, service)
+        self.touched = set()      # services whose due times may be sooner
+        self.pushed = 0           # entries ever pushed: the heap's order
         self.alerts = Alerts(self)
         self.disk = StateDir(self)
         self.control = None
@@ -6397,6 +6642,13 @@ class Supervisor:
         self.disk.take_lock()
         self.selector = DefaultSelector()
         self.open_logging()
+        self.log("started: pid %d, config %s, %d services" % (
+            self.pid, self.settings.filename, len(self.config.services)))
+        for warning in self.config.warnings:
+            self.warn("config: %s" % warning)
+        if self.disk.lock_warning:
+            self.warn(self.disk.lock_warning)
+        self.raise_limits()  # before the sockets and pipes it counts
         self.control = ControlServer(self)
         self.setup_signals()
         self.tree.start()
@@ -6405,13 +6657,6 @@ class Supervisor:
         adopt = self.leftovers.handle()
         self.open_listeners()
         release_free_memory()  # before the first fork
-        self.log("started: pid %d, config %s, %d services" % (
-            self.pid, self.settings.filename, len(self.services)))
-        for warning in self.config.warnings:
-            self.warn("config: %s" % warning)
-        if self.disk.lock_warning:
-            self.warn(self.disk.lock_warning)
-        self.raise_limits()
         self.disk.write_pidfile()
         now = self.clock()
         for service in self.services.values():
@@ -6423,12 +6668,16 @@ class Supervisor:
         self.disk.write_status()
 
     def raise_limits(self):
-        """[supervisord] minfds and minprocs: raise RLIMIT_NOFILE and
-        RLIMIT_NPROC to at least these (children inherit them)."""
+        """Open files: at least what the config needs (fds_needed), or
+        minfds where that is more, up to the hard limit (which root raises
+        too); processes: [supervisord] minprocs.  The services inherit
+        both, as under supervisord.  Done at start and at each reload."""
         import resource
-        for value, limit, name in (
-                (self.settings.minfds, resource.RLIMIT_NOFILE, "minfds"),
-                (self.settings.minprocs, resource.RLIMIT_NPROC, "minprocs")):
+        nofile = max(self.settings.minfds or 0, fds_needed(self.config))
+        for value, limit, key in (
+                (nofile, resource.RLIMIT_NOFILE, "minfds"),
+                (self.settings.minprocs, resource.RLIMIT_NPROC,
+                 "minprocs")):
             if not value:
                 continue
             soft, hard = resource.getrlimit(limit)
@@ -6436,17 +6685,27 @@ class Supervisor:
                 continue
             if hard != resource.RLIM_INFINITY and hard < value and \
                     self.euid != 0:
-                self.warn("[supervisord] %s = %d: the hard limit is %d, and "
-                          "only root may raise it; running with %d" % (
-                              name, value, hard, hard))
+                self.warn("%s: %d needed, but the hard limit is %d and only "
+                          "root may raise it; running with %d (raise it "
+                          "with ulimit -Hn as root before starting "
+                          "fcgiwatch)" % (key, value, hard, hard))
                 value = hard
+            if value <= soft:
+                continue
             try:
                 resource.setrlimit(limit, (value, max(value, hard) if hard
                                            != resource.RLIM_INFINITY
                                            else hard))
             except (ValueError, OSError) as exc:
-                self.warn("[supervisord] %s = %d: cannot raise the limit: "
-                          "%s" % (name, value, exc))
+                self.warn("%s = %d: cannot raise the limit: %s" % (
+                    key, value, exc))
+            else:
+                self.log("%s: raised the soft limit from %d to %d" % (
+                    "open files" if key == "minfds" else "processes",
+                    soft, value))
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        self.outputs.fd_budget = None if soft == resource.RLIM_INFINITY \
+            else soft - FDS_OWN
 
     def notify_socket(self, service):
         """The path of a service's NOTIFY_SOCKET, bound on first use (and
@@ -6505,12 +6764,13 @@ class Supervisor:
         event or deadline.  wait caps that wait in real seconds: for tests
         that step a clock of their own (clock=) and must not sleep through
         a deadline of that clock.  Returns the exit code once stopped."""
+        self.spawned = 0
         self.guarded(self.process_signals)
         now = self.clock()
-        for service in list(self.services.values()):
-            wake = service.next_wake()
-            if wake is not None and wake <= now:
-                self.guarded(service.on_due, now)
+        if self.start_queue:
+            self.guarded(self.start_queued)
+        for service in self.due_services(now):
+            self.guarded(service.on_due, now)
         if self.shutting_down:
             self.guarded(self.advance_shutdown, now)
         if self.rolls.underway:
@@ -6518,8 +6778,7 @@ class Supervisor:
         if self.alerts.running:
             self.guarded(self.alerts.check, now)
         self.guarded(self.control.check, now)
-        if self.status_dirty and now >= self.disk.status_written + \
-                STATUS_INTERVAL:
+        if self.status_dirty and now >= self.disk.next_write():
             self.disk.write_status()
         if self.exit_code is not None:
             return self.finish()
@@ -6536,25 +6795,99 @@ class Supervisor:
         try:
             function(*args)
         except Exception as exc:
-            import traceback
-            where = traceback.extract_tb(sys.exc_info()[2])[-1]
+            # Where it happened, without importing anything: out of file
+            # descriptors, an import would fail here too.
+            trace = exc.__traceback__
+            while trace.tb_next is not None:
+                trace = trace.tb_next
             self.log("internal error, carrying on: %s: %s (line %d, in %s)"
-                     % (type(exc).__name__, exc, where[1], where[2]),
-                     LOG_ERR)
+                     % (type(exc).__name__, exc, trace.tb_lineno,
+                        trace.tb_frame.f_code.co_name), LOG_ERR)
 
     def next_timeout(self, now):
         """Seconds until the earliest deadline, or None: sleep for good."""
-        times = [s.next_wake() for s in self.services.values()]
+        times = [self.earliest_due()]
         times.extend(self.control.deadlines())
         if self.shutting_down:
             times.append(self.tree.deadline())
         times.append(self.alerts.deadline())
         if self.status_dirty:
-            times.append(self.disk.status_written + STATUS_INTERVAL)
+            times.append(self.disk.next_write())
         times = [t for t in times if t is not None]
-        if self.pending_signals:
+        if self.pending_signals or self.start_queue:
             return 0
         return max(0.0, min(times) - now) if times else None
+
+    # -- bursts of starts ---------------------------------------------------
+
+    def may_spawn(self, service, cause):
+        """May a start be made now?  SPAWN_SLICE a turn; past that it waits
+        in start_queue, with the line about what led to it."""
+        if self.spawned < SPAWN_SLICE:
+            self.spawned += 1
+            return True
+        service.queued_cause = cause
+        self.start_queue.append(service)
+        return False
+
+    def start_queued(self):
+        """Make the starts that waited, a slice at a time, each at its own
+        time."""
+        while self.start_queue and self.spawned < SPAWN_SLICE:
+            service = self.start_queue.popleft()
+            if self.services.get(service.name) is service and \
+                    service.state == STARTING and service.run is None and \
+                    service.want == "up":
+                service.spawn(self.clock(), service.queued_cause)
+
+    # -- what is due: a heap, not a walk over every service ---------------
+    #
+    # Each wake-up looks at what is due, not at every service: at
+    # thousands of services that walk was most of a busy loop's time.
+    # Whatever may make a service due sooner (a timer set, a run's due
+    # time, a state change) touches it (Service.touch); touched services
+    # go into the heap with their next_wake() before the heap is looked
+    # at.  An entry that is out of date (the time moved, the service is
+    # gone) is checked and dropped when it comes up.
+
+    def schedule(self):
+        for service in self.touched:
+            when = service.next_wake()
+            if when is not None:
+                self.pushed += 1
+                heapq.heappush(self.due, (when, self.pushed, service))
+        self.touched.clear()
+
+    def due_services(self, now):
+        """The services with something due by now, each once."""
+        self.schedule()
+        found = []
+        while self.due and self.due[0][0] <= now:
+            _when, _number, service = heapq.heappop(self.due)
+            if service in found or \
+                    self.services.get(service.name) is not service:
+                continue
+            wake = service.next_wake()
+            if wake is not None and wake <= now:
+                found.append(service)
+            elif wake is not None:
+                self.touched.add(service)  # later than it was: again
+        self.schedule()
+        return found
+
+    def earliest_due(self):
+        """The earliest time a service needs the loop, or None."""
+        self.schedule()
+        while self.due:
+            when, _number, service = self.due[0]
+            if self.services.get(service.name) is service and \
+                    service.next_wake() == when:
+                return when
+            heapq.heappop(self.due)
+            if self.services.get(service.name) is service:
+                self.touched.add(service)
+                self.schedule()
+        return None
 
     def process_signals(self):
         while self.pending_signals:
@@ -6751,6 +7084,7 @@ class Supervisor:
         if settings != self.settings:
             self.settings = settings
             self.open_logging()
+        self.raise_limits()  # for the services it adds
         now = self.clock()
 
         def note(line, wait=None):
@@ -7499,7 +7833,7 @@ class Handover:
             timers = entry.get("timers")
             if timers is None:  # from 1.0: its deadlines by their old names
                 timers = old_timers(entry)
-            service.timers = dict((name, now + ahead) for name, ahead in
+            service.timers.update((name, now + ahead) for name, ahead in
                                   timers.items() if ahead is not None)
             old_deadline = entry.get("deadline")
             service.run = run_restore(service, entry["run"], now,
@@ -7524,6 +7858,8 @@ class Handover:
             # Every timer its state needs: a probe at once, the next look
             # at its memory (which 1.0 did not carry over).
             service.arm(now)
+            if service.state == STARTING and service.run is None:
+                supervisor.start_queue.append(service)  # still to start
             services.append(service)
         supervisor.tree.strays.update(state.get("strays", ()))
         return services
@@ -7595,7 +7931,7 @@ def status_entry(service, now, wall):
         "started": round(run.started_wall, 3) if run else None,
         "start_time": run.read_start_time() if run else None,
         "priority": config.priority,
-        "fingerprint": config_fingerprint(config),
+        "fingerprint": service.fingerprint,
         "uid": service.supervisor.run_uid(config),
     }
     if config.numprocs > 1:
@@ -7621,9 +7957,10 @@ def status_entry(service, now, wall):
         entry["notify_status"] = service.notify_status
     if service.roll_note is not None:
         entry["pending"] = service.roll_note[1]
-    if service.state == STARTING and run is not None:
-        # Starting normally is no failure (--status exit 0) until then.
-        allowance = startup_allowance(config)
+    if service.state == STARTING:
+        # Starting normally is no failure (--status exit 0) until then;
+        # waiting for its start (a burst's slice) has no bound.
+        allowance = startup_allowance(config) if run is not None else None
         entry["starting_until"] = None if allowance is None else round(
             run.started_wall + allowance, 3)
     return entry
@@ -8071,6 +8408,8 @@ class Connection:
         self.privileged = uid in (0, supervisor.euid)
         self.inbuf = b""
         self.outbuf = b""
+        self.pending = None       # messages still to stream, and then
+        self.pending_code = None  # the exit code
         self.closed = False
         self.closing = False
         self.lingering = False
@@ -8113,7 +8452,25 @@ class Connection:
             return
         self.flush()
 
+    def stream(self, messages, code):
+        """Send messages (an iterator) as the client reads them, never more
+        than STREAM_AHEAD bytes ahead, then the exit code: an answer of any
+        size (the status of thousands of services) without holding it all
+        in a buffer, and without waiting for a slow reader."""
+        self.pending, self.pending_code = messages, code
+        self.flush()
+
+    def refill(self):
+        import json
+        while self.pending is not None and len(self.outbuf) < STREAM_AHEAD:
+            message = next(self.pending, None)
+            if message is None:
+                message = {"exit": self.pending_code}
+                self.pending, self.closing = None, True
+            self.outbuf += json.dumps(message).encode("utf-8") + b"\n"
+
     def flush(self):
+        self.refill()
         while self.outbuf and not self.closed:
             try:
                 sent = self.sock.send(self.outbuf)
@@ -8125,6 +8482,7 @@ class Connection:
                 self.close()
                 return
             self.outbuf = self.outbuf[sent:]
+            self.refill()
         if not self.closed:
             if self.closing:
                 # Half-close and wait for the client's EOF: closing with its
@@ -8218,6 +8576,7 @@ class ControlServer:
                           % supervisor.settings.state_dir)
         self.sock = None
         self.bound = None         # (st_dev, st_ino) of the socket we bound
+        self.accept_again = None  # accepting paused (no fd left) until
         self.listen_file()
         # The lock socket takes requests too: it is how --status and the
         # commands reach us when state_dir (and so this socket) is gone.
@@ -8259,10 +8618,28 @@ class ControlServer:
             except OSError:
                 pass
 
+    def listeners(self):
+        lock = self.supervisor.disk.lock_sock
+        return [sock for sock in (self.sock, lock) if sock is not None]
+
+    def pause_accepting(self):
+        for sock in self.listeners():
+            self.supervisor.unwatch(sock.fileno())
+        self.accept_again = self.supervisor.clock() + ACCEPT_PAUSE
+
+    def resume_accepting(self):
+        self.accept_again = None
+        for sock in self.listeners():
+            self.supervisor.watch(sock.fileno(), EVENT_READ,
+                                  lambda _mask, sock=sock:
+                                  self.on_accept(sock))
+
     def deadlines(self):
         times = [r.deadline for r in self.requests if r.deadline is not None]
         times.extend(c.deadline for c in self.connections
                      if c.deadline is not None)
+        if self.accept_again is not None:
+            times.append(self.accept_again)
         return times
 
     def on_accept(self, listener):
@@ -8271,8 +8648,12 @@ class ControlServer:
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
-            self.supervisor.warn("control socket: accept failed: %s"
-                                 % exc.strerror)
+            # Out of file descriptors the client stays queued, and the
+            # socket stays readable: without a pause, the loop would spin.
+            self.supervisor.warn("control socket: accept failed: %s; not "
+                                 "accepting for %d s" % (
+                                     os_error_words(exc), ACCEPT_PAUSE))
+            self.pause_accepting()
             return
         try:
             uid = peer_credentials(sock)[1]
@@ -8322,11 +8703,14 @@ class ControlServer:
             connection.reply_error("bad request: %s" % exc, EXIT_USAGE)
             return
         if command == "status":
-            # Anyone may read the status file: anyone may ask for it.
+            # Anyone may read the status file: anyone may ask for it.  The
+            # services follow one a line: thousands make megabytes.
             doc = supervisor.status_document()
             doc["supervisor"]["status_file"] = supervisor.disk.status.problem
-            connection.send({"status": doc})
-            connection.finish(EXIT_OK)
+            entries, doc["services"] = doc["services"], []
+            connection.stream(chain([{"status": doc}], ({"entry": entry}
+                                                        for entry in entries)),
+                              EXIT_OK)
             return
         if connection.uid not in (0, supervisor.euid):
             connection.reply_error(
@@ -8458,6 +8842,8 @@ class ControlServer:
         self.check_request(request, self.supervisor.clock())
 
     def check(self, now):
+        if self.accept_again is not None and now >= self.accept_again:
+            self.resume_accepting()
         for connection in list(self.connections):
             if connection.deadline is not None and now >= connection.deadline:
                 connection.on_timeout()
@@ -8624,12 +9010,18 @@ def ask_status(state_dir):
     try:
         handle = sock.makefile("rb")
         sock.sendall(b'{"cmd": "status", "names": []}\n')
+        doc = None
         for line in handle:
             message = json.loads(line.decode("utf-8"))
-            if isinstance(message, dict) and "status" in message:
-                return checked_status(message["status"])
-            if isinstance(message, dict) and "exit" in message:
-                return None
+            if not isinstance(message, dict):
+                continue
+            if isinstance(message.get("status"), dict):
+                doc = message["status"]
+            elif "entry" in message and doc is not None and \
+                    isinstance(doc.get("services"), list):
+                doc["services"].append(message["entry"])  # one a line
+            elif "exit" in message:
+                return checked_status(doc) if doc is not None else None
     except (OSError, ValueError, UnicodeDecodeError):
         return None
     finally:
@@ -8850,6 +9242,10 @@ def describe_config(config):
         config.globals.filename, count, "" if count == 1 else "s",
         config.globals.state_dir)]
     warnings = []
+    pipes = sum(1 if stderr_follows_stdout(s) else 2 for s in config.services)
+    problem = pipe_budget_problem(pipes, os.geteuid())
+    if problem:
+        warnings.append(problem)
     for service in config.services:
         where = "%s [%s]" % (service_file(config, service), service.section)
         warnings.extend("%s %s: %s" % (where, key, problem)

@@ -3229,6 +3229,149 @@ class NewcomerTests(SupervisorCase):
                          (conf_d, os.path.join(conf_d, "app.log")))
 
 
+class ScaleTests(SupervisorCase):
+    """Issue 23: no cliff past the file-descriptor limit, in bursts of
+    starts, in a big status answer, at a log file's rotation."""
+
+    def launch(self, preexec=None, command=None, user=None):
+        """The supervisor on self.conf, as a child with its own limits."""
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            command or FCGIWATCH + ["-c", self.conf],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+            preexec_fn=preexec)
+        log.close()
+
+    def all_up(self, count):
+        doc = self.doc() or {}
+        entries = doc.get("services", [])
+        return len(entries) == count and all(e["state"] == "up"
+                                             for e in entries)
+
+    def test_six_hundred_services_under_a_soft_limit_of_1024(self):
+        import resource
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        server.bind(os.path.join(self.tmp, "log.sock"))
+        self.addCleanup(server.close)
+        services = dict(("s%03d" % i, {"command": "sleep 1000",
+                                       "stdout_logfile": "syslog"})
+                        for i in range(600))
+        self.write_config(services, {"syslog_socket": os.path.join(
+            self.tmp, "log.sock")})
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        self.launch(lambda: resource.setrlimit(resource.RLIMIT_NOFILE,
+                                               (1024, hard)))
+        wait_for(lambda: self.all_up(600), 60, "600 services up")
+        self.assertRegex(self.log_text(), r"open files: raised the soft "
+                         r"limit from 1024 to \d+")
+        code, out, err = self.cli("--status")
+        self.assertEqual((code, len(out.splitlines())), (0, 600), err)
+        self.proc.send_signal(signal.SIGTERM)
+        self.assertEqual(self.proc.wait(60), 0)
+        self.assertEqual(self.marked(), [])
+
+    @unittest.skipUnless(IS_ROOT, "nobody is the user who cannot raise it")
+    def test_out_of_file_descriptors_says_so(self):
+        """A supervisor that cannot raise its limit (not root, a hard limit
+        of 64): services that find no fd back off saying why, and the
+        supervisor answers and stops as usual."""
+        import resource
+        home = os.path.join(self.tmp, "home")
+        os.mkdir(home)
+        os.chown(home, NOBODY.pw_uid, NOBODY.pw_gid)
+        self.state_dir = os.path.join(home, "state")
+        self.write_config(dict(("s%02d" % i, {"command": "sleep 1000",
+                                              "stdout_logfile": "syslog"})
+                               for i in range(40)),
+                          {"syslog_socket": os.path.join(home, "none")})
+        os.chmod(self.conf, 0o644)
+
+        def drop():
+            resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+            as_user(NOBODY)()
+        self.launch(drop, [NOBODY_PY, readable_program(), "-c", self.conf])
+        wait_for(lambda: (self.doc() or {}).get("services") and any(
+            "out of file descriptors" in e["message"]
+            for e in self.doc()["services"]), 30, "a service short of fds")
+        self.assertRegex(self.log_text(), r"minfds: \d+ needed, but the "
+                         r"hard limit is 64 and only root may raise it")
+        message = [e["message"] for e in self.doc()["services"]
+                   if "out of file" in e["message"]][0]
+        self.assertIn("making its output pipes failed: Too many open files: "
+                      "out of file descriptors (the supervisor's limit of "
+                      "64); raise minfds in [fcgiwatch]", message)
+        code, out, err = self.cli("--status", user=NOBODY)
+        self.assertEqual(len(out.splitlines()), 40, err)
+        self.proc.send_signal(signal.SIGTERM)
+        self.assertEqual(self.proc.wait(30), 0)
+        self.assertNotIn("internal error", self.log_text())
+
+    def test_a_quick_failure_behind_a_burst_of_starts_is_backed_off(self):
+        # Run as another user, each start forks (slower than posix_spawn):
+        # the burst takes seconds, as 3,000 services' would.
+        who = {"user": "nobody"} if IS_ROOT else {}
+        services = dict(("s%04d" % i, dict(who, command="sleep 1000"))
+                        for i in range(1000))
+        services["zz"] = {"command": "sh -c 'sleep 0.5; exit 1'",
+                          "startsecs": "1", "autorestart": "true"}
+        self.write_config(services)
+        self.launch()
+        entry = wait_for(lambda: (self.entry("zz") or {}).get("state") ==
+                         "backoff" and self.entry("zz"), 60, "zz backed off")
+        self.assertEqual(entry["restarts"], 0)
+        self.assertRegex(self.log_text(), r"zz: exited: exited 1 after 0\.\d "
+                         r"s; restarting in 1\.0 s \(1 quick failure")
+        self.assertNotIn("zz: up", self.log_text())
+        wait_for(lambda: self.all_up(1000) is False and len([
+            e for e in self.doc()["services"] if e["state"] == "up"]) ==
+            1000, 60, "the sleepers up")
+
+    def test_a_status_answer_of_any_size(self):
+        # Services that never start: a long message each, and no process.
+        deep = "/" + "/".join(["d" * 200] * 15)
+        services = dict(("s%03d" % i, {"command": "%s/run%d" % (deep, i),
+                                       "startretries": "0"})
+                        for i in range(400))
+        self.start(services, wait_up=False)
+        wait_for(lambda: all(e["state"] == "fatal" for e in (
+            self.doc() or {}).get("services", [{"state": ""}])), 30,
+            "every service fatal")
+        self.assertGreater(os.path.getsize(os.path.join(
+            self.state_dir, "status.json")), 1 << 20)
+        os.unlink(os.path.join(self.state_dir, "status.json"))
+        code, out, err = self.cli("--status")
+        self.assertEqual(code, 3, err)
+        self.assertEqual(len(out.splitlines()), 400)
+        self.assertIn("status.json is missing; this is the supervisor's own "
+                      "answer", err)
+
+    def test_rotation_at_a_line_end(self):
+        log = os.path.join(self.tmp, "count.log")
+        self.start({"count": {
+            "command": self.py("""
+                import sys
+                for i in range(20000):
+                    sys.stdout.write("line %d %s\\n" % (i, "x" * (i % 37)))
+                sys.stdout.flush()
+                import time; time.sleep(1000)
+            """), "stdout_logfile": log, "stdout_logfile_maxbytes": "4KB",
+            "stdout_logfile_backups": "500"}})
+        names = [log] + ["%s.%d" % (log, n) for n in range(1, 501)]
+        wait_for(lambda: read_text(log).endswith("line 19999 %s\n" % (
+            "x" * (19999 % 37))), 10, "the last line")
+        numbers = []
+        for name in reversed(names):
+            if not os.path.exists(name):
+                continue
+            text = read_text(name)
+            self.assertTrue(text.endswith("\n"), name)
+            self.assertLessEqual(len(text), 4096, name)
+            numbers.extend(int(line.split()[1])
+                           for line in text.splitlines())
+        self.assertEqual(numbers, list(range(numbers[0], 20000)))
+        self.assertGreater(len(numbers), 15000)  # 500 files hold most
+
+
 class DaemonTests(SupervisorCase):
     """Issue 3: --daemon for cron."""
 
@@ -3421,7 +3564,9 @@ class OutputTests(SupervisorCase):
         for name in names:
             self.assertLessEqual(os.path.getsize(os.path.join(self.tmp,
                                                               name)), 1024)
-        self.assertIn("0050", read_text(log + ".1"))
+        # Ten whole lines a file: the eleventh would pass 1 KB (issue 23).
+        self.assertEqual([line[:4] for line in read_text(
+            log + ".1").splitlines()], ["%04d" % i for i in range(40, 50)])
 
     def test_sigusr1_reopens_after_logrotate_rename(self):
         log = os.path.join(self.tmp, "app.log")

@@ -565,6 +565,91 @@ def bench_deploy():
             "longest_to_startup": load.longest / startup}
 
 
+def churn(bench, pids, seconds, rate):
+    """SIGKILL a random service's child rate times a second, for seconds:
+    the restart latency of each (ms), and the supervisor's CPU meanwhile,
+    as a share of one core.  A child younger than half a second is left
+    alone (a run shorter than startsecs would be backed off)."""
+    import random
+    rng = random.Random(7)
+    born = dict((pid, 0.0) for pid in pids)
+    cpu_before, began = cpu_seconds(bench.proc.pid), time.monotonic()
+    times = []
+    for number in range(int(seconds * rate)):
+        time.sleep(max(0.0, began + number / rate - time.monotonic()))
+        now = time.monotonic()
+        victims = [pid for pid, at in born.items() if now - at > 0.5]
+        victim = victims[rng.randrange(len(victims))]
+        del born[victim]
+        killed = time.monotonic()
+        os.kill(victim, signal.SIGKILL)
+        new = bench.read_announcements(1)[0]
+        times.append((time.monotonic() - killed) * 1000)
+        born[new] = time.monotonic()
+    share = (cpu_seconds(bench.proc.pid) - cpu_before) / (
+        time.monotonic() - began)
+    return {"kills": len(times), "median_ms": median(times),
+            "p99_ms": percentile(times, 0.99), "cpu_share": share}
+
+
+def bench_scale():
+    """Thousands of services: start-up, --start all's first line, restart
+    latency and the supervisor's CPU under churn (10 kills a second) at
+    3,000 against 100, and memory at 1,000 against daemontools."""
+    big = 1000 if QUICK else 3000
+    seconds = 4 if QUICK else 10
+    result = {"services": big}
+    for count in (100, big):
+        bench = Bench(lambda b: [("s%04d" % i, {
+            "command": b.announce(), "startsecs": "0"})
+            for i in range(count)])
+        bench.start([PY, "-S", "-c", "import sys; sys.path.insert(0, %r); "
+                     "from fcgiwatch import main; sys.exit(main())"
+                     % os.path.dirname(HERE)])
+        pids = bench.read_announcements(count, timeout=120)
+        started = (time.monotonic() - bench.began) * 1000
+        wait_until(bench.all_up, timeout=60)
+        figures = churn(bench, pids, seconds, 10)
+        if count == big:
+            figures["startup_ms"] = started
+            # --stop all, then --start all: how soon its first line comes.
+            subprocess.run([PY, PROGRAM, "-c", bench.conf, "--stop", "all"],
+                           stdout=subprocess.DEVNULL, timeout=300)
+            bench.pending, bench.buffer = [], b""
+            began = time.monotonic()
+            start = subprocess.Popen([PY, PROGRAM, "-c", bench.conf,
+                                      "--start", "all"],
+                                     stdout=subprocess.PIPE)
+            start.stdout.readline()
+            figures["start_all_first_line_ms"] = (
+                time.monotonic() - began) * 1000
+            start.stdout.read()
+            start.wait(300)
+            figures["start_all_done_ms"] = (time.monotonic() - began) * 1000
+        result["at_%d" % count] = figures
+        bench.stop()
+    result["latency_ratio"] = ratio(result["at_%d" % big]["median_ms"],
+                                    result["at_100"]["median_ms"])
+    bench = Bench(lambda b: [("s%04d" % i, {"command": b.announce()})
+                             for i in range(1000)])
+    bench.start()
+    bench.read_announcements(1000, timeout=120)
+    wait_until(bench.all_up, timeout=60)
+    result["memory_1000_pss_mib"] = memory(bench.proc.pid)[1]
+    bench.stop()
+    if SVSCAN:
+        peer = Daemontools(1000)
+        peer.start()
+        peer.read_announcements(1000, timeout=120)
+        time.sleep(1)
+        result["daemontools_1000_pss_mib"] = sum(
+            memory(p)[1] for p in peer.processes())
+        peer.stop()
+        result["memory_1000_ratio"] = ratio(
+            result["memory_1000_pss_mib"], result["daemontools_1000_pss_mib"])
+    return result
+
+
 FIGURES = [
     ("restart", bench_restart),
     ("crash_loop", bench_crash_loop),
@@ -574,6 +659,7 @@ FIGURES = [
     ("mass", bench_mass_death_and_startup),
     ("output", bench_output),
     ("deploy", bench_deploy),
+    ("scale", bench_scale),
 ]
 
 
@@ -692,6 +778,28 @@ def report(results):
             "%.3f (%.0f ms; %d restarts, %d requests, %d failed)" % (
                 r["longest_to_startup"], r["longest_ms"], r["restarts"],
                 r["requests"], r["failed"]), "< 0.05; 0 failed")
+    if "scale" in results:
+        r = results["scale"]
+        big, small = r["at_%d" % r["services"]], r["at_100"]
+        row("%d services: start-up, all running" % r["services"],
+            "%.0f ms" % big["startup_ms"], "< 3000 ms at 3,000")
+        row("%d services: --start all (after --stop all), first line; all"
+            % r["services"], "%.0f ms; %.0f ms" % (
+                big["start_all_first_line_ms"], big["start_all_done_ms"]),
+            "first line < 1000 ms")
+        row("restart under churn (10 kills/s), median at %d vs 100"
+            % r["services"], "%.2f ms vs %.2f ms: %.2f x (p99 %.1f vs %.1f)"
+            % (big["median_ms"], small["median_ms"], r["latency_ratio"],
+               big["p99_ms"], small["p99_ms"]), "< 1.5 x")
+        row("supervisor CPU under that churn, at %d; at 100"
+            % r["services"], "%.0f %%; %.0f %% of a core" % (
+                big["cpu_share"] * 100, small["cpu_share"] * 100),
+            "< 15 %")
+        row("memory, 1,000 services: PSS MiB", "%.1f%s" % (
+            r["memory_1000_pss_mib"],
+            "" if "daemontools_1000_pss_mib" not in r else
+            "; daemontools %.1f: %.2f x" % (r["daemontools_1000_pss_mib"],
+                                            r["memory_1000_ratio"])), "")
     width = max(len(r[0]) for r in rows)
     info = results["machine"]
     print("fcgiwatch bench, %s; %d cores (%s), kernel %s, Python %s%s" % (
