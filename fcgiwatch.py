@@ -1117,6 +1117,7 @@ def parse_config(text, filename, euid=None):
                              base_dir, euid, error, supervisord, warn)
     services, seen, instances, sockets = [], {}, {}, {}
     groups = {}
+    env_names = environment_names()  # once, not once a section
     reported = set()
 
     def error_once(section, key, message):
@@ -1168,7 +1169,7 @@ def parse_config(text, filename, euid=None):
             cuts=ini.cuts, defaults=supervisord["service_defaults"],
             warn=warn_once, environment=supervisord["environment"],
             childlogdir=supervisord["childlogdir"],
-            state_dir=globals_.state_dir)
+            state_dir=globals_.state_dir, env_names=env_names)
         # Relative paths, and the default directory, are the directory of
         # the file that holds the section: its %(here)s.
         for config in parse_program(ini.values[section], section, name,
@@ -1210,7 +1211,7 @@ SUPERVISORD_IGNORED = ("supervisorctl", "unix_http_server",
 #: what the file around it says.
 Flavour = namedtuple("Flavour", [
     "supervisord", "fcgi", "here", "cuts", "defaults", "warn",
-    "environment", "childlogdir", "state_dir"])
+    "environment", "childlogdir", "state_dir", "env_names"])
 
 #: [supervisord] keys fcgiwatch uses (the rest are noted as ignored).
 SUPERVISORD_USED = ("logfile", "pidfile", "childlogdir", "environment",
@@ -1595,13 +1596,18 @@ def expand(value, names):
     return EXPANSION_RE.sub(one, value)
 
 
-def expansion_names(program, base_dir, numprocs):
+def expansion_names(program, base_dir, numprocs, environment=None):
     """The names a program's values may expand (process_num is added for
-    each instance)."""
-    names = dict(("ENV_" + k, v) for k, v in os.environ.items())
+    each instance).  environment: the ENV_ names, made once a config."""
+    names = dict(environment or environment_names())
     names.update(here=base_dir, program_name=program, group_name=program,
                  numprocs=numprocs, host_node_name=socket.gethostname())
     return names
+
+
+def environment_names():
+    """ENV_X for each of the supervisor's environment variables X."""
+    return dict(("ENV_" + k, v) for k, v in os.environ.items())
 
 
 def parse_program(given, section, program, globals_, base_dir, euid,
@@ -1632,7 +1638,7 @@ def parse_program(given, section, program, globals_, base_dir, euid,
     if not ok:
         return None
     names = expansion_names(program, flavour.here if flavour else base_dir,
-                            numprocs)
+                            numprocs, flavour and flavour.env_names)
     instances = []
     for number in range(first, first + numprocs):
         names["process_num"] = number
@@ -2090,21 +2096,27 @@ def spawn_without_fork(config, programs, argv, env, stdio, reset_signals,
             raise SpawnError("chdir", exc.errno, config.directory)
         actions = [(os.POSIX_SPAWN_DUP2, fd, target)
                    for target, fd in enumerate(stdio)]
-        # Each failed attempt costs a clone: try only paths that exist,
-        # unless none does (then the error is the right one anyway).
-        existing = [p for p in programs if os.path.exists(p)] or programs
-        first = last = None
-        for program in existing:
-            try:
-                return os.posix_spawn(program, argv, env,
-                                      file_actions=actions, setsid=True,
-                                      setsigmask=(), setsigdef=reset_signals)
-            except OSError as exc:
-                if first is None and exc.errno not in (errno.ENOENT,
-                                                       errno.ENOTDIR):
-                    first = exc
-                last = exc
-        raise SpawnError("exec", (first or last).errno, argv[0])
+        # Each failed attempt costs a clone: try the paths that exist (in
+        # PATH's order, looked at one by one: the first that exists is most
+        # often it), and only where none does, all (for exec's error).
+        errors = []
+        for pass_ in ("existing", "all"):
+            for program in programs:
+                if pass_ == "existing" and not os.path.exists(program):
+                    continue
+                try:
+                    return os.posix_spawn(
+                        program, argv, env, file_actions=actions,
+                        setsid=True, setsigmask=(), setsigdef=reset_signals)
+                except OSError as exc:
+                    errors.append(exc)
+            if errors:
+                break
+        # As execvp: the first error that is not "not here", else the last.
+        chosen = [e for e in errors if e.errno not in (errno.ENOENT,
+                                                       errno.ENOTDIR)]
+        raise SpawnError("exec", (chosen or errors)[0 if chosen else -1]
+                         .errno, argv[0])
     finally:
         os.umask(old_umask)
         os.fchdir(home_fd)
@@ -6666,6 +6678,17 @@ class Supervisor:
             elif service.config.autostart:
                 service.on_want_up(now)
         self.disk.write_status()
+        self.settle_heap()
+
+    def settle_heap(self):
+        """After start-up, a reload or a hand-over: move what exists now
+        (thousands of services' objects) out of the cyclic collector's way
+        (gc.freeze, Python 3.7+), so that a collection during a restart
+        walks only what is new, not every service."""
+        import gc
+        if hasattr(gc, "freeze"):
+            gc.collect()
+            gc.freeze()
 
     def raise_limits(self):
         """Open files: at least what the config needs (fds_needed), or
@@ -6927,10 +6950,17 @@ class Supervisor:
         if not exits:
             return
         tree = self.tree
-        # Before the exits are acted on: a run's orphans are known when its
-        # end is decided (adopt the daemon, or kill the leftovers).
-        tree.scan(now, [self.children[pid] for pid, _ in exits
-                        if pid in self.children])
+        ended = [self.children[pid] for pid, _ in exits
+                 if pid in self.children]
+        # The orphans the exits left: for a run being stopped, taken in
+        # first, so that its stop waits for them; for the others after
+        # the exits are acted on, off the restart path (the scan reads
+        # the list of our children, thousands long): the orphans of a run
+        # that is over are killed as they are taken in (Tree.take_in), and
+        # an adoption looks for its daemon itself (Tree.adopt).
+        early = any(run.stopping for run in ended)
+        if early:
+            tree.scan(now, ended)
         touched = []
         for pid, status in exits:
             run = self.children.pop(pid, None)
@@ -6945,6 +6975,8 @@ class Supervisor:
                 elif not tree.subreaper:
                     self.log("reaped pid %d, not a service of ours (%s)" % (
                         pid, decode_wait_status(status)[2]))
+        if not early:
+            tree.scan(now, ended)
         for run in touched:
             run.service.on_tree_changed(now, run)
         tree.report()
@@ -7110,6 +7142,7 @@ class Supervisor:
             self.add_service(new_by_name[name], opened.pop(name, None), now,
                              note)
         self.order_services()
+        self.settle_heap()
         self.log("%s: %d added, %d removed, %d changed, "
                  "%d updated, %d unchanged" % (
                      cause, len(added), len(removed), len(changed),

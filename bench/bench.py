@@ -568,8 +568,8 @@ def bench_deploy():
 def churn(bench, pids, seconds, rate):
     """SIGKILL a random service's child rate times a second, for seconds:
     the restart latency of each (ms), and the supervisor's CPU meanwhile,
-    as a share of one core.  A child younger than half a second is left
-    alone (a run shorter than startsecs would be backed off)."""
+    as a share of one core.  A child younger than a second is left alone
+    (a run killed at once would be backed off, rightly)."""
     import random
     rng = random.Random(7)
     born = dict((pid, 0.0) for pid in pids)
@@ -578,7 +578,7 @@ def churn(bench, pids, seconds, rate):
     for number in range(int(seconds * rate)):
         time.sleep(max(0.0, began + number / rate - time.monotonic()))
         now = time.monotonic()
-        victims = [pid for pid, at in born.items() if now - at > 0.5]
+        victims = [pid for pid, at in born.items() if now - at > 1.0]
         victim = victims[rng.randrange(len(victims))]
         del born[victim]
         killed = time.monotonic()
