@@ -181,6 +181,10 @@ STATUS_SHARE = 20
 #: turns, so that reaping, control requests and probes go on meanwhile.
 SPAWN_SLICE = 50
 
+#: Seconds between exits and the look for the orphans they left (see
+#: Supervisor.reap): the new runs start first.
+SCAN_DELAY = 0.02
+
 #: Bytes read from a pipe bound for syslog per wake-up: each line is a
 #: datagram anyway, and when the socket fills, what was read waits in
 #: memory; small reads keep that small and leave the rest in the pipe.
@@ -3237,7 +3241,7 @@ class Outputs:
         self.fallbacks = {}       # service name -> LogFile, without syslog
         self.small_pipes = False  # said that the kernel gave smaller pipes
         self.pipe_fds = 0         # fds the output pipes hold
-        self.fd_budget = None     # what they may hold (Supervisor.raise_limits)
+        self.fd_budget = None     # their share (Supervisor.raise_limits)
         self.syslog = SyslogOutput(supervisor)
 
     def make(self, service, handed=None):
@@ -5071,6 +5075,8 @@ class Tree:
         self.stray_kill_at = None
         self.strays_killed = False
         self.news = []            # (run, pid, name) taken in, to log
+        self.scan_due = None      # a scan put off after exits (scan_soon)
+        self.ended = []           # the runs whose exits it is for
 
     def start(self):
         why = become_subreaper()
@@ -5090,6 +5096,9 @@ class Tree:
         if not self.subreaper or (self.scanned == now and not ended):
             return
         self.scanned = now
+        if self.ended:  # a scan put off is made now, with this one
+            ended = list(ended) + self.ended
+            self.ended, self.scan_due = [], None
         supervisor = self.supervisor
         new = [pid for pid in list_children(supervisor.pid)
                if pid not in supervisor.children and pid not in self.members
@@ -5162,6 +5171,21 @@ class Tree:
         found = [s for s in services.values()
                  if self.supervisor.run_uid(s.config) == uid]
         return found[0] if len(found) == 1 else None
+
+    def scan_soon(self, now, ended):
+        """A scan for the orphans of these runs' exits, SCAN_DELAY from
+        now: their new runs start first."""
+        if not self.subreaper:
+            return
+        self.ended.extend(ended)
+        if self.scan_due is None:
+            self.scan_due = now + SCAN_DELAY
+
+    def scan_if_due(self, now):
+        if self.scan_due is not None and now >= self.scan_due:
+            ended, self.ended, self.scan_due = self.ended, [], None
+            self.scan(now, ended)
+            self.report()
 
     def report(self):
         """Log the orphans taken in, once each, for runs that go on: not
@@ -6792,6 +6816,8 @@ class Supervisor:
         now = self.clock()
         if self.start_queue:
             self.guarded(self.start_queued)
+        if self.tree.scan_due is not None:
+            self.guarded(self.tree.scan_if_due, now)
         for service in self.due_services(now):
             self.guarded(service.on_due, now)
         if self.shutting_down:
@@ -6829,7 +6855,7 @@ class Supervisor:
 
     def next_timeout(self, now):
         """Seconds until the earliest deadline, or None: sleep for good."""
-        times = [self.earliest_due()]
+        times = [self.earliest_due(), self.tree.scan_due]
         times.extend(self.control.deadlines())
         if self.shutting_down:
             times.append(self.tree.deadline())
@@ -6953,11 +6979,13 @@ class Supervisor:
         ended = [self.children[pid] for pid, _ in exits
                  if pid in self.children]
         # The orphans the exits left: for a run being stopped, taken in
-        # first, so that its stop waits for them; for the others after
-        # the exits are acted on, off the restart path (the scan reads
-        # the list of our children, thousands long): the orphans of a run
-        # that is over are killed as they are taken in (Tree.take_in), and
-        # an adoption looks for its daemon itself (Tree.adopt).
+        # first, so that its stop waits for them; for the others a moment
+        # after the exits are acted on, off the restart path (the scan
+        # reads the list of our children, thousands long, and on a small
+        # machine the new run would wait for the CPU meanwhile): the
+        # orphans of a run that is over are killed as they are taken in
+        # (Tree.take_in), and an adoption looks for its daemon itself
+        # (Tree.adopt).
         early = any(run.stopping for run in ended)
         if early:
             tree.scan(now, ended)
@@ -6976,7 +7004,7 @@ class Supervisor:
                     self.log("reaped pid %d, not a service of ours (%s)" % (
                         pid, decode_wait_status(status)[2]))
         if not early:
-            tree.scan(now, ended)
+            tree.scan_soon(now, ended)
         for run in touched:
             run.service.on_tree_changed(now, run)
         tree.report()

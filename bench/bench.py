@@ -572,6 +572,7 @@ def churn(bench, pids, seconds, rate):
     (a run killed at once would be backed off, rightly)."""
     import random
     rng = random.Random(7)
+    time.sleep(1.1)  # the first children too are a second old
     born = dict((pid, 0.0) for pid in pids)
     cpu_before, began = cpu_seconds(bench.proc.pid), time.monotonic()
     times = []
