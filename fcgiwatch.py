@@ -9298,10 +9298,23 @@ def describe_config(config):
     """--check: each service as it would run, and what will fail when it
     starts (tried as its user: warnings, as a start would meet them)."""
     import shlex
+    import resource
     count = len(config.services)
     lines = ["config %s: %d service%s; state_dir %s" % (
         config.globals.filename, count, "" if count == 1 else "s",
         config.globals.state_dir)]
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = max(config.globals.minfds or 0, fds_needed(config))
+    lines.append("open files: %d needed (two a pipe for each service's "
+                 "output, one a held socket, %d of its own); the limit here "
+                 "is %s, hard %s%s" % (
+                     needed, FDS_OWN, "unlimited" if soft < 0 else soft,
+                     "unlimited" if hard < 0 else hard,
+                     "" if soft < 0 or soft >= needed else
+                     ": raised to %d at start" % needed if hard < 0 or
+                     hard >= needed or os.geteuid() == 0 else
+                     ": only %d can be had, and services past that back off "
+                     "(raise the hard limit as root)" % hard))
     warnings = []
     pipes = sum(1 if stderr_follows_stdout(s) else 2 for s in config.services)
     problem = pipe_budget_problem(pipes, os.geteuid())
