@@ -378,7 +378,7 @@ ServiceConfig = namedtuple("ServiceConfig", [
     "priority", "socket", "socket_owner", "socket_mode", "ready",
     "watchdog_secs", "program", "process_num", "numprocs",
     "environment_file", "limits", "stdout_logfile_timestamps",
-    "stderr_logfile_timestamps", "max_memory"])
+    "stderr_logfile_timestamps", "max_memory", "socket_pass"])
 
 #: Values for the ServiceConfig fields that a --reexec hand-over from an
 #: older version does not carry (fields are only ever added at the end;
@@ -386,7 +386,8 @@ ServiceConfig = namedtuple("ServiceConfig", [
 LATER_FIELDS = {"ready": "startsecs", "watchdog_secs": 0, "program": None,
                 "process_num": 0, "numprocs": 1, "environment_file": None,
                 "limits": (), "stdout_logfile_timestamps": False,
-                "stderr_logfile_timestamps": False, "max_memory": None}
+                "stderr_logfile_timestamps": False, "max_memory": None,
+                "socket_pass": "stdin"}
 
 #: A whole config: globals, services (instances, in priority order), the
 #: warnings that reading it gave (ConfigError each), the groups as
@@ -403,7 +404,7 @@ PROCESS_KEYS = (
     "stderr_logfile", "stdout_logfile_maxbytes", "stdout_logfile_backups",
     "stderr_logfile_maxbytes", "stderr_logfile_backups", "redirect_stderr",
     "socket", "socket_owner", "socket_mode", "ready", "watchdog_secs",
-    "environment_file", "limits")
+    "environment_file", "limits", "socket_pass")
 
 #: The process keys that shape a service's output pipes: a run keeps its
 #: pipes across a change of any other (an overlapping restart's old run
@@ -431,6 +432,7 @@ SERVICE_DEFAULTS = {
     "process_name": "%(program_name)s", "environment_file": "",
     "limits": "", "stdout_logfile_timestamps": "false",
     "stderr_logfile_timestamps": "", "max_memory": "",
+    "socket_pass": "stdin",
 }
 
 #: Keys that shape the instances of a program, read before its sections'
@@ -869,6 +871,28 @@ def to_socket(value):
     return endpoint
 
 
+def to_sockets(value):
+    """socket = one address, or several (space-separated) with
+    socket_pass = systemd: a tuple of Endpoints, each given once."""
+    endpoints = tuple(to_socket(word) for word in value.split())
+    urls = [e.url for e in endpoints]
+    for url in urls:
+        if urls.count(url) > 1:
+            raise ValueError("%s is given twice" % url)
+    return endpoints
+
+
+def to_socket_pass(value):
+    """stdin or systemd."""
+    word = value.strip().lower()
+    if word not in ("stdin", "systemd"):
+        raise ValueError("%r is not one of stdin (the socket as fd 0, the "
+                         "FastCGI way), systemd (fds 3, 4 ... with "
+                         "LISTEN_FDS, as systemd's socket activation)"
+                         % value)
+    return word
+
+
 def to_syslog_socket(value):
     """A unix datagram socket path, or udp://HOST:PORT."""
     text = value.strip()
@@ -1185,12 +1209,13 @@ def parse_config(text, filename, euid=None):
                           config.name, instances[config.name]))
                 continue
             instances[config.name] = section
-            key = socket_key(config)
-            if config.socket is not None and sockets.setdefault(
-                    key, (config.program, section))[0] != config.program:
+            taken = [(e.url, sockets[e.url][1]) for e in config.socket or ()
+                     if sockets.setdefault(e.url, (config.program, section))[
+                         0] != config.program]
+            if taken:
                 error(section, "socket", "%s is [%s]'s socket already; a "
                       "socket belongs to one program (its instances share "
-                      "it)" % (config.socket.url, sockets[key][1]))
+                      "it)" % taken[0])
                 continue
             services.append(config)
     group_members = parse_groups(ini, groups, seen, error)
@@ -1756,6 +1781,7 @@ SERVICE_CONVERTERS = (
     ("priority", lambda v: to_int(v, None)),
     ("socket_mode", to_octal), ("ready", to_ready),
     ("watchdog_secs", to_watchdog), ("limits", to_limits),
+    ("socket_pass", to_socket_pass),
     ("stdout_logfile_timestamps", to_bool))
 
 
@@ -1823,7 +1849,7 @@ def convert_service_keys(raw, base_dir, euid, report, trusted=(),
     for key, function in SERVICE_CONVERTERS:
         convert(key, function)
     for key, function in (("healthcheck", to_healthcheck),
-                          ("socket", to_socket),
+                          ("socket", to_sockets),
                           ("environment", to_environment)):
         if raw[key].strip():
             convert(key, function)
@@ -1858,6 +1884,15 @@ def convert_service_keys(raw, base_dir, euid, report, trusted=(),
             values[key] = values.get(key.replace("stderr", "stdout"))
     if values.get("redirect_stderr"):
         values["stderr_logfile"] = values.get("stdout_logfile")
+    endpoints = values.get("socket") or ()
+    if len(endpoints) > 1 and values.get("socket_pass") == "stdin":
+        report("socket", "%d addresses, and fd 0 holds one: with several, "
+               "write socket_pass = systemd (fds 3, 4 ...)" % len(endpoints))
+        ok[0] = False
+    if values.get("socket_pass") == "systemd" and not raw["socket"].strip():
+        report("socket_pass", "systemd, but there is no socket to pass; "
+               "add socket = tcp://HOST:PORT")
+        ok[0] = False
     if values.get("watchdog_secs") and values.get("ready") == "startsecs":
         report("watchdog_secs", "needs ready = notify: the watchdog is the "
                "program's WATCHDOG=1 messages to $NOTIFY_SOCKET")
@@ -1986,9 +2021,13 @@ def config_from_json(values):
     for key in ("argv", "groups", "environment", "env", "exitcodes",
                 "socket_owner", "limits"):
         fields[key] = tuples(fields[key])
-    for key in ("healthcheck", "socket"):
-        if fields[key] is not None:
-            fields[key] = Endpoint(*tuples(fields[key]))
+    if fields["healthcheck"] is not None:
+        fields["healthcheck"] = Endpoint(*tuples(fields["healthcheck"]))
+    if fields["socket"] is not None:
+        endpoints = fields["socket"]
+        if isinstance(endpoints[0], str):  # 1.0 carried one endpoint
+            endpoints = [endpoints]
+        fields["socket"] = tuple(Endpoint(*tuples(e)) for e in endpoints)
     return ServiceConfig(**fields)
 
 
@@ -2042,9 +2081,11 @@ HAVE_SPAWN_SETSID = sys.version_info >= (3, 8) and hasattr(os, "posix_spawn")
 
 
 def spawn_child(config, stdin_fd, stdout_fd, stderr_fd, reset_signals,
-                home_fd=None, identity=(), file_env=()):
+                home_fd=None, identity=(), file_env=(), listen_fds=()):
     """Start one run of a service.  identity: (name, value) pairs added to
     its environment where the config sets no such name (service_identity).
+    listen_fds: sockets the run gets as fds 3, 4 ..., with LISTEN_PID set
+    to its own pid (systemd's protocol).
 
     Returns (pid, error_pipe_read_end).  With a fork, the read end gives
     EOF when exec succeeded, or a record "step:errno:path" when a step
@@ -2061,10 +2102,19 @@ def spawn_child(config, stdin_fd, stdout_fd, stderr_fd, reset_signals,
         env.update(file_env)
         env.update(config.environment)
     programs = program_candidates(argv[0], env.get("PATH", DEFAULT_PATH))
-    # posix_spawn cannot set rlimits in the child: with limits, fork.
+    # posix_spawn cannot set rlimits or change user in the child, nor know
+    # the pid that LISTEN_PID must be before the exec: then fork, and set
+    # it in the child.  The fork costs: make bench measures a root service
+    # with socket_pass = systemd restarting in about 2.3 x the time of a
+    # plain one (4 ms against 1.7), as the fork copies our page tables and
+    # the child runs Python before exec.  A shell's prologue, sh -c
+    # 'LISTEN_PID=$$ exec "$0" "$@"', would keep posix_spawn for about
+    # 0.5 ms more, but puts /bin/sh's rules (argv[0], PATH, its exit codes
+    # for a missing program) between the config and the exec; and an app
+    # server that runs as its own user (the usual case) forks anyway.
     limits = getattr(config, "limits", ())  # a Helper has none
     if config.uid is None and HAVE_SPAWN_SETSID and home_fd is not None \
-            and not limits:
+            and not limits and not listen_fds:
         return spawn_without_fork(config, programs, argv, env, (
             stdin_fd, stdout_fd, stderr_fd), reset_signals, home_fd), -1
     err_read, err_write = os.pipe()  # both close-on-exec (PEP 446)
@@ -2075,7 +2125,7 @@ def spawn_child(config, stdin_fd, stdout_fd, stderr_fd, reset_signals,
         if pid == 0:
             child_exec(config, programs, argv, env, stdin_fd, stdout_fd,
                        stderr_fd, err_write, reset_signals,
-                       limits)  # never returns
+                       limits, listen_fds)  # never returns
     except BaseException:
         os.close(err_read)
         raise
@@ -2161,7 +2211,7 @@ def child_limits(limits):
 
 
 def child_exec(config, programs, argv, env, stdin_fd, stdout_fd, stderr_fd,
-               err_write, reset_signals, limits=()):
+               err_write, reset_signals, limits=(), listen_fds=()):
     """The child between fork and exec.  System calls only; never returns.
 
     A Python exception escaping from here would leave a second supervisor
@@ -2181,6 +2231,18 @@ def child_exec(config, programs, argv, env, stdin_fd, stdout_fd, stderr_fd,
         os.dup2(stdin_fd, 0)
         os.dup2(stdout_fd, 1)
         os.dup2(stderr_fd, 2)
+        if listen_fds:
+            # Onto 3, 4 ...: first out of their way (a socket may be one
+            # of those numbers), close-on-exec, then down, inheritable
+            # (PEP 446 made every fd of ours close-on-exec: without the
+            # dup2 the sockets would vanish at exec, as circus#787 saw).
+            step = "listen fds"
+            above = 3 + len(listen_fds)
+            moved = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, above)
+                     for fd in listen_fds]
+            for number, fd in enumerate(moved):
+                os.dup2(fd, 3 + number)
+            env["LISTEN_PID"] = "%d" % os.getpid()
         # No other fd reaches the program: everything the supervisor opens
         # is close-on-exec, and inherited fds were marked so at start-up.
         step, path = "chdir", config.directory
@@ -2253,6 +2315,15 @@ def launch_run(service, now):
         identity += (("FCGIWATCH_PROCESS_NUM", "%d" % config.process_num),)
     try:
         service.listen()
+        listen_fds = ()
+        if config.socket_pass == "systemd":
+            # systemd's socket activation: fds 3, 4 ..., a name for each
+            # (Twisted refuses them without), and LISTEN_PID, which must
+            # be the run's own pid: set in the child (child_exec).
+            listen_fds = tuple(sock.fileno() for sock in service.listeners)
+            identity += (("LISTEN_FDS", "%d" % len(listen_fds)),
+                         ("LISTEN_FDNAMES", ":".join(
+                             [config.program] * len(listen_fds))))
         if config.ready == "notify":
             identity += (("NOTIFY_SOCKET",
                           supervisor.notify_socket(service)),)
@@ -2272,7 +2343,7 @@ def launch_run(service, now):
         pid, exec_fd = spawn_child(config, stdin_fd, stdout_fd, stderr_fd,
                                    supervisor.reset_signals,
                                    supervisor.home_fd, identity,
-                                   file_env)
+                                   file_env, listen_fds)
     except (Failure, ValueError) as exc:
         return str(exc)
     except SpawnError as exc:
@@ -2307,8 +2378,9 @@ def run_fds(service):
     else:
         stderr_fd = stream_fd(config.stderr_logfile, stderr_pipe, 2,
                               supervisor.devnull)
-    stdin_fd = (service.listener.fileno() if service.listener is not None
-                else supervisor.devnull)
+    stdin_fd = supervisor.devnull
+    if service.listeners and config.socket_pass == "stdin":
+        stdin_fd = service.listeners[0].fileno()
     return stdin_fd, stdout_fd, stderr_fd
 
 
@@ -3392,20 +3464,34 @@ class Outputs:
 # ===========================================================================
 
 def socket_key(config):
-    """What identifies a held socket: reused across reloads when equal."""
+    """What identifies a service's held sockets: reused across reloads when
+    equal (how they are passed is not part of it)."""
     if config is None or config.socket is None:
         return None
-    return (config.socket.url, config.socket_owner, config.socket_mode,
-            config.uid)
+    return (tuple(e.url for e in config.socket), config.socket_owner,
+            config.socket_mode, config.uid)
 
 
-def open_listener(config, euid):
-    """Bind and listen once on a service's socket; raises Failure.
+def open_listeners(config, euid):
+    """Bind and listen once on each of a service's sockets: the list, in
+    the config's order; raises Failure with none left open."""
+    opened = []
+    try:
+        for endpoint in config.socket:
+            opened.append(open_listener(config, endpoint, euid))
+    except Failure:
+        for sock in opened:
+            sock.close()
+        raise
+    return opened
+
+
+def open_listener(config, endpoint, euid):
+    """Bind and listen once on one of a service's sockets; raises Failure.
 
     A unix socket file left by a dead program is replaced; one that still
     answers belongs to a live program and is never taken over.
     """
-    endpoint = config.socket
     where = "[%s] socket %s" % (config.section, endpoint.url)
     sock = socket.socket(endpoint.family, socket.SOCK_STREAM)
     try:
@@ -3892,7 +3978,7 @@ class Overlap:
         the new run's port would clash), only from UP, and only where the
         new config (a reload's) keeps the outputs and the socket."""
         run, new = self.run, self.pending_config or self.config
-        return self.listener is not None and self.state == UP and \
+        return bool(self.listeners) and self.state == UP and \
             run is not None and bool(run.pid) and run.pidfd is None and \
             not self.supervisor.shutting_down and all(
                 getattr(self.config, key) == getattr(new, key)
@@ -4089,7 +4175,7 @@ class Service(Overlap):
         self.health = "unknown" if config.healthcheck else "none"
         self.health_fails = 0
         self.probe = None
-        self.listener = None
+        self.listeners = []       # the held sockets, while it has them
 
     @property
     def pid(self):
@@ -4693,9 +4779,9 @@ class Service(Overlap):
         use at start-up or reload may be free by the next try).  Raises
         Failure: the start fails and backs off, as any failed start."""
         config = self.config
-        if config.socket is not None and self.listener is None:
-            self.listener = self.supervisor.shared_listener(config) or \
-                open_listener(config, self.supervisor.euid)
+        if config.socket is not None and not self.listeners:
+            self.listeners = self.supervisor.shared_listeners(config) or \
+                open_listeners(config, self.supervisor.euid)
 
     def watch_pidfd(self, run, pidfd):
         run.pidfd = pidfd
@@ -6510,7 +6596,7 @@ def fds_needed(config):
     163
     """
     return FDS_OWN + sum(
-        2 * output_pipes(s) + (s.socket is not None) + (s.ready == "notify")
+        2 * output_pipes(s) + len(s.socket or ()) + (s.ready == "notify")
         + 1 for s in config.services)
 
 
@@ -6672,6 +6758,9 @@ class Supervisor:
         service has started; nothing is left behind when it does."""
         fill_standard_fds()
         close_on_exec_inherited()
+        for name in ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"):
+            # Were we socket-activated ourselves: none of that for helpers.
+            os.environ.pop(name, None)
         self.devnull = os.open(os.devnull, os.O_RDWR)
         self.home_fd = open_home()
         self.disk.make()
@@ -7060,29 +7149,28 @@ class Supervisor:
                     self.warn("%s: %s; it starts once it can" % (
                         service.name, exc))
 
-    def release_listener(self, service):
-        """Close a service's copy of its held socket; a unix socket's file
-        goes with the last copy (a pool's instances share one socket)."""
-        sock, endpoint = service.listener, service.config.socket
-        service.listener = None
+    def release_listeners(self, service):
+        """Close a service's copies of its held sockets; a unix socket's
+        file goes with the last copy (a pool's instances share them)."""
+        socks, service.listeners = service.listeners, []
         key = socket_key(service.config)
-        shared = any(other.listener is not None and
-                     socket_key(other.config) == key
+        shared = any(other.listeners and socket_key(other.config) == key
                      for other in self.services.values())
-        if not shared and endpoint is not None and \
-                endpoint.family == socket.AF_UNIX:
-            remove_socket_file(endpoint.address, self.euid)
-        sock.close()
+        for endpoint in service.config.socket or ():
+            if not shared and endpoint.family == socket.AF_UNIX:
+                remove_socket_file(endpoint.address, self.euid)
+        for sock in socks:
+            sock.close()
 
-    def shared_listener(self, config, exclude=()):
-        """A copy (dup) of the held socket that another instance of the
+    def shared_listeners(self, config, exclude=()):
+        """Copies (dup) of the held sockets that another instance of the
         same program holds, or None."""
         key = socket_key(config)
         for other in self.services.values():
-            if other.listener is not None and other.name not in exclude \
+            if other.listeners and other.name not in exclude \
                     and other.config.program == config.program and \
                     socket_key(other.config) == key:
-                return other.listener.dup()
+                return [sock.dup() for sock in other.listeners]
         return None
 
     # -- status ------------------------------------------------------------
@@ -7190,15 +7278,15 @@ class Supervisor:
             if new.socket is None or socket_key(new) == socket_key(old):
                 continue
             key = socket_key(new)
-            # A pool's instances share one socket: one opened in this
-            # reload, else one an unchanged instance holds.
+            # A pool's instances share their sockets: those opened in this
+            # reload, else those an unchanged instance holds.
             if key in fresh:
                 if fresh[key] is not None:
-                    opened[name] = fresh[key].dup()
+                    opened[name] = [sock.dup() for sock in fresh[key]]
                 continue
             try:
-                opened[name] = self.shared_listener(
-                    new, exclude=names) or open_listener(new, self.euid)
+                opened[name] = self.shared_listeners(
+                    new, exclude=names) or open_listeners(new, self.euid)
             except Failure as exc:
                 fresh[key] = None
                 self.warn("%s: %s; it starts once it can" % (name, exc))
@@ -7218,7 +7306,7 @@ class Supervisor:
             note("%s: removed" % service.name)
         service.on_want_down(now, "removed")
 
-    def change_service(self, service, new, listener, now, note):
+    def change_service(self, service, new, listeners, now, note):
         """A process key changed: give it the new config, to take at its
         restart (True: it runs, and the caller restarts it), or start it,
         or keep it down, as it was wanted."""
@@ -7226,9 +7314,9 @@ class Supervisor:
         if socket_key(service.config) != socket_key(new):
             # The running process keeps its own copy as fd 0; the next run
             # gets the new socket (or /dev/null without one).
-            if service.listener is not None:
-                self.release_listener(service)
-            service.listener = listener
+            if service.listeners:
+                self.release_listeners(service)
+            service.listeners = listeners or []
         service.pending_config = new
         if service.state in RUNNING_STATES:
             note("%s: changed, restarting" % name, (name, "up",
@@ -7242,9 +7330,9 @@ class Supervisor:
             service.apply_config(service.pending_config, now)
             note("%s: changed, stays down" % name)
 
-    def add_service(self, config, listener, now, note):
+    def add_service(self, config, listeners, now, note):
         service = Service(self, config)
-        service.listener = listener
+        service.listeners = listeners or []
         self.services[config.name] = service
         if config.autostart:
             note("%s: added, starting" % config.name, (config.name, "up", 0))
@@ -7262,8 +7350,8 @@ class Supervisor:
         if self.services.get(service.name) is service:
             del self.services[service.name]
         service.close_outputs()
-        if service.listener is not None:
-            self.release_listener(service)
+        if service.listeners:
+            self.release_listeners(service)
         self.close_notify_socket(service.name)
         self.status_dirty = True
 
@@ -7317,8 +7405,8 @@ class Supervisor:
     def close_everything(self):
         for service in self.services.values():
             service.close_outputs()
-            if service.listener is not None:
-                self.release_listener(service)
+            if service.listeners:
+                self.release_listeners(service)
         if self.control is not None:
             self.control.close()
             self.control = None
@@ -7753,8 +7841,7 @@ class Handover:
         for entry in state["services"]:
             keep.extend(fd for out in entry["outputs"] or ()
                         for fd in (out["read"], out["write"]))
-            if entry["listener"]:
-                keep.append(entry["listener"][0])
+            keep.extend(fd for fd, _family in entry["listeners"])
             if entry["run"] and entry["run"]["pidfd"] is not None:
                 keep.append(entry["run"]["pidfd"])
         # Signals that arrive now stay pending across exec, for the new
@@ -7854,14 +7941,13 @@ class Handover:
             for key in CARRIED_SERVICE_TIMES:
                 moment = getattr(service, key)
                 entry[key] = None if moment is None else moment - now
-            listener = service.listener
             entry.update({
                 "config": config_to_json(service.config),
                 "pending_config": None if service.pending_config is None
                 else config_to_json(service.pending_config),
                 "outputs": outputs,
-                "listener": None if listener is None else [
-                    listener.fileno(), listener.family]})
+                "listeners": [[sock.fileno(), sock.family]
+                              for sock in service.listeners]})
             services.append(entry)
         # Members of runs that are over are strays to the next program:
         # still ours, and stopped at shutdown.
@@ -7912,10 +7998,13 @@ class Handover:
                 service.outputs = supervisor.outputs.make(service, dict(
                     (out["stream"], (out["read"], out["write"]))
                     for out in entry["outputs"]))
-            if entry["listener"] is not None:
-                fd, family = entry["listener"]
-                service.listener = socket.socket(family, socket.SOCK_STREAM,
-                                                 fileno=fd)
+            listeners = entry.get("listeners")
+            if listeners is None:  # from 1.0: one, or none
+                listeners = [entry["listener"]] if entry.get("listener") \
+                    else []
+            service.listeners = [socket.socket(family, socket.SOCK_STREAM,
+                                               fileno=fd)
+                                 for fd, family in listeners]
             # Every timer its state needs: a probe at once, the next look
             # at its memory (which 1.0 did not carry over).
             service.arm(now)
@@ -8133,12 +8222,19 @@ def startup_allowance(config):
     return allowance
 
 
+#: How late past its start-up allowance a starting service still counts
+#: as on time in --status's exit code.
+STARTING_GRACE = 1.0
+
+
 def status_exit_code(entries, now):
     """0 when every service that should be up is up, or starting within its
-    start-up allowance (starting_until, a Unix time); else 3.
+    start-up allowance (starting_until, a Unix time); else 3.  The
+    allowance has a second's grace: a busy supervisor may mark a service up
+    a little after its startsecs, and that is not the service's fault.
 
     >>> status_exit_code([{"state": "starting", "want": "up",
-    ...                    "starting_until": 10.0}], 9.0)
+    ...                    "starting_until": 10.0}], 10.5)
     0
     """
     for entry in entries:
@@ -8146,7 +8242,7 @@ def status_exit_code(entries, now):
             continue
         if entry["state"] == STARTING and "starting_until" in entry and (
                 entry["starting_until"] is None or
-                now < entry["starting_until"]):
+                now < entry["starting_until"] + STARTING_GRACE):
             continue
         return EXIT_NOT_UP
     return EXIT_OK
@@ -9306,7 +9402,7 @@ def describe_config(config):
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     needed = max(config.globals.minfds or 0, fds_needed(config))
     lines.append("open files: %d needed (two a pipe for each service's "
-                 "output, one a held socket, %d of its own); the limit here "
+                 "output, one each held or notify socket, %d of its own); the limit here "
                  "is %s, hard %s%s" % (
                      needed, FDS_OWN, "unlimited" if soft < 0 else soft,
                      "unlimited" if hard < 0 else hard,
@@ -9332,7 +9428,7 @@ def describe_config(config):
                 ",".join(str(g) for g in service.groups) or "none")
         ready = "ran startsecs (%s)" % format_seconds(service.startsecs)
         if service.ready == "notify":
-            ready = "READY=1 on NOTIFY_SOCKET%s" % (
+            ready = "says READY=1 on NOTIFY_SOCKET%s" % (
                 " within %s" % format_seconds(service.startsecs)
                 if service.startsecs else "")
             if service.watchdog_secs:
@@ -9352,9 +9448,16 @@ def describe_config(config):
         lines.append("  stop      %s, KILL after %s" % (
             signal_name(service.stopsignal),
             format_seconds(service.stopwaitsecs)))
-        if service.socket is not None:
+        if service.socket and service.socket_pass == "systemd":
+            lines.append("  socket    %s, passed as fd%s %s with LISTEN_FDS "
+                         "(systemd's socket activation)" % (
+                             ", ".join(e.url for e in service.socket),
+                             "s" if len(service.socket) > 1 else "",
+                             ", ".join("%d" % (3 + n) for n in range(
+                                 len(service.socket)))))
+        elif service.socket:
             lines.append("  socket    %s, passed as fd 0 (stdin)"
-                         % service.socket.url)
+                         % service.socket[0].url)
         if service.healthcheck is not None:
             lines.append("  health    %s every %s" % (
                 service.healthcheck.url,

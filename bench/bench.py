@@ -29,7 +29,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 PROGRAM = os.path.join(os.path.dirname(HERE), "fcgiwatch.py")
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
-from apps import SOCKET_APP, Load  # noqa: E402  (the tests' too)
+from apps import APPS, SOCKET_APP, WSGI_APP, Load  # noqa: E402 (tests' too)
 PY = sys.executable
 QUICK = bool(os.environ.get("BENCH_QUICK"))
 TICK = os.sysconf("SC_CLK_TCK")
@@ -268,10 +268,21 @@ def summary(trials):
 
 
 def bench_restart():
+    trials = 20 if QUICK else 50
     bench = Bench(lambda b: [("svc", {"command": b.announce(),
                                       "startsecs": "0.05"})])
     bench.start()
-    result = summary(restart_trials(bench, 20 if QUICK else 50, 0.1))
+    result = summary(restart_trials(bench, trials, 0.1))
+    bench.stop()
+    # The same with socket_pass = systemd: a fork and exec instead of
+    # posix_spawn, since LISTEN_PID must be the run's own pid.
+    (port,) = free_ports(1)
+    bench = Bench(lambda b: [("svc", {
+        "command": b.announce(), "startsecs": "0.05",
+        "socket": "tcp://127.0.0.1:%d" % port, "socket_pass": "systemd"})])
+    bench.start()
+    result["socket_pass_systemd"] = summary(restart_trials(bench, trials,
+                                                           0.1))
     bench.stop()
     if SVSCAN:
         # supervise waits a second before restarting a child that ran less
@@ -547,15 +558,20 @@ def bench_deploy():
         return [("app", {"command": "%s %s %s" % (PY, app, startup),
                          "socket": "tcp://127.0.0.1:%d" % port,
                          "startsecs": str(startup + 0.5)})]
-    bench = Bench(services)
+    return deploys_under_load(Bench(services), "app", port, startup)
+
+
+def deploys_under_load(bench, name, port, startup, http=False):
+    """Start bench, then --restart name (5 times) under a steady client on
+    port: the longest request, as a share of the start-up, and failures."""
     bench.start()
-    wait_until(bench.all_up, timeout=30)
-    load = Load(port, pause=0)
+    wait_until(bench.all_up, timeout=60)
+    load = Load(port, pause=0, http=http)
     restarts = 2 if QUICK else 5
     try:
         for _ in range(restarts):
             subprocess.run([PY, PROGRAM, "-c", bench.conf, "--restart",
-                            "app"], stdout=subprocess.DEVNULL, timeout=60)
+                            name], stdout=subprocess.DEVNULL, timeout=120)
     finally:
         load.stop()
         bench.stop()
@@ -563,6 +579,29 @@ def bench_deploy():
             "requests": load.count, "failed": len(load.failures),
             "longest_ms": load.longest * 1000,
             "longest_to_startup": load.longest / startup}
+
+
+def bench_appserver():
+    """gunicorn on a held socket (socket_pass = systemd, --preload, ready =
+    notify) with an app that takes 1 s to start: --restarts under a steady
+    HTTP client.  Needs the app servers .ci/run installs in APPS."""
+    gunicorn = os.path.join(APPS, "bin", "gunicorn")
+    if not os.access(gunicorn, os.X_OK):
+        return {"missing": gunicorn}
+    startup = 1.0
+    (port,) = free_ports(1)
+
+    def services(bench):
+        with open(os.path.join(bench.tmp, "wsgiapp.py"), "w") as handle:
+            handle.write(WSGI_APP)
+        return [("web", {
+            "command": "%s --chdir %s --preload --workers 2 wsgiapp" % (
+                gunicorn, bench.tmp),
+            "socket": "tcp://127.0.0.1:%d" % port, "socket_pass": "systemd",
+            "ready": "notify", "startsecs": "30", "user": "nobody",
+            "environment": "STARTUP=%s" % startup})]
+    return deploys_under_load(Bench(services), "web", port, startup,
+                              http=True)
 
 
 def churn(bench, pids, seconds, rate):
@@ -660,6 +699,7 @@ FIGURES = [
     ("mass", bench_mass_death_and_startup),
     ("output", bench_output),
     ("deploy", bench_deploy),
+    ("appserver", bench_appserver),
     ("scale", bench_scale),
 ]
 
@@ -699,6 +739,13 @@ def report(results):
                 r["min_ms"], r["p90_ms"], r["p99_ms"], r["max_ms"],
                 r["trials"]),
             "<= 0.8 x daemontools; p99 < 10 ms")
+        s = r.get("socket_pass_systemd")
+        if s:
+            row("the same, socket_pass = systemd (fork, then exec), median",
+                "%.2f ms; plain %.2f ms: %.2f x (p99 %.2f)" % (
+                    s["median_ms"], r["median_ms"],
+                    s["median_ms"] / r["median_ms"], s["p99_ms"]),
+                "p99 < 10 ms")
     if "crash_loop" in results:
         r = results["crash_loop"]
         row("crash loop (/bin/false) for %d s: starts, supervisor CPU s"
@@ -779,6 +826,19 @@ def report(results):
             "%.3f (%.0f ms; %d restarts, %d requests, %d failed)" % (
                 r["longest_to_startup"], r["longest_ms"], r["restarts"],
                 r["requests"], r["failed"]), "< 0.05; 0 failed")
+    if "appserver" in results:
+        r = results["appserver"]
+        if "missing" in r:
+            row("gunicorn deploys", "not measured: %s is missing "
+                "(.ci/run installs it)" % r["missing"], "")
+        else:
+            row("gunicorn (socket_pass = systemd), --restart under load: "
+                "longest request / start-up",
+                "%.3f (%.0f ms; %d restarts of an app with a %.0f s "
+                "start-up, %d requests, %d failed)" % (
+                    r["longest_to_startup"], r["longest_ms"], r["restarts"],
+                    r["startup_s"], r["requests"], r["failed"]),
+                "< 0.05; 0 failed")
     if "scale" in results:
         r = results["scale"]
         big, small = r["at_%d" % r["services"]], r["at_100"]
