@@ -24,7 +24,9 @@ paragraph on what lives there and why:
   Alerts                     alert_command
   Health probes              tcp, FastCGI and HTTP probes (Probe)
   Pools: rolling restarts    Roll, Rolls
-  What the supervisor owns on disk   the lock, status file, pidfile
+  Dependencies               depends_on: waits, stops in waves
+  What the supervisor owns on disk   the lock, status file, pidfile,
+                             standing orders (Orders)
   Event loop                 Supervisor: start-up, the loop, reload
   Leftovers of a supervisor that died
   Upgrade in place (--reexec)        Handover
@@ -92,6 +94,9 @@ STARTING, UP, STOPPING, BACKOFF, DOWN, FATAL = (
     "starting", "up", "stopping", "backoff", "down", "fatal")
 
 STATES = (STARTING, UP, STOPPING, BACKOFF, DOWN, FATAL)
+
+#: The why of a service that waits for its dependencies (depends_on).
+WAITING = "waiting"
 
 #: Where a service's processes may exist: the states with a pid or a group.
 RUNNING_STATES = (STARTING, UP, STOPPING)
@@ -364,7 +369,7 @@ def format_seconds(seconds):
 GlobalConfig = namedtuple("GlobalConfig", [
     "filename", "state_dir", "syslog", "syslog_facility", "syslog_socket",
     "log_file", "path", "pidfile", "minfds", "minprocs", "metrics_file",
-    "alert_command", "alert_interval"])
+    "alert_command", "alert_interval", "data_dir"])
 
 ServiceConfig = namedtuple("ServiceConfig", [
     "name", "section", "command", "argv", "user", "uid", "gid", "groups",
@@ -378,7 +383,8 @@ ServiceConfig = namedtuple("ServiceConfig", [
     "priority", "socket", "socket_owner", "socket_mode", "ready",
     "watchdog_secs", "program", "process_num", "numprocs",
     "environment_file", "limits", "stdout_logfile_timestamps",
-    "stderr_logfile_timestamps", "max_memory", "socket_pass"])
+    "stderr_logfile_timestamps", "max_memory", "socket_pass", "depends_on",
+    "dependency_restart"])
 
 #: Values for the ServiceConfig fields that a --reexec hand-over from an
 #: older version does not carry (fields are only ever added at the end;
@@ -387,7 +393,8 @@ LATER_FIELDS = {"ready": "startsecs", "watchdog_secs": 0, "program": None,
                 "process_num": 0, "numprocs": 1, "environment_file": None,
                 "limits": (), "stdout_logfile_timestamps": False,
                 "stderr_logfile_timestamps": False, "max_memory": None,
-                "socket_pass": "stdin"}
+                "socket_pass": "stdin", "depends_on": (),
+                "dependency_restart": False}
 
 #: A whole config: globals, services (instances, in priority order), the
 #: warnings that reading it gave (ConfigError each), the groups as
@@ -432,7 +439,7 @@ SERVICE_DEFAULTS = {
     "process_name": "%(program_name)s", "environment_file": "",
     "limits": "", "stdout_logfile_timestamps": "false",
     "stderr_logfile_timestamps": "", "max_memory": "",
-    "socket_pass": "stdin",
+    "socket_pass": "stdin", "depends_on": "", "dependency_restart": "false",
 }
 
 #: Keys that shape the instances of a program, read before its sections'
@@ -446,7 +453,7 @@ EXPANSION_RE = re.compile(
 
 GLOBAL_KEYS = ("state_dir", "syslog", "syslog_facility", "syslog_socket",
                "log_file", "path", "metrics_file", "alert_command",
-               "alert_interval", "minfds")
+               "alert_interval", "minfds", "data_dir")
 
 #: The keys whose value may continue on indented lines below.
 MULTILINE_KEYS = ("command", "environment")
@@ -893,6 +900,27 @@ def to_socket_pass(value):
     return word
 
 
+def to_depends_on(value):
+    """Names of services, pools or groups, separated by commas or spaces
+    (the Go supervisord writes commas), each once.
+
+    >>> to_depends_on("db, cache  db")
+    ('db', 'cache')
+    """
+    names = []
+    for name in re.split(r"[\s,]+", value.strip()):
+        if not name:
+            continue
+        group, colon, member = name.partition(":")
+        if not SERVICE_NAME_RE.match(name) and not (
+                colon and SERVICE_NAME_RE.match(group) and (
+                    member == "*" or SERVICE_NAME_RE.match(member))):
+            raise ValueError("%r is not a service, pool or group name" % name)
+        if name not in names:
+            names.append(name)
+    return tuple(names)
+
+
 def to_syslog_socket(value):
     """A unix datagram socket path, or udp://HOST:PORT."""
     text = value.strip()
@@ -1004,6 +1032,18 @@ def default_state_dir(euid):
     if runtime and os.path.isabs(runtime):
         return os.path.join(runtime, "fcgiwatch")
     return os.path.join(current_user(euid)[3], ".fcgiwatch")
+
+
+def default_data_dir(euid):
+    """Where what must outlive a reboot goes: /var/lib as root, else the
+    XDG state directory."""
+    if euid == 0:
+        return "/var/lib/fcgiwatch"
+    state = os.environ.get("XDG_STATE_HOME")
+    if state and os.path.isabs(state):
+        return os.path.join(state, "fcgiwatch")
+    return os.path.join(current_user(euid)[3], ".local", "state",
+                        "fcgiwatch")
 
 
 def read_config_file(filename, euid=None):
@@ -1224,12 +1264,100 @@ def parse_config(text, filename, euid=None):
     if not seen and not errors:
         error(None, None, "no services defined; add a [program:NAME] "
               "section with a command = line")
+    if not errors:
+        services = resolve_dependencies(services, group_members, error)
     if errors:
         raise ConfigErrors(errors)
     services.sort(key=lambda s: (s.priority, s.name))
     return Config(globals_, tuple(services), tuple(warnings),
                   tuple(sorted(group_members.items())),
                   tuple(sorted(files.items())))
+
+
+def resolve_dependencies(services, group_members, error):
+    """Each service's depends_on as the instance names it picks (a pool's
+    name is all its instances, a group's all its programs'), checked: an
+    unknown name or a cycle is an error that names it."""
+    rows = [(s.name, s.program) for s in services]
+    groups = tuple(sorted(group_members.items()))
+    resolved = []
+    for config in services:
+        if not config.depends_on:
+            resolved.append(config)
+            continue
+        try:
+            names = choose_services(list(config.depends_on), rows, groups)
+        except UsageError as exc:
+            error(config.section, "depends_on", "%s; name services, pools "
+                  "or groups of this config" % exc)
+            continue
+        if config.name in names:
+            error(config.section, "depends_on", "%s depends on itself (%s "
+                  "names it)" % (config.name, " ".join(config.depends_on)))
+            continue
+        resolved.append(config._replace(depends_on=tuple(names)))
+    cycle = dependency_cycle(resolved)
+    if cycle:
+        first = next(s for s in resolved if s.name == cycle[0])
+        error(first.section, "depends_on", "a cycle: %s; a service cannot "
+              "wait for one that waits for it" % " -> ".join(cycle))
+    return resolved
+
+
+def dependency_cycle(services):
+    """One cycle of depends_on as [a, b, ..., a], or None.
+
+    >>> S = namedtuple("S", "name depends_on")
+    >>> dependency_cycle([S("a", ("b",)), S("b", ("c",)), S("c", ("a",))])
+    ['a', 'b', 'c', 'a']
+    """
+    needs = dict((s.name, s.depends_on) for s in services)
+    marks = {}  # name -> "open" while on the path, then "done"
+    for service in services:
+        if service.name in marks:
+            continue
+        # Depth first without recursion: a chain may be thousands long.
+        path, stack = [service.name], [iter(needs[service.name])]
+        marks[service.name] = "open"
+        while stack:
+            name = next(stack[-1], None)
+            if name is None:
+                marks[path.pop()] = "done"
+                stack.pop()
+            elif marks.get(name) == "open":
+                return path[path.index(name):] + [name]
+            elif name in needs and name not in marks:
+                marks[name] = "open"
+                path.append(name)
+                stack.append(iter(needs[name]))
+    return None
+
+
+def start_order(services):
+    """Service names in the order they can start: each after what it
+    depends on, else by priority and name (the order of services).
+
+    >>> S = namedtuple("S", "name depends_on")
+    >>> start_order([S("web", ("db",)), S("db", ()), S("cron", ())])
+    ['db', 'web', 'cron']
+    """
+    needs = dict((s.name, s.depends_on) for s in services)
+    order, placed = [], set()
+    for service in services:
+        if service.name in placed:
+            continue
+        placed.add(service.name)
+        path, stack = [service.name], [iter(needs[service.name])]
+        while stack:
+            name = next(stack[-1], None)
+            if name is None:
+                order.append(path.pop())
+                stack.pop()
+            elif name in needs and name not in placed:
+                placed.add(name)
+                path.append(name)
+                stack.append(iter(needs[name]))
+    return order
 
 
 #: supervisord's sections that hold nothing for fcgiwatch.
@@ -1589,7 +1717,8 @@ def parse_globals(values, filename, base_dir, euid, error, supervisord,
         metrics_file=convert("metrics_file", lambda v: log_file(v, False),
                              None),
         alert_command=convert("alert_command", to_command, None),
-        alert_interval=convert("alert_interval", to_seconds, 300.0))
+        alert_interval=convert("alert_interval", to_seconds, 300.0),
+        data_dir=convert("data_dir", directory, default_data_dir(euid)))
 
 
 def expand(value, names):
@@ -1781,7 +1910,8 @@ SERVICE_CONVERTERS = (
     ("priority", lambda v: to_int(v, None)),
     ("socket_mode", to_octal), ("ready", to_ready),
     ("watchdog_secs", to_watchdog), ("limits", to_limits),
-    ("socket_pass", to_socket_pass),
+    ("socket_pass", to_socket_pass), ("depends_on", to_depends_on),
+    ("dependency_restart", to_bool),
     ("stdout_logfile_timestamps", to_bool))
 
 
@@ -2019,7 +2149,7 @@ def config_from_json(values):
     if fields["program"] is None:
         fields["program"] = fields["name"]
     for key in ("argv", "groups", "environment", "env", "exitcodes",
-                "socket_owner", "limits"):
+                "socket_owner", "limits", "depends_on"):
         fields[key] = tuples(fields[key])
     if fields["healthcheck"] is not None:
         fields["healthcheck"] = Endpoint(*tuples(fields["healthcheck"]))
@@ -3662,7 +3792,9 @@ def remove_socket_file(path, euid):
 #
 # A start that fails in the supervisor itself (fork, chdir, exec with
 # posix_spawn, a socket that cannot be bound) is decided like a run that
-# ended at once: spawn_failed -> backoff or fatal.
+# ended at once: spawn_failed -> backoff or fatal.  A start not made yet
+# is STARTING with no run: queued (a burst's slice, start_queued) or
+# waiting (depends_on, until Dependencies.on_ready).
 #
 # Overlapping restarts (see Overlap): with a held socket, a restart starts
 # a replacement on the same listening socket while the serving run serves,
@@ -4182,6 +4314,12 @@ class Service(Overlap):
         return self.run.pid if self.run is not None else 0
 
     @property
+    def waiting(self):
+        """Wanted up, and waiting for what it depends on to be ready."""
+        return self.state == STARTING and self.run is None and \
+            self.why == WAITING
+
+    @property
     def fingerprint(self):
         """config_fingerprint of the config, worked out once a config: the
         status file carries it at every write."""
@@ -4306,8 +4444,9 @@ class Service(Overlap):
         if self.state != UP or words:
             self.change_state(UP, "", words)
         if run.number != self.ready_number:
+            renewed = self.ready_number != 0
             self.ready_number = run.number
-            self.supervisor.service_ready(self)
+            self.supervisor.service_ready(self, renewed)
         return True
 
     # -- events: from the operator, the reaper, the probe, the run -------
@@ -4713,7 +4852,15 @@ class Service(Overlap):
         burst of starts (thousands at start-up, or killed at once) those
         past the loop turn's slice wait for the next: STARTING with no
         process yet (why "queued"), so the loop reaps, answers and probes
-        in between."""
+        in between.  One whose dependencies are not ready waits for them
+        (why "waiting"), as STARTING with no process, however long.
+        """
+        blockers = self.supervisor.deps.blockers(self)
+        if blockers:
+            self.change_state(STARTING, WAITING, None if self.waiting else
+                              "waiting for %s before it starts" %
+                              self.supervisor.deps.describe_wait(self))
+            return
         if not self.supervisor.may_spawn(self, cause):
             self.change_state(STARTING, "queued")  # -> STARTING, no run yet
             return
@@ -6109,6 +6256,164 @@ class Rolls:
 
 
 # ===========================================================================
+# Dependencies
+#
+# depends_on makes a small system of the services: a service starts only
+# once what it names is ready (UP, by the one rule of judge_ready), and
+# waits for as long as that takes, as STARTING with no run and why
+# "waiting" (--status says for what).  Becoming ready is an event
+# (Supervisor.service_ready), never a poll: the dependents that waited
+# start in the same turn of the loop, and a dependent with
+# dependency_restart restarts once a dependency's new run is ready.  A
+# crash of a dependency leaves its dependents alone: systemd's Requires=
+# without BindsTo=, docker compose's depends_on without restart: true.
+#
+# Stops go the other way, in waves (StopJob): a service is signalled only
+# once every service of the stop that depends on it is down.  --stop of a
+# dependency stops its dependents first, and shutdown stops in reverse
+# dependency order, then by descending priority.
+# ===========================================================================
+
+def stop_waves(services, by_priority=False):
+    """The names of services (configs) in the waves they stop in: each
+    after every one of them that depends on it; with by_priority (a
+    shutdown), each level by descending priority too.
+
+    >>> S = namedtuple("S", "name depends_on priority")
+    >>> stop_waves([S("db", (), 1), S("web", ("db",), 2), S("cron", (), 5)])
+    [['web', 'cron'], ['db']]
+    """
+    names = set(s.name for s in services)
+    dependents = {}
+    for config in services:
+        for name in config.depends_on:
+            if name in names:
+                dependents.setdefault(name, []).append(config.name)
+    level = {}
+    # Dependents before what they depend on: the reverse of start order.
+    for name in reversed(start_order(services)):
+        level[name] = max([level[d] + 1 for d in dependents.get(name, ())]
+                          or [0])
+    keys = {}
+    for config in services:
+        key = (level[config.name], -config.priority if by_priority else 0)
+        keys.setdefault(key, []).append(config.name)
+    return [keys[key] for key in sorted(keys)]
+
+
+class StopJob:
+    """A stop under way in waves: why (as on_want_down takes it), and the
+    waves of service names still to go."""
+
+    def __init__(self, why, waves):
+        self.why, self.waves = why, waves
+
+
+class Dependencies:
+    """Who waits for whom, and the stops under way in waves."""
+
+    def __init__(self, supervisor):
+        self.supervisor = supervisor
+        self.dependents = {}      # name -> [names of services needing it]
+        self.jobs = []            # StopJobs under way
+
+    def index(self):
+        """Who depends on whom, after a start, a reload or a re-exec; and
+        a service whose wait a reload ended starts."""
+        self.dependents = {}
+        services = self.supervisor.services
+        for service in services.values():
+            for name in service.config.depends_on:
+                self.dependents.setdefault(name, []).append(service.name)
+        now = self.supervisor.clock()
+        for service in list(services.values()):
+            if service.waiting and not self.blockers(service):
+                service.spawn(now)
+
+    def blockers(self, service):
+        """The services this one depends on that are not ready."""
+        services = self.supervisor.services
+        return [other for other in (services.get(name) for name in
+                                    service.config.depends_on)
+                if other is not None and other.state != UP]
+
+    def describe_wait(self, service):
+        """'db (starting), cache (backoff)': what a service waits for."""
+        return ", ".join("%s (%s)" % (other.name, other.state)
+                         for other in self.blockers(service))
+
+    def on_ready(self, service, now, renewed):
+        """service's run became ready (renewed: a new run, not its first):
+        its dependents that waited start, and those with
+        dependency_restart restart onto the new run."""
+        for name in self.dependents.get(service.name, ()):
+            other = self.supervisor.services.get(name)
+            if other is None or other.want != "up":
+                continue
+            if other.waiting:
+                other.spawn(now)  # once the rest of what it needs is ready
+            elif renewed and other.config.dependency_restart and \
+                    other.run is not None and other.state in (STARTING, UP):
+                other.log("restarting: %s has a new run, ready "
+                          "(dependency_restart)" % service.name)
+                other.on_restart(now)
+
+    def closure(self, services, upward):
+        """services and everything they depend on (upward), or everything
+        that depends on them: names, dependencies first."""
+        all_services = self.supervisor.services
+        found, todo = set(), [s.name for s in services]
+        while todo:
+            name = todo.pop()
+            if name in found or name not in all_services:
+                continue
+            found.add(name)
+            todo.extend(all_services[name].config.depends_on if upward
+                        else self.dependents.get(name, ()))
+        return [name for name in start_order([
+            s.config for s in all_services.values()]) if name in found]
+
+    def stop(self, services, why, now):
+        """Stop these in waves; what has no process stops at once.  Returns
+        the waves (names) of those that run."""
+        running = [s for s in services
+                   if s.state in RUNNING_STATES and s.run is not None]
+        for service in services:
+            if service not in running:
+                service.on_want_down(now, why)
+        waves = stop_waves([s.config for s in running],
+                           by_priority=why == "shutdown")
+        self.jobs.append(StopJob(why, [list(w) for w in waves]))
+        self.advance(now)
+        return waves
+
+    def cancel(self, services):
+        """An order to start or restart these overrides a stop under way."""
+        names = set(s.name for s in services)
+        for job in self.jobs:
+            job.waves = [[n for n in wave if n not in names]
+                         for wave in job.waves]
+        self.jobs = [job for job in self.jobs if any(job.waves)]
+
+    def advance(self, now):
+        """Signal each job's next wave once the wave before is down."""
+        services = self.supervisor.services
+        for job in list(self.jobs):
+            while job.waves:
+                wave = [services[n] for n in job.waves[0] if n in services]
+                for service in wave:
+                    if service.want != "down" or service.state in (
+                            STARTING, UP, BACKOFF):
+                        service.on_want_down(now, job.why)
+                if any(s.state in RUNNING_STATES or s.retiring
+                       for s in wave):
+                    break
+                job.waves.pop(0)
+            if not job.waves:
+                self.jobs.remove(job)
+
+
+# ===========================================================================
 # What the supervisor owns on disk
 #
 # state_dir holds the lock (a flock on the pid file, and beside it an
@@ -6262,6 +6567,36 @@ class Trouble:
         self.problem = None
 
 
+def own_directory(path, key, euid, create=True):
+    """An fd of directory path (key: the config key that names it), made
+    if need be, that nobody but us (and root) can change, nor the way to
+    it: everything in it is written as us.  Raises Failure saying why
+    not."""
+    try:
+        place = walk_path(path, euid, create=create, directory=True)
+    except UnsafePath as exc:
+        raise Failure("%s %s cannot be used safely: %s; choose a %s that "
+                      "only root (and you) can change" % (key, path, exc,
+                                                          key))
+    except OSError as exc:
+        raise Failure("cannot create %s %s: %s; create it or set %s in "
+                      "[fcgiwatch]" % (key, path, exc.strerror, key))
+    info = os.fstat(place.fd)
+    problem = None
+    if place.owner is not None or info.st_uid not in (euid, 0) or (
+            info.st_uid == 0 and euid != 0):
+        problem = "%s %s belongs to %s, not to us; choose another %s" % (
+            key, path, user_label(place.owner if place.owner is not None
+                                  else info.st_uid), key)
+    elif info.st_mode & 0o022:
+        problem = "%s %s is writable by others; chmod go-w %s" % (key, path,
+                                                                  path)
+    if problem:
+        os.close(place.fd)
+        raise Failure(problem)
+    return place.fd
+
+
 class StateDir:
     """state_dir and the supervisor's other files: the lock, the status
     file (and metrics_file with it), the pidfile."""
@@ -6285,29 +6620,12 @@ class StateDir:
     def make(self):
         """Create state_dir if need be and check that nobody else can
         change it or the way to it: everything in it is written as us."""
-        path, euid = self.path, self.supervisor.euid
+        path = self.path
+        fd = own_directory(path, "state_dir", self.supervisor.euid)
         try:
-            place = walk_path(path, euid, create=True, directory=True)
-        except UnsafePath as exc:
-            raise Failure("state_dir %s cannot be used safely: %s; choose a "
-                          "state_dir that only root (and you) can change"
-                          % (path, exc))
-        except OSError as exc:
-            raise Failure("cannot create state_dir %s: %s; create it or set "
-                          "state_dir in [fcgiwatch]" % (path, exc.strerror))
-        try:
-            info = os.fstat(place.fd)
+            info = os.fstat(fd)
         finally:
-            os.close(place.fd)
-        if place.owner is not None or info.st_uid not in (euid, 0) or (
-                info.st_uid == 0 and euid != 0):
-            raise Failure("state_dir %s belongs to %s, not to us; choose "
-                          "another state_dir" % (path, user_label(
-                              place.owner if place.owner is not None
-                              else info.st_uid)))
-        if info.st_mode & 0o022:
-            raise Failure("state_dir %s is writable by others; chmod go-w %s"
-                          % (path, path))
+            os.close(fd)
         self.identity = (info.st_dev, info.st_ino)
         logs = os.path.join(path, AUTO_LOG_DIR)
         if any(c.stdout_logfile.startswith(logs + "/") or
@@ -6562,6 +6880,203 @@ class StateDir:
             os.close(place.fd)
 
 
+def orders_file_name(state_dir):
+    """The standing orders' file in data_dir for the supervisor of
+    state_dir: one data_dir may serve several supervisors.
+
+    >>> orders_file_name("/run/fcgiwatch")
+    'orders.run-fcgiwatch.json'
+    """
+    return "orders.%s.json" % (re.sub(r"[^A-Za-z0-9_.]+", "-", state_dir)
+                               .strip("-") or "root")
+
+
+def parse_orders(data, state_dir):
+    """{name: "up" or "down"} from a standing orders file's bytes; raises
+    ValueError saying what is wrong with it.
+
+    >>> parse_orders(b'{"version": 1, "state_dir": "/s", '
+    ...              b'"orders": {"web": "down"}}', "/s")
+    {'web': 'down'}
+    """
+    import json
+    try:
+        doc = json.loads(data.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise ValueError("not JSON")
+    if not isinstance(doc, dict) or doc.get("version") != 1 or \
+            not isinstance(doc.get("orders"), dict):
+        raise ValueError("not a standing orders file of this version")
+    if doc.get("state_dir") != state_dir:
+        raise ValueError("written for the supervisor of state_dir %r"
+                         % printable(str(doc.get("state_dir"))[:200]))
+    orders = {}
+    for name, order in doc["orders"].items():
+        if not SERVICE_NAME_RE.match(name) or order not in ("up", "down"):
+            raise ValueError("%r: %r is not a standing order" % (
+                printable(name[:100]), printable(str(order)[:20])))
+        orders[name] = order
+    return orders
+
+
+def read_orders(directory, state_dir, euid):
+    """(orders, problem, damaged) from the standing orders file of the
+    supervisor of state_dir in directory (data_dir): no file is no orders;
+    one that cannot be used is a problem (a warning: the config's autostart
+    decides), and damaged where it must not be written over unseen."""
+    path = os.path.join(directory, orders_file_name(state_dir))
+    words = "standing orders %s not used: %%s; the config's autostart " \
+        "decides" % path
+    try:
+        place = walk_path(path, euid)
+    except FileNotFoundError:
+        return {}, None, False  # no data_dir yet: no orders
+    except UnsafePath as exc:
+        return {}, words % exc, True  # and never written through that path
+    except OSError as exc:
+        return {}, words % os_error_words(exc), False
+    try:
+        fd = os.open(place.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK,
+                     dir_fd=place.fd)
+    except FileNotFoundError:
+        return {}, None, False
+    except OSError as exc:
+        return {}, words % os_error_words(exc), True
+    finally:
+        os.close(place.fd)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError("not a regular file")
+        if info.st_uid not in (euid, 0):
+            raise ValueError("it belongs to %s" % user_label(info.st_uid))
+        data = os.read(fd, Orders.MAX_BYTES + 1)
+        if len(data) > Orders.MAX_BYTES:
+            raise ValueError("over %d bytes" % Orders.MAX_BYTES)
+        return parse_orders(data, state_dir), None, False
+    except OSError as exc:
+        return {}, words % os_error_words(exc), True
+    except ValueError as exc:
+        return {}, words % exc + ", and the next --stop or --start writes " \
+            "it anew", True
+    finally:
+        os.close(fd)
+
+
+class Orders:
+    """The operator's standing orders: --stop and --start remembered in
+    data_dir, so that a service stopped by request stays down (and one
+    started by request stays up) across reloads, re-execs, a supervisor
+    that died and a reboot.  Only orders that differ from the config's
+    autostart are kept (name -> "up" or "down"); the config decides the
+    rest.
+
+    The file is replaced whole (a temporary file, fsync, rename), as a
+    half-written or empty one would bring back what the operator
+    stopped.  One that cannot be read is a warning, and the config
+    decides; it is kept (as .damaged) when the next order replaces it.
+    """
+
+    MAX_BYTES = 1 << 20
+
+    def __init__(self, supervisor):
+        self.supervisor = supervisor
+        settings = supervisor.settings
+        self.directory = settings.data_dir
+        self.name = orders_file_name(settings.state_dir)
+        self.orders = {}
+        self.damaged = False      # the file is there, and unreadable
+        self.problem = Trouble(supervisor)
+
+    def load(self):
+        """Read the file, if there is one; never raises."""
+        settings = self.supervisor.settings
+        self.orders, problem, self.damaged = read_orders(
+            self.directory, settings.state_dir, self.supervisor.euid)
+        if problem:
+            self.supervisor.warn(problem)
+
+    def wanted_up(self, config):
+        """Should this service run, by order or else by the config?"""
+        order = self.orders.get(config.name)
+        return order == "up" if order else config.autostart
+
+    def normally(self, config):
+        """The config's word where an order overrides it, else None."""
+        if config.name in self.orders:
+            return "up" if config.autostart else "down"
+        return None
+
+    def give(self, services, order):
+        """The operator said --start ("up") or --stop ("down") of these."""
+        changed = False
+        for service in services:
+            config = service.config
+            wanted = order if (order == "up") != config.autostart else None
+            if self.orders.get(config.name) != wanted:
+                changed = True
+                if wanted is None:
+                    del self.orders[config.name]
+                else:
+                    self.orders[config.name] = wanted
+        if changed or self.damaged:
+            self.save()
+
+    def prune(self, names):
+        """Forget the orders of services that left the config."""
+        gone = [name for name in self.orders if name not in names]
+        for name in gone:
+            del self.orders[name]
+        if gone and not self.damaged:
+            self.save()
+
+    def save(self):
+        """Replace the file whole; a failure is a warning (the orders hold
+        in memory until the supervisor stops)."""
+        import json
+        supervisor = self.supervisor
+        doc = {"version": 1, "state_dir": supervisor.settings.state_dir,
+               "config": supervisor.settings.filename,
+               "orders": dict(sorted(self.orders.items()))}
+        data = (json.dumps(doc, indent=1) + "\n").encode("utf-8")
+        temporary = ".%s.%d" % (self.name, os.getpid())
+        fd = -1
+        try:
+            fd = own_directory(self.directory, "data_dir", supervisor.euid)
+            if self.damaged:
+                try:  # kept for whoever wants to see what it held
+                    os.rename(self.name, self.name + ".damaged",
+                              src_dir_fd=fd, dst_dir_fd=fd)
+                except FileNotFoundError:
+                    pass
+            out = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC |
+                          os.O_NOFOLLOW, 0o644, dir_fd=fd)
+            try:
+                os.write(out, data)
+                os.fsync(out)
+            finally:
+                os.close(out)
+            os.rename(temporary, self.name, src_dir_fd=fd, dst_dir_fd=fd)
+            os.fsync(fd)
+            self.damaged = False
+            self.problem.worked("standing orders are written to %s again"
+                                % self.directory)
+        except (OSError, Failure) as exc:
+            if fd >= 0:
+                try:
+                    os.unlink(temporary, dir_fd=fd)
+                except OSError:
+                    pass
+            why = str(exc) if isinstance(exc, Failure) else \
+                os_error_words(exc)
+            self.problem.failed(why, "standing orders not written to %s: "
+                                "%s; they hold until the supervisor stops"
+                                % (self.directory, why))
+        finally:
+            if fd >= 0:
+                os.close(fd)
+
+
 # ===========================================================================
 # Event loop
 #
@@ -6675,7 +7190,6 @@ class Supervisor:
         self.status_dirty = True
         self.exit_code = None
         self.shutting_down = False
-        self.shutdown_order = []
         self.syslog = None
         self.own_log = None
         self.outputs = Outputs(self)
@@ -6684,6 +7198,8 @@ class Supervisor:
         self.tree = Tree(self)
         self.notify = {}          # name -> NotifySocket, made when needed
         self.rolls = Rolls(self)  # pools restarted one at a time
+        self.deps = Dependencies(self)  # depends_on; stops in waves
+        self.orders = Orders(self)  # --stop and --start, remembered
         self.ready_listeners = []  # f(service, now): see service_ready
         self.start_queue = deque()  # services waiting for a slice
         self.spawned = 0          # starts made in this turn of the loop
@@ -6779,6 +7295,9 @@ class Supervisor:
         self.tree.start()
         for config in self.config.services:
             self.services[config.name] = Service(self, config)
+        self.orders.load()
+        self.orders.prune(self.services)
+        self.deps.index()
         adopt = self.leftovers.handle()
         self.open_listeners()
         release_free_memory()  # before the first fork
@@ -6788,7 +7307,7 @@ class Supervisor:
             if service.name in adopt:
                 entry, pidfd = adopt[service.name]
                 self.leftovers.take_over(service, entry, pidfd, now)
-            elif service.config.autostart:
+            elif self.orders.wanted_up(service.config):
                 service.on_want_up(now)
         self.disk.write_status()
         self.settle_heap()
@@ -6909,6 +7428,8 @@ class Supervisor:
             self.guarded(self.tree.scan_if_due, now)
         for service in self.due_services(now):
             self.guarded(service.on_due, now)
+        if self.deps.jobs:
+            self.guarded(self.deps.advance, now)
         if self.shutting_down:
             self.guarded(self.advance_shutdown, now)
         if self.rolls.underway:
@@ -7100,13 +7621,15 @@ class Supervisor:
 
     # -- fds in the selector -----------------------------------------------
 
-    def service_ready(self, service):
+    def service_ready(self, service, renewed=False):
         """A service's serving run became ready (Service.judge_ready): the
-        one event that waits on readiness hang on."""
+        one event that waits on readiness hang on (renewed: a new run of a
+        service that was ready before)."""
         self.status_dirty = True
         now = self.clock()
         for listener in list(self.ready_listeners):
             listener(service, now)
+        self.deps.on_ready(service, now, renewed)
 
     def run_uid(self, config):
         """The uid a service's processes run as."""
@@ -7230,6 +7753,11 @@ class Supervisor:
         opened = self.open_new_sockets(added + changed, new_by_name, lines)
         self.config = config._replace(globals=settings)
         if settings != self.settings:
+            if settings.data_dir != self.settings.data_dir:
+                self.orders.directory = settings.data_dir
+                lines.append("fcgiwatch: standing orders now in %s"
+                             % settings.data_dir)
+                self.orders.save()
             self.settings = settings
             self.open_logging()
         self.raise_limits()  # for the services it adds
@@ -7240,7 +7768,11 @@ class Supervisor:
             if wait is not None:
                 waits.append(wait)
         for name in removed:
-            self.remove_service(self.services[name], now, note)
+            self.remove_service(self.services[name], note)
+        # What depends on a removed service goes first (with it, or the
+        # config would not have been read).
+        self.deps.stop([self.services[name] for name in removed], "removed",
+                       now)
         for name in updated:
             self.services[name].apply_config(new_by_name[name], now)
             note("%s: updated without a restart" % name)
@@ -7258,6 +7790,8 @@ class Supervisor:
             self.add_service(new_by_name[name], opened.pop(name, None), now,
                              note)
         self.order_services()
+        self.orders.prune(set(s.name for s in config.services))
+        self.deps.index()  # a wait a dependency that is gone ended starts
         self.settle_heap()
         self.log("%s: %d added, %d removed, %d changed, "
                  "%d updated, %d unchanged" % (
@@ -7296,7 +7830,8 @@ class Supervisor:
             fresh[key] = opened[name]
         return opened
 
-    def remove_service(self, service, now, note):
+    def remove_service(self, service, note):
+        """Mark it to go; the caller stops it (Dependencies.stop)."""
         service.removing = True
         if service.state in RUNNING_STATES:
             # Told again, as "removed", once it is gone.
@@ -7304,7 +7839,6 @@ class Supervisor:
                  (service.name, "gone", service.spawns))
         else:
             note("%s: removed" % service.name)
-        service.on_want_down(now, "removed")
 
     def change_service(self, service, new, listeners, now, note):
         """A process key changed: give it the new config, to take at its
@@ -7334,7 +7868,7 @@ class Supervisor:
         service = Service(self, config)
         service.listeners = listeners or []
         self.services[config.name] = service
-        if config.autostart:
+        if self.orders.wanted_up(config):
             note("%s: added, starting" % config.name, (config.name, "up", 0))
             service.on_want_up(now)
         else:
@@ -7363,26 +7897,16 @@ class Supervisor:
             return
         self.shutting_down = True
         self.log("shutting down (%s)" % cause)
-        priorities = sorted(set(s.config.priority
-                                for s in self.services.values()), reverse=True)
-        self.shutdown_order = priorities
-        for service in self.services.values():
-            if service.state not in RUNNING_STATES:
-                service.on_want_down(self.clock(), "shutdown")
+        # In waves: what depends on others first, then by descending
+        # priority.  Stops under way become part of this one.
+        self.deps.jobs = []
+        self.deps.stop(list(self.services.values()), "shutdown",
+                       self.clock())
 
     def advance_shutdown(self, now):
-        """Stop services in descending priority, a group at a time."""
-        while self.shutdown_order:
-            priority = self.shutdown_order[0]
-            group = [s for s in self.services.values()
-                     if s.config.priority == priority]
-            for service in group:
-                if service.want != "down" or service.state in (
-                        STARTING, UP, BACKOFF):
-                    service.on_want_down(now, "shutdown")
-            if any(s.state in RUNNING_STATES or s.retiring for s in group):
-                return
-            self.shutdown_order.pop(0)
+        """Once the last wave is down, and the leftovers gone: exit."""
+        if self.deps.jobs:
+            return
         if not any(s.state in RUNNING_STATES or s.retiring
                    for s in self.services.values()) \
                 and not self.tree.stop_leftovers(now):
@@ -7910,6 +8434,9 @@ class Handover:
         supervisor.reap()  # a child that ended during the exec sent no SIGCHLD
         supervisor.log("re-executed: version %s, %d services carried over" % (
             VERSION, len(supervisor.services)))
+        supervisor.orders.load()
+        supervisor.deps.jobs = [StopJob(why, waves) for why, waves in
+                                state.get("stop_jobs", ())]
         supervisor.apply(new_config, "re-exec")
         supervisor.disk.write_status()
 
@@ -7961,6 +8488,8 @@ class Handover:
                 "started_wall": supervisor.started_wall,
                 "generation": supervisor.generation,
                 "lock_fd": supervisor.disk.lock_fd, "services": services,
+                "stop_jobs": [[job.why, job.waves]
+                              for job in supervisor.deps.jobs],
                 "lock_sock": None if supervisor.disk.lock_sock is None
                 else supervisor.disk.lock_sock.fileno(),
                 "strays": sorted(strays)}
@@ -8107,12 +8636,25 @@ def status_entry(service, now, wall):
         entry["notify_status"] = service.notify_status
     if service.roll_note is not None:
         entry["pending"] = service.roll_note[1]
+    supervisor = service.supervisor
+    normally = supervisor.orders.normally(config)
+    if normally:
+        entry["normally"] = normally
+        if service.state == DOWN and service.want == "down":
+            entry["why"] = "stopped by request"
     if service.state == STARTING:
         # Starting normally is no failure (--status exit 0) until then;
         # waiting for its start (a burst's slice) has no bound.
         allowance = startup_allowance(config) if run is not None else None
         entry["starting_until"] = None if allowance is None else round(
             run.started_wall + allowance, 3)
+    if service.waiting:
+        blockers = supervisor.deps.blockers(service)
+        entry["waiting_for"] = [other.name for other in blockers]
+        entry["why"] = "waiting for " + supervisor.deps.describe_wait(service)
+        if any(other.state != STARTING for other in blockers):
+            # Waiting for what is not on its way up: no allowance.
+            del entry["starting_until"]
     return entry
 
 
@@ -8195,6 +8737,9 @@ def format_status_line(entry, now):
         parts.append("status: %s" % entry["notify_status"])
     if entry.get("pending"):
         parts.append("restart pending: %s" % entry["pending"])
+    if entry.get("normally") and (entry["normally"] == "up") != (
+            state in RUNNING_STATES):
+        parts.append("normally %s" % entry["normally"])
     logs = entry.get("logs") or {}
     for stream in ("stdout", "stderr"):
         problem = logs.get(stream + "_problem")
@@ -8901,39 +9446,69 @@ class ControlServer:
     # -- the commands ------------------------------------------------------
 
     def command_start(self, connection, request, names):
-        now = self.supervisor.clock()
+        """Start these, and first what they depend on (not named, and up
+        already: not mentioned); remembered as a standing order."""
+        supervisor = self.supervisor
+        now = supervisor.clock()
+        chosen = self.select(names)
+        wanted = [supervisor.services[name] for name in
+                  supervisor.deps.closure(chosen, upward=True)]
+        wanted = [s for s in wanted if s not in chosen] + chosen
+        supervisor.deps.cancel(wanted)
+        supervisor.orders.give(wanted, "up")
         waits = []
-        for service in self.select(names):
+        for service in wanted:
             if service.state == UP:
-                connection.send({"out": "%s: already up (pid %d)" % (
-                    service.name, service.pid)})
+                if service in chosen:
+                    connection.send({"out": "%s: already up (pid %d)" % (
+                        service.name, service.pid)})
                 continue
             mark = service.spawns - (1 if service.state == STARTING else 0)
             service.on_want_up(now)
             waits.append((service.name, "up", mark))
-        self.wait(connection, "start", waits)
+        self.wait(connection, "start", waits, sum(
+            wait_time(s.config) for s in wanted if s not in chosen))
 
     def command_stop(self, connection, request, names):
-        now = self.supervisor.clock()
+        """Stop these, and first what depends on them (each down before
+        what it needs is signalled); remembered as a standing order."""
+        supervisor = self.supervisor
+        now = supervisor.clock()
+        chosen = self.select(names)
+        others = [supervisor.services[name] for name in
+                  supervisor.deps.closure(chosen, upward=False)]
+        others = [s for s in others if s not in chosen and (
+            s.want == "up" or s.state in RUNNING_STATES)]
+        for service in others:
+            connection.send({"out": "%s: depends on %s; stopped first" % (
+                service.name, ", ".join(n for n in service.config.depends_on
+                                        if n in supervisor.services))})
+        supervisor.orders.give(others + chosen, "down")
         waits = []
-        for service in self.select(names):
+        for service in others + chosen:
             was = service.state
-            service.on_want_down(now)
-            if was in (DOWN, FATAL, BACKOFF):
+            if service in chosen and was in (DOWN, FATAL, BACKOFF):
                 connection.send({"out": "%s: %s" % (
                     service.name, "already stopped" if was == DOWN
                     else "stopped (was %s)" % was)})
-            else:
+            elif was in RUNNING_STATES:
                 waits.append((service.name, "down", service.spawns))
-        self.wait(connection, "stop", waits)
+        waves = supervisor.deps.stop(others + chosen, "stopped", now)
+        services = supervisor.services
+        self.wait(connection, "stop", waits, sum(
+            max(wait_time(services[n].config) for n in wave)
+            for wave in waves[:-1]))
 
     def command_restart(self, connection, request, names):
-        now = self.supervisor.clock()
+        supervisor = self.supervisor
+        now = supervisor.clock()
         waits = []
         chosen = self.select(names)
+        supervisor.deps.cancel(chosen)
+        supervisor.orders.give(chosen, "up")
         for service in chosen:
             waits.append((service.name, "up", service.spawns))
-        self.supervisor.rolls.restart(chosen, now)
+        supervisor.rolls.restart(chosen, now)
         self.wait(connection, "restart", waits)
 
     def command_signal(self, connection, request, names):
@@ -8983,15 +9558,17 @@ class ControlServer:
 
     # -- waiting for results -----------------------------------------------
 
-    def wait(self, connection, verb, waits):
+    def wait(self, connection, verb, waits, before=0):
+        """Answer once each wait is decided, or at a bound on how long they
+        may take (before: seconds of what goes first, dependencies)."""
         if not waits:
             connection.finish(EXIT_OK)
             return
         services = self.supervisor.services
-        bound = max([wait_time(services[name].config) * (
+        bound = before + max([wait_time(services[name].config) * (
             1 + self.supervisor.rolls.position(services[name]))
-                     for name, _goal, _mark in waits if name in services]
-                    + [5])
+                              for name, _goal, _mark in waits
+                              if name in services] + [5])
         connection.send({"timeout": bound})
         request = Request(connection, verb, waits, bound,
                           self.supervisor.clock())
@@ -9037,6 +9614,12 @@ class ControlServer:
         elif service.roll_note is not None and service.roll_note[0] == mark:
             return False, "%s: not restarted: %s" % (name,
                                                      service.roll_note[1])
+        elif service.waiting and any(
+                other.state == FATAL or other.want == "down"
+                for other in self.supervisor.deps.blockers(service)):
+            # It waits on, but for what will not come up by itself.
+            return False, "%s: not started: waiting for %s" % (
+                name, self.supervisor.deps.describe_wait(service))
         else:
             outcome = service.outcome_since(mark)
             if outcome is True:
@@ -9402,8 +9985,8 @@ def describe_config(config):
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     needed = max(config.globals.minfds or 0, fds_needed(config))
     lines.append("open files: %d needed (two a pipe for each service's "
-                 "output, one each held or notify socket, %d of its own); the limit here "
-                 "is %s, hard %s%s" % (
+                 "output, one each held or notify socket, %d of its own); "
+                 "the limit here is %s, hard %s%s" % (
                      needed, FDS_OWN, "unlimited" if soft < 0 else soft,
                      "unlimited" if hard < 0 else hard,
                      "" if soft < 0 or soft >= needed else
@@ -9411,7 +9994,19 @@ def describe_config(config):
                      hard >= needed or os.geteuid() == 0 else
                      ": only %d can be had, and services past that back off "
                      "(raise the hard limit as root)" % hard))
-    warnings = []
+    settings = config.globals
+    orders, problem, _damaged = read_orders(
+        settings.data_dir, settings.state_dir, os.geteuid())
+    orders = dict((name, order) for name, order in orders.items()
+                  if name in set(s.name for s in config.services))
+    lines.append("standing orders (--stop, --start): %s in %s" % (
+        ", ".join("%s %s" % item for item in sorted(orders.items()))
+        or "none", os.path.join(settings.data_dir, orders_file_name(
+            settings.state_dir))))
+    if any(s.depends_on for s in config.services):
+        lines.append("start order: %s" % ", ".join(start_order(
+            config.services)))
+    warnings = [problem] if problem else []
     pipes = sum(1 if stderr_follows_stdout(s) else 2 for s in config.services)
     problem = pipe_budget_problem(pipes, os.geteuid())
     if problem:
@@ -9445,6 +10040,14 @@ def describe_config(config):
             "at once" if service.autostart else "on request (autostart "
             "false)", service.priority, service.autorestart))
         lines.append("  ready     when it %s" % ready)
+        if service.depends_on:
+            many = len(service.depends_on) > 1
+            lines.append("  depends   on %s: starts once %s ready%s" % (
+                ", ".join(service.depends_on),
+                "they are" if many else "it is",
+                "; restarts when %s a new run, ready" % (
+                    "one has" if many else "it has")
+                if service.dependency_restart else ""))
         lines.append("  stop      %s, KILL after %s" % (
             signal_name(service.stopsignal),
             format_seconds(service.stopwaitsecs)))

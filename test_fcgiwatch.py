@@ -773,6 +773,7 @@ class SupervisorCase(unittest.TestCase):
         self.tmp = tempfile.mkdtemp(prefix="fwt")
         os.chmod(self.tmp, 0o755)
         self.state_dir = os.path.join(self.tmp, "state")
+        self.data_dir = os.path.join(self.tmp, "data")
         self.conf = os.path.join(self.tmp, "fcgiwatch.conf")
         self.log_path = os.path.join(self.tmp, "supervisor.log")
         self.proc = None
@@ -798,6 +799,12 @@ class SupervisorCase(unittest.TestCase):
             pass
         if left and not getattr(self, "_outcome_failed", False):
             self.fail("processes left behind: %r" % left)
+        # Nor standing orders where a config without data_dir keeps them.
+        orders = os.path.join(fcgiwatch.default_data_dir(os.geteuid()),
+                              fcgiwatch.orders_file_name(self.state_dir))
+        if os.path.exists(orders):
+            os.unlink(orders)
+            self.fail("standing orders left behind in %s" % orders)
 
     def py(self, code):
         """A service command running this Python code from a script file
@@ -811,7 +818,7 @@ class SupervisorCase(unittest.TestCase):
     def write_config(self, services, settings=None, raw=""):
         """services: {name: {key: value}}, or raw INI appended as is."""
         lines = ["[fcgiwatch]", "state_dir = %s" % self.state_dir]
-        merged = {"syslog": "no"}
+        merged = {"syslog": "no", "data_dir": self.data_dir}
         merged.update(settings or {})
         lines.extend("%s = %s" % item for item in merged.items())
         for name, keys in services.items():
@@ -2193,7 +2200,8 @@ class SupervisordFileTests(SupervisorCase):
         with open(os.path.join(conf_d, "10-first.conf"), "w") as handle:
             handle.write("[fcgiwatch]\nstate_dir = elsewhere\nsyslog = no\n")
         with open(os.path.join(conf_d, "20-app.conf"), "w") as handle:
-            handle.write("[fcgiwatch]\nstate_dir = state ; ours\n\n"
+            handle.write("[fcgiwatch]\nstate_dir = state ; ours\n"
+                         "data_dir = data\n\n"
                          "[program:app]\ncommand = sleep 1000\n"
                          "startsecs = 0.2\nenvironment = FWTEST_MARK=%s\n"
                          % self.tmp)
@@ -3374,6 +3382,362 @@ class ScaleTests(SupervisorCase):
                            for line in text.splitlines())
         self.assertEqual(numbers, list(range(numbers[0], 20000)))
         self.assertGreater(len(numbers), 15000)  # 500 files hold most
+
+
+#: A service for the dependency tests: notes "start NAME" when it runs,
+#: waits for the file argv[2] to exist ("-": no wait), then says READY=1
+#: (with ready = notify) or listens on $PORT (for a health check), notes
+#: "ready"; on TERM notes "term", lingers argv[4] seconds, notes "exit".
+GATED_APP = r"""
+import os, signal, socket, sys, time
+name, gate, notes = sys.argv[1], sys.argv[2], sys.argv[3]
+linger = float(sys.argv[4])
+
+def note(word):
+    with open(notes, "a") as handle:
+        handle.write("%s %s %d\n" % (word, name, os.getpid()))
+
+def stop(number, frame):
+    note("term")
+    time.sleep(linger)
+    note("exit")
+    os._exit(0)
+signal.signal(signal.SIGTERM, stop)
+note("start")
+while gate != "-" and not os.path.exists(gate):
+    time.sleep(0.01)
+if os.environ.get("NOTIFY_SOCKET"):
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.sendto(b"READY=1", os.environ["NOTIFY_SOCKET"])
+    sock.close()
+if os.environ.get("PORT"):
+    server = socket.socket()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind(("127.0.0.1", int(os.environ["PORT"])))
+    server.listen(5)
+note("ready")
+while True:
+    time.sleep(1000)
+"""
+
+
+class DependencyCase(SupervisorCase):
+    """Services built from GATED_APP, and what they noted."""
+
+    def setUp(self):
+        SupervisorCase.setUp(self)
+        self.app_path = os.path.join(self.tmp, "gated.py")
+        with open(self.app_path, "w") as handle:
+            handle.write(GATED_APP)
+        self.notes = os.path.join(self.tmp, "notes")
+
+    def svc(self, name, gate="-", linger=0.0, **keys):
+        keys.setdefault("command", "%s %s %s %s %s %s" % (
+            PY, self.app_path, name, gate, self.notes, linger))
+        keys.setdefault("startsecs", "0.2")
+        return keys
+
+    def noted(self, word=None):
+        """[(word, name)] in the order the services noted them."""
+        try:
+            lines = read_text(self.notes).splitlines()
+        except OSError:
+            return []
+        pairs = [tuple(line.split()[:2]) for line in lines]
+        return [p for p in pairs if word is None or p[0] == word]
+
+
+class DependencyTests(DependencyCase):
+    """Issue 25: depends_on waits for ready, never for a spawn; stops go
+    the other way."""
+
+    def test_waits_for_ready_and_starts_in_the_same_turn(self):
+        gate = os.path.join(self.tmp, "gate")
+        self.start({"db": self.svc("db", gate, ready="notify",
+                                   startsecs="30"),
+                    "web": self.svc("web", depends_on="db")}, wait_up=False)
+        self.wait_state("db", "starting")
+        entry = self.wait_state("web", "starting")
+        self.assertIsNone(entry["pid"])
+        self.assertEqual(entry["waiting_for"], ["db"])
+        code, out, err = self.cli("--status")
+        self.assertIn("web: starting (waiting for db (starting))", out)
+        self.assertEqual(code, 0, out)  # db is on its way, within its time
+        wait_for(lambda: self.noted("start") == [("start", "db")], 5,
+                 "db, and only db, running")
+        with open(gate, "w"):
+            pass
+        web = self.wait_state("web", "up")
+        db = self.entry("db")
+        # Spawned on db's ready event, not at a later look.
+        self.assertLess(web["started"] - db["since"], 0.5)
+        self.assertEqual(self.noted("start"), [("start", "db"),
+                                               ("start", "web")])
+        self.assertIn("web: waiting for db (starting) before it starts",
+                      self.log_text())
+
+    def test_waits_for_a_health_check(self):
+        gate = os.path.join(self.tmp, "gate")
+        port = free_port()
+        self.start({"cache": self.svc(
+            "cache", gate, environment="PORT=%d" % port,
+            healthcheck="tcp://127.0.0.1:%d" % port,
+            healthcheck_interval="0.2", healthcheck_retries="1000"),
+            "web": self.svc("web", depends_on="cache")}, wait_up=False)
+        wait_for(lambda: ("ready", "cache") not in self.noted() and
+                 self.entry("cache") and self.entry("cache")["health"] ==
+                 "failing", 10, "cache running, its probe failing")
+        self.assertEqual(self.entry("web")["state"], "starting")
+        self.assertIsNone(self.entry("web")["pid"])
+        with open(gate, "w"):
+            pass
+        web = self.wait_state("web", "up", timeout=10)
+        self.assertLess(web["started"] - self.entry("cache")["since"], 0.5)
+
+    def test_start_pulls_in_and_stop_pushes_out(self):
+        keys = {"autostart": "false"}
+        self.start({"db": self.svc("db", **keys),
+                    "web": self.svc("web", linger=0.3, depends_on="db",
+                                    **keys),
+                    "worker": self.svc("worker", linger=0.3,
+                                       depends_on="web", **keys),
+                    "other": self.svc("other")})
+        code, out, err = self.cli("--start", "worker")
+        self.assertEqual(code, 0, out + err)
+        self.assertEqual([line.split(":")[0] for line in out.splitlines()],
+                         ["db", "web", "worker"], out)
+        code, out, err = self.cli("--stop", "db")
+        self.assertEqual(code, 0, out + err)
+        self.assertIn("web: depends on db; stopped first", out)
+        self.assertIn("worker: depends on web; stopped first", out)
+        self.assertEqual([line for line in out.splitlines()
+                          if line.endswith(": stopped")],
+                         ["worker: stopped", "web: stopped", "db: stopped"])
+        # Each gone before what it needs was signalled.
+        self.assertEqual([p for p in self.noted() if p[0] in ("term",
+                                                               "exit")],
+                         [("term", "worker"), ("exit", "worker"),
+                          ("term", "web"), ("exit", "web"),
+                          ("term", "db"), ("exit", "db")])
+        self.assertEqual(self.entry("other")["state"], "up")
+
+    def test_shutdown_in_reverse_dependency_order_then_priority(self):
+        # By priority alone db (900) would stop first; web needs it.
+        self.start({"db": self.svc("db", priority="900"),
+                    "web": self.svc("web", linger=0.3, depends_on="db",
+                                    priority="100"),
+                    "cron": self.svc("cron", priority="500")})
+        self.stop_supervisor()
+        self.assertEqual([p for p in self.noted() if p[0] == "term"],
+                         [("term", "cron"), ("term", "web"),
+                          ("term", "db")])
+        terms = self.noted()
+        self.assertLess(terms.index(("exit", "web")),
+                        terms.index(("term", "db")))
+
+    def test_a_crash_leaves_dependents_alone_unless_asked(self):
+        self.start({"db": self.svc("db"),
+                    "web": self.svc("web", depends_on="db"),
+                    "worker": self.svc("worker", depends_on="db",
+                                       dependency_restart="true")})
+        web, worker = self.entry("web")["pid"], self.entry("worker")["pid"]
+        db = self.entry("db")["pid"]
+        os.kill(db, signal.SIGKILL)
+        self.wait_state("db", "up", pid_not=db)
+        new = self.wait_state("worker", "up", pid_not=worker)["pid"]
+        self.assertIn("worker: restarting: db has a new run, ready "
+                      "(dependency_restart)", self.log_text())
+        self.assertEqual(self.entry("web")["pid"], web)
+        # A restart is a new run too.
+        code, out, err = self.cli("--restart", "db")
+        self.assertEqual(code, 0, out + err)
+        self.wait_state("worker", "up", pid_not=new)
+        self.assertEqual(self.entry("web")["pid"], web)
+
+    def test_an_overlapping_restart_keeps_dependents_running(self):
+        port = free_port()
+        self.start({"app": self.svc("app", socket="tcp://127.0.0.1:%d"
+                                    % port),
+                    "web": self.svc("web", depends_on="app")})
+        web = self.entry("web")["pid"]
+        code, out, err = self.cli("--restart", "app")
+        self.assertEqual(code, 0, out + err)
+        self.assertIn("overlapping", self.log_text())
+        self.assertEqual(self.entry("web")["pid"], web)
+
+    def test_cycles_and_unknown_names_are_config_errors(self):
+        for services, words in (
+                ({"a": {"command": "sleep 1000", "depends_on": "b"},
+                  "b": {"command": "sleep 1000", "depends_on": "c"},
+                  "c": {"command": "sleep 1000", "depends_on": "a"}},
+                 "[program:a] depends_on: a cycle: a -> b -> c -> a"),
+                ({"a": {"command": "sleep 1000", "depends_on": "a"}},
+                 "[program:a] depends_on: a depends on itself"),
+                ({"a": {"command": "sleep 1000", "depends_on": "db, x"}},
+                 "[program:a] depends_on: no such service: db, x")):
+            with self.subTest(words=words):
+                self.write_config(services)
+                for args in (("--check",), ()):
+                    code, out, err = self.cli(*args)
+                    self.assertEqual(code, 2, out + err)
+                    self.assertEqual(len(err.splitlines()), 1, err)
+                    self.assertIn(words, err)
+                self.assertEqual(self.marked(), [])
+
+    def test_names_pools_and_groups(self):
+        self.write_config({
+            "db": self.svc("db"),
+            "q": self.svc("q", numprocs="2",
+                          process_name="%(program_name)s_%(process_num)d"),
+            "web": self.svc("web", depends_on="q, g")},
+            raw="[group:g]\nprograms = db\n")
+        code, out, err = self.cli("--check")
+        self.assertEqual(code, 0, out + err)
+        self.assertIn("depends   on q_0, q_1, db: starts once they are "
+                      "ready", out)
+        self.assertRegex(out, r"start order: (db, )?q_0, q_1, (db, )?web")
+
+    def test_a_reload_changes_dependencies_without_restarts(self):
+        self.start({"db": self.svc("db", autostart="false"),
+                    "web": self.svc("web")})
+        web = self.entry("web")["pid"]
+        # web now needs db, which is down: web runs on, untouched.
+        self.write_config({"db": self.svc("db", autostart="false"),
+                           "web": self.svc("web", depends_on="db")})
+        code, out, err = self.cli("--reload")
+        self.assertEqual(code, 0, out + err)
+        self.assertIn("web: updated without a restart", out)
+        self.assertEqual(self.entry("web")["pid"], web)
+        # A new service that waits, and a reload that ends its wait.
+        self.write_config({"db": self.svc("db", autostart="false"),
+                           "web": self.svc("web", depends_on="db"),
+                           "worker": self.svc("worker", depends_on="db")})
+        code, out, err = self.cli("--reload")
+        self.assertEqual(code, 1, out + err)
+        self.assertIn("worker: not started: waiting for db (down)", err)
+        entry = self.wait_state("worker", "starting")
+        self.assertEqual(entry["why"], "waiting for db (down)")
+        code, out, err = self.cli("--status")
+        self.assertEqual(code, 3, out)  # db will not come by itself
+        self.write_config({"db": self.svc("db", autostart="false"),
+                           "web": self.svc("web", depends_on="db"),
+                           "worker": self.svc("worker")})
+        self.assertEqual(self.cli("--reload")[0], 0)
+        self.wait_state("worker", "up")
+        self.assertEqual(self.entry("web")["pid"], web)
+
+    def test_start_says_what_a_dependent_waits_for_in_vain(self):
+        self.start({"db": self.svc("db", command="/bin/false",
+                                   startretries="0", autostart="false"),
+                    "web": self.svc("web", depends_on="db",
+                                    autostart="false")})
+        code, out, err = self.cli("--start", "web")
+        self.assertEqual(code, 1, out + err)
+        self.assertIn("web: not started: waiting for db (fatal)", err)
+
+
+class StandingOrderTests(DependencyCase):
+    """Issue 25: --stop and --start outlive the supervisor, kept in
+    data_dir."""
+
+    def orders(self):
+        path = os.path.join(self.data_dir, fcgiwatch.orders_file_name(
+            self.state_dir))
+        with open(path) as handle:
+            return json.load(handle)["orders"]
+
+    def test_stopped_stays_down_after_a_kill_and_a_reexec(self):
+        self.start({"s": self.svc("s"), "t": self.svc("t")})
+        self.assertEqual(self.cli("--stop", "s")[0], 0)
+        self.assertEqual(self.orders(), {"s": "down"})
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+        self.start(wait_up=False)
+        self.wait_state("t", "up")
+        code, out, err = self.cli("--status")
+        self.assertEqual(code, 0, out)
+        self.assertIn("s: down (stopped by request)", out)
+        self.assertIn("normally up", out)
+        entry = self.entry("s")
+        self.assertEqual((entry["state"], entry["want"], entry["normally"]),
+                         ("down", "down", "up"))
+        self.assertIn('fcgiwatch_service_wanted_up{name="s"} 0',
+                      self.cli("--status", "--prometheus")[1])
+        self.assertEqual(self.cli("--reexec")[0], 0)
+        self.assertEqual(self.entry("s")["state"], "down")
+        self.assertEqual(self.cli("--start", "s")[0], 0)
+        self.assertEqual(self.orders(), {})
+
+    def test_stopped_stays_down_after_a_reboot(self):
+        self.start({"s": self.svc("s"), "t": self.svc("t")})
+        self.assertEqual(self.cli("--stop", "s")[0], 0)
+        self.assertEqual(self.cli("--shutdown")[0], 0)
+        self.proc.wait()
+        shutil.rmtree(self.state_dir)  # /run is empty after a reboot
+        self.start(wait_up=False)
+        self.wait_state("t", "up")
+        self.assertEqual(self.entry("s")["state"], "down")
+        self.assertEqual(self.noted("start"), [("start", "s"),
+                                               ("start", "t"),
+                                               ("start", "t")])
+        self.assertIn("standing orders (--stop, --start): s down",
+                      self.cli("--check")[1])
+
+    def test_a_start_by_request_stays_up(self):
+        self.start({"t": self.svc("t", autostart="false"),
+                    "u": self.svc("u")})
+        self.assertEqual(self.cli("--start", "t")[0], 0)
+        self.assertEqual(self.orders(), {"t": "up"})
+        self.assertEqual(self.cli("--shutdown")[0], 0)
+        self.proc.wait()
+        self.start(wait_up=False)
+        self.wait_state("t", "up")
+        self.assertIn("normally down", self.cli("--status")[1])
+        # A service that leaves the config takes its order along.
+        self.write_config({"u": self.svc("u")})
+        self.assertEqual(self.cli("--reload")[0], 0)
+        self.assertEqual(self.orders(), {})
+
+    def test_a_data_dir_others_can_change_is_not_written(self):
+        if not IS_ROOT:
+            self.skipTest("the rule is a root supervisor's")
+        os.mkdir(self.data_dir)
+        os.chmod(self.data_dir, 0o777)
+        self.start({"s": self.svc("s")})
+        self.assertEqual(self.cli("--stop", "s")[0], 0)
+        self.assertEqual(os.listdir(self.data_dir), [])
+        wait_for(lambda: "standing orders not written to %s: data_dir %s "
+                 "cannot be used safely: %s is writable by everyone" % ((
+                     self.data_dir,) * 3) in self.log_text(), 5,
+                 "the warning")
+        self.assertEqual(self.entry("s")["state"], "down")
+
+    def test_a_damaged_or_foreign_file_is_a_warning(self):
+        os.mkdir(self.data_dir, 0o755)
+        path = os.path.join(self.data_dir, fcgiwatch.orders_file_name(
+            self.state_dir))
+        for garbage, words in (
+                (b"\x00\xffnot json", "not JSON"),
+                (json.dumps({"version": 1, "state_dir": "/elsewhere",
+                             "orders": {"s": "down"}}).encode(),
+                 "written for the supervisor of state_dir '/elsewhere'"),
+                (json.dumps({"version": 1, "state_dir": self.state_dir,
+                             "orders": {"s": "sideways"}}).encode(),
+                 "'s': 'sideways' is not a standing order")):
+            with self.subTest(words=words):
+                with open(path, "wb") as handle:
+                    handle.write(garbage)
+                self.start({"s": self.svc("s")})  # the config decides
+                self.assertIn("standing orders %s not used: %s" % (
+                    path, words), self.log_text())
+                self.assertNotIn("Traceback", self.log_text())
+                self.stop_supervisor()
+        # The next order writes it anew, and keeps what was there.
+        self.start({"s": self.svc("s")})
+        self.assertEqual(self.cli("--stop", "s")[0], 0)
+        self.assertEqual(self.orders(), {"s": "down"})
+        with open(path + ".damaged", "rb") as handle:
+            self.assertIn(b"sideways", handle.read())
 
 
 class SocketActivationTests(SupervisorCase):

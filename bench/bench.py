@@ -492,6 +492,58 @@ def bench_mass_death_and_startup():
     return result
 
 
+#: A ready = notify service that says READY=1 at once and execs sleep
+#: (perl: a Python start would be most of the figure).
+NOTIFY_AT_ONCE = ("perl -MSocket -e 'socket(my $s, PF_UNIX, SOCK_DGRAM, 0); "
+                  "send($s, \"READY=1\", 0, pack_sockaddr_un("
+                  "$ENV{NOTIFY_SOCKET})); exec(\"sleep\", \"100000\")'")
+
+
+def time_to_all_up(services, runs):
+    """ms from launch until every service is up (the status file says
+    so), the median of runs."""
+    times = []
+    for _ in range(runs):
+        bench = Bench(services)
+        bench.start()
+        wait_until(bench.all_up, timeout=60, step=0.002)
+        times.append((time.monotonic() - bench.began) * 1000)
+        bench.stop()
+    return median(times)
+
+
+def bench_dependencies():
+    """A chain of 10 (each depends_on the one before, ready = notify
+    answered at once) against 10 with no dependencies; 200 services, half
+    depending on one, against 200 with none (each started once the one is
+    ready, in the same turn of the loop)."""
+    runs = 3 if QUICK else 7
+
+    def chain(linked):
+        def services(bench):
+            return [("c%02d" % n, dict(
+                {"command": NOTIFY_AT_ONCE, "ready": "notify",
+                 "startsecs": "10"},
+                **({"depends_on": "c%02d" % (n - 1)} if linked and n
+                   else {}))) for n in range(10)]
+        return services
+
+    def fan(linked):
+        def services(bench):
+            return [("s%03d" % n, dict(
+                {"command": bench.announce(), "startsecs": "0"},
+                **({"depends_on": "s000"} if linked and n % 2 else {})))
+                for n in range(200)]
+        return services
+    result = {"chain_10_ms": time_to_all_up(chain(True), runs),
+              "flat_10_ms": time_to_all_up(chain(False), runs),
+              "fan_200_ms": time_to_all_up(fan(True), runs),
+              "flat_200_ms": time_to_all_up(fan(False), runs)}
+    result["chain_ratio"] = result["chain_10_ms"] / result["flat_10_ms"]
+    result["fan_ratio"] = result["fan_200_ms"] / result["flat_200_ms"]
+    return result
+
+
 #: Writes SIZE bytes of 128-byte lines to stdout, as fast as it can.
 WRITER = """import os
 block = (b"x" * 127 + b"\\n") * 8192
@@ -699,6 +751,7 @@ FIGURES = [
     ("mass", bench_mass_death_and_startup),
     ("output", bench_output),
     ("deploy", bench_deploy),
+    ("dependencies", bench_dependencies),
     ("appserver", bench_appserver),
     ("scale", bench_scale),
 ]
@@ -826,6 +879,16 @@ def report(results):
             "%.3f (%.0f ms; %d restarts, %d requests, %d failed)" % (
                 r["longest_to_startup"], r["longest_ms"], r["restarts"],
                 r["requests"], r["failed"]), "< 0.05; 0 failed")
+    if "dependencies" in results:
+        r = results["dependencies"]
+        row("a chain of 10 (depends_on, READY=1 at once): all up, vs 10 "
+            "with none", "%.0f ms vs %.0f ms: %.2f x" % (
+                r["chain_10_ms"], r["flat_10_ms"], r["chain_ratio"]),
+            "< 1.5 x")
+        row("200 services, half depending on one: all up, vs none",
+            "%.0f ms vs %.0f ms: %.2f x" % (
+                r["fan_200_ms"], r["flat_200_ms"], r["fan_ratio"]),
+            "< 1.2 x")
     if "appserver" in results:
         r = results["appserver"]
         if "missing" in r:
