@@ -2235,8 +2235,8 @@ def spawn_child(config, stdin_fd, stdout_fd, stderr_fd, reset_signals,
     # posix_spawn cannot set rlimits or change user in the child, nor know
     # the pid that LISTEN_PID must be before the exec: then fork, and set
     # it in the child.  The fork costs: make bench measures a root service
-    # with socket_pass = systemd restarting in about 2.3 x the time of a
-    # plain one (4 ms against 1.7), as the fork copies our page tables and
+    # with socket_pass = systemd restarting in about twice the time of a
+    # plain one (3.5 ms against 1.8), as the fork copies our page tables and
     # the child runs Python before exec.  A shell's prologue, sh -c
     # 'LISTEN_PID=$$ exec "$0" "$@"', would keep posix_spawn for about
     # 0.5 ms more, but puts /bin/sh's rules (argv[0], PATH, its exit codes
