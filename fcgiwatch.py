@@ -61,6 +61,7 @@ Usage:
   fcgiwatch.py [-c FILE] --stop NAME ... | all
   fcgiwatch.py [-c FILE] --restart NAME ... | all
   fcgiwatch.py [-c FILE] --signal SIG NAME ... | all
+  fcgiwatch.py [-c FILE] --tail [-f] [-n N] NAME   the last N lines (default 10) NAME wrote; -f follows
   fcgiwatch.py [-c FILE] --reload         re-read the config (same as SIGHUP)
   fcgiwatch.py [-c FILE] --shutdown       stop every service, then the supervisor
   fcgiwatch.py [-c FILE] --reexec         re-execute this file (upgrade); services keep running
@@ -195,6 +196,13 @@ SCAN_DELAY = 0.02
 #: memory; small reads keep that small and leave the rest in the pipe.
 SYSLOG_CHUNK = 1 << 14
 
+#: Recent output kept per service for --tail, whatever its destination.
+RECENT_BYTES = 1 << 16
+
+#: Bytes a --tail -f reader may fall behind before lines are dropped for
+#: it (and it is told how many).
+FOLLOW_AHEAD = 1 << 18
+
 #: Syslog message body limit: longer lines are split, never dropped.
 SYSLOG_LINE_MAX = 1024
 
@@ -307,6 +315,23 @@ class AlreadyRunning(Failure):
 CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
+#: What --tail keeps of a service's lines: tabs, not escape sequences.
+OUTPUT_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def output_text(lines, prefix=""):
+    r"""Lines a service wrote as text for root's terminal: each with
+    prefix, undecodable bytes and control characters but tabs shown as
+    '?' (a service must not drive the terminal of whoever reads its
+    output).
+
+    >>> output_text([b"ok\tgo", b"\x1b[2Jbad \xff"], "web: ").splitlines()
+    ['web: ok\tgo', 'web: ?[2Jbad ?']
+    """
+    return "".join(prefix + OUTPUT_CONTROL.sub("?", line.decode(
+        "utf-8", "replace").replace("\ufffd", "?")) + "\n" for line in lines)
+
+
 def printable(text):
     """text with each control character shown as '?'.
 
@@ -384,7 +409,8 @@ ServiceConfig = namedtuple("ServiceConfig", [
     "watchdog_secs", "program", "process_num", "numprocs",
     "environment_file", "limits", "stdout_logfile_timestamps",
     "stderr_logfile_timestamps", "max_memory", "socket_pass", "depends_on",
-    "dependency_restart"])
+    "dependency_restart", "stdout_logfile_maxage", "stderr_logfile_maxage",
+    "stdout_logfile_compress", "stderr_logfile_compress"])
 
 #: Values for the ServiceConfig fields that a --reexec hand-over from an
 #: older version does not carry (fields are only ever added at the end;
@@ -394,7 +420,10 @@ LATER_FIELDS = {"ready": "startsecs", "watchdog_secs": 0, "program": None,
                 "limits": (), "stdout_logfile_timestamps": False,
                 "stderr_logfile_timestamps": False, "max_memory": None,
                 "socket_pass": "stdin", "depends_on": (),
-                "dependency_restart": False}
+                "dependency_restart": False, "stdout_logfile_maxage": None,
+                "stderr_logfile_maxage": None,
+                "stdout_logfile_compress": False,
+                "stderr_logfile_compress": False}
 
 #: A whole config: globals, services (instances, in priority order), the
 #: warnings that reading it gave (ConfigError each), the groups as
@@ -411,7 +440,9 @@ PROCESS_KEYS = (
     "stderr_logfile", "stdout_logfile_maxbytes", "stdout_logfile_backups",
     "stderr_logfile_maxbytes", "stderr_logfile_backups", "redirect_stderr",
     "socket", "socket_owner", "socket_mode", "ready", "watchdog_secs",
-    "environment_file", "limits", "socket_pass")
+    "environment_file", "limits", "socket_pass", "stdout_logfile_maxage",
+    "stderr_logfile_maxage", "stdout_logfile_compress",
+    "stderr_logfile_compress")
 
 #: The process keys that shape a service's output pipes: a run keeps its
 #: pipes across a change of any other (an overlapping restart's old run
@@ -419,7 +450,9 @@ PROCESS_KEYS = (
 OUTPUT_KEYS = (
     "stdout_logfile", "stderr_logfile", "stdout_logfile_maxbytes",
     "stdout_logfile_backups", "stderr_logfile_maxbytes",
-    "stderr_logfile_backups", "redirect_stderr")
+    "stderr_logfile_backups", "redirect_stderr", "stdout_logfile_maxage",
+    "stderr_logfile_maxage", "stdout_logfile_compress",
+    "stderr_logfile_compress")
 
 #: Service keys and their defaults (None: required; "": derived later).
 SERVICE_DEFAULTS = {
@@ -440,6 +473,8 @@ SERVICE_DEFAULTS = {
     "limits": "", "stdout_logfile_timestamps": "false",
     "stderr_logfile_timestamps": "", "max_memory": "",
     "socket_pass": "stdin", "depends_on": "", "dependency_restart": "false",
+    "stdout_logfile_maxage": "", "stderr_logfile_maxage": "",
+    "stdout_logfile_compress": "false", "stderr_logfile_compress": "",
 }
 
 #: Keys that shape the instances of a program, read before its sections'
@@ -500,6 +535,24 @@ MAX_SECONDS = 365 * 86400
 #: Shortest period of what repeats (a health check, a back-off): below it
 #: a typo such as 1e-3 for 1e3 would keep a core busy.
 MIN_INTERVAL = 0.05
+
+
+def to_age(value):
+    """A log file's age limit: 1d, 12h, 30m, or seconds (1 at least).
+
+    >>> to_age("1d"), to_age("90")
+    (86400.0, 90.0)
+    """
+    text = value.strip().lower()
+    scale = {"d": 86400, "h": 3600, "m": 60}.get(text[-1:], 1)
+    try:
+        seconds = to_seconds(text[:-1] if scale != 1 else text) * scale
+    except ValueError:
+        raise ValueError("%r is not an age; write 1d, 12h, 30m or seconds"
+                         % value)
+    if not 1 <= seconds <= MAX_SECONDS:
+        raise ValueError("%r: give from 1 second to a year" % value)
+    return seconds
 
 
 def to_seconds(value, minimum=0.0):
@@ -1912,7 +1965,8 @@ SERVICE_CONVERTERS = (
     ("watchdog_secs", to_watchdog), ("limits", to_limits),
     ("socket_pass", to_socket_pass), ("depends_on", to_depends_on),
     ("dependency_restart", to_bool),
-    ("stdout_logfile_timestamps", to_bool))
+    ("stdout_logfile_timestamps", to_bool),
+    ("stdout_logfile_compress", to_bool))
 
 
 def auto_log_files(raw, name, flavour):
@@ -1985,6 +2039,10 @@ def convert_service_keys(raw, base_dir, euid, report, trusted=(),
             convert(key, function)
         else:
             values[key] = () if key == "environment" else None
+    if raw["stdout_logfile_maxage"].strip():
+        convert("stdout_logfile_maxage", to_age)
+    else:
+        values["stdout_logfile_maxage"] = None
     if raw["max_memory"].strip():
         convert("max_memory", to_byte_size)
     else:
@@ -2007,7 +2065,9 @@ def convert_service_keys(raw, base_dir, euid, report, trusted=(),
             ("stderr_logfile", log_file, ("stderr_logfile",)),
             ("stderr_logfile_maxbytes", to_byte_size, ()),
             ("stderr_logfile_backups", to_count, (MAX_BACKUPS,)),
-            ("stderr_logfile_timestamps", to_bool, ())):
+            ("stderr_logfile_timestamps", to_bool, ()),
+            ("stderr_logfile_maxage", to_age, ()),
+            ("stderr_logfile_compress", to_bool, ())):
         if raw[key].strip():
             convert(key, function, *args)
         else:
@@ -2782,23 +2842,56 @@ def open_for_append(path, euid, mode=0o640):
         os.close(place.fd)
 
 
-def rotate_file(path, backups, euid):
+def rotate_file(path, backups, euid, compressed=False):
     """FILE -> FILE.1 -> ... FILE.N, by renames inside the directory's fd:
     a rename never follows a link, so whatever was planted under one of
-    these names is moved or replaced, and nothing outside is touched."""
+    these names is moved or replaced, and nothing outside is touched.
+    compressed: the backups may be FILE.N.gz too (or still uncompressed,
+    where a compression did not finish): both move, and the oldest of
+    either goes."""
     place = walk_path(path, euid)
     try:
         name, fd = place.name, place.fd
         if backups <= 0:
             os.unlink(name, dir_fd=fd)
             return
+        suffixes = ("", ".gz") if compressed else ("",)
+        if compressed:
+            for suffix in suffixes:
+                try:
+                    os.unlink("%s.%d%s" % (name, backups, suffix), dir_fd=fd)
+                except FileNotFoundError:
+                    pass
         for number in range(backups - 1, 0, -1):
-            try:
-                os.rename("%s.%d" % (name, number), "%s.%d" % (
-                    name, number + 1), src_dir_fd=fd, dst_dir_fd=fd)
-            except FileNotFoundError:
-                pass
+            for suffix in suffixes:
+                try:
+                    os.rename("%s.%d%s" % (name, number, suffix),
+                              "%s.%d%s" % (name, number + 1, suffix),
+                              src_dir_fd=fd, dst_dir_fd=fd)
+                except FileNotFoundError:
+                    pass
         os.rename(name, name + ".1", src_dir_fd=fd, dst_dir_fd=fd)
+    finally:
+        os.close(place.fd)
+
+
+def file_began(path, info, euid):
+    """When a log file found with lines in it (info: its fstat) began, for
+    maxage: when its last backup was last written (it began then), else,
+    never rotated, its own last write (the best that can be known)."""
+    try:
+        place = walk_path(path, euid)
+    except (OSError, UnsafePath):
+        return info.st_mtime
+    try:
+        for suffix in (".1", ".1.gz"):
+            try:
+                backup = os.stat(place.name + suffix, dir_fd=place.fd,
+                                 follow_symlinks=False)
+            except OSError:
+                continue
+            return min(backup.st_mtime, info.st_mtime)
+        return info.st_mtime
     finally:
         os.close(place.fd)
 
@@ -3161,13 +3254,16 @@ class LogFile:
     chunk = PIPE_CHUNK
 
     def __init__(self, path, maxbytes, backups, on_warning, euid,
-                 fallback=None):
+                 fallback=None, maxage=None, compressions=None):
         self.path, self.maxbytes, self.backups = path, maxbytes, backups
+        self.maxage = maxage          # rotate once its first line is older
+        self.compressions = compressions  # gzip the rotated ones: where
         self.on_warning = on_warning
         self.euid = euid
         self.fallback = fallback
         self.fd = -1
         self.size = 0
+        self.began = None  # when its first line was written (maxage)
         self.line_end = True  # the file ends with a whole line
         self.problem = None  # why it cannot be opened: output to fallback
         self.write_failing = False
@@ -3187,8 +3283,12 @@ class LogFile:
             return True
         try:
             self.fd = open_for_append(self.path, self.euid)
-            self.size = os.fstat(self.fd).st_size
+            info = os.fstat(self.fd)
+            self.size = info.st_size
             self.line_end = True  # a new file, or taken as it is
+            self.began = None
+            if self.size and self.maxage:
+                self.began = file_began(self.path, info, self.euid)
         except UnsafePath as exc:
             self.fail("cannot be opened safely: %s" % exc)
             return False
@@ -3240,6 +3340,15 @@ class LogFile:
         when the file is full is finished first."""
         if self.fd < 0 and (self.problem or not self.open()):
             return data
+        if self.maxage:
+            now = time.time()
+            if not self.size:
+                self.began = now
+            elif self.line_end and now - (self.began or now) >= self.maxage:
+                self.rotate()  # by age: no timer, at the first write after
+                if self.fd < 0:
+                    return data
+                self.began = now
         view, at, end = memoryview(data), 0, len(data)
         while at < end:
             stop, full = self.chunk_end(data, at)
@@ -3300,14 +3409,212 @@ class LogFile:
     def rotate(self):
         self.close()
         try:
-            rotate_file(self.path, self.backups, self.euid)
+            rotate_file(self.path, self.backups, self.euid,
+                        self.compressions is not None)
         except UnsafePath as exc:
             self.fail("cannot be rotated safely: %s" % exc)
             return
         except OSError as exc:
             self.on_warning("log file %s cannot be rotated: %s" % (
                 self.path, exc.strerror))
+        else:
+            if self.compressions is not None:
+                self.compressions.rotated(self)
         self.open()
+
+
+class Compression:
+    """A rotated file being gzipped by a child: number says where its
+    source is now (FILE.number), moved along by each rotation meanwhile;
+    identity is the source's (st_dev, st_ino)."""
+
+    def __init__(self, log_file, number, identity, temporary):
+        self.log_file, self.number = log_file, number
+        self.identity, self.temporary = identity, temporary
+        self.pid = 0
+
+
+class Compressions:
+    """gzip of rotated log files (stdout_logfile_compress), each in a
+    child process, never in the loop: compressing a large file takes
+    seconds, which is why supervisord refused it inside its loop.
+
+    The loop opens the source and a fresh temporary file beside it (the
+    safe-path rules: no link followed, nothing planted reused), forks, and
+    when the child is done renames the temporary file to FILE.N.gz and
+    removes FILE.N.  The child only reads one fd and writes the other.  A
+    child that fails or is killed leaves FILE.N as it was (its temporary
+    file is removed), and the next rotation compresses it again; one file
+    is never compressed twice at once."""
+
+    def __init__(self, supervisor):
+        self.supervisor = supervisor
+        self.jobs = []
+        self.made = 0             # temporary files made: their names
+
+    def rotated(self, log_file):
+        """log_file was rotated: what its jobs compress moved one up; then
+        compress every backup not compressed yet."""
+        for job in self.jobs:
+            if job.log_file is log_file:
+                job.number += 1
+        try:
+            place = walk_path(log_file.path, self.supervisor.euid)
+        except (OSError, UnsafePath):
+            return  # the rotation said why
+        try:
+            self.clear_leftovers(log_file, place)
+            busy = set(job.number for job in self.jobs
+                       if job.log_file is log_file)
+            for number in range(1, log_file.backups + 1):
+                if number not in busy:
+                    self.start(log_file, place, number)
+        finally:
+            os.close(place.fd)
+
+    def clear_leftovers(self, log_file, place):
+        """Temporary files of compressions that are over (a supervisor
+        that died or re-executed meanwhile)."""
+        ours = set(job.temporary for job in self.jobs)
+        prefix = ".%s.gz-" % place.name
+        try:
+            names = os.listdir(place.fd)
+        except OSError:
+            return
+        for name in names:
+            if name.startswith(prefix) and name not in ours:
+                try:
+                    os.unlink(name, dir_fd=place.fd)
+                except OSError:
+                    pass
+
+    def start(self, log_file, place, number):
+        source = "%s.%d" % (place.name, number)
+        path = os.path.join(place.where, source)
+        try:
+            src = os.open(source, os.O_RDONLY | os.O_NOFOLLOW |
+                          os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0),
+                          dir_fd=place.fd)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            log_file.on_warning("log file %s not compressed: %s" % (
+                path, os_error_words(exc)))
+            return
+        out = -1
+        try:
+            info = check_opened_file(src, path, place, self.supervisor.euid)
+            self.made += 1
+            temporary = ".%s.gz-%d-%d" % (place.name, os.getpid(), self.made)
+            out = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL |
+                          os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0),
+                          0o600, dir_fd=place.fd)
+            os.fchmod(out, stat.S_IMODE(info.st_mode))  # the source's
+            job = Compression(log_file, number, (info.st_dev, info.st_ino),
+                              temporary)
+            job.pid = fork_gzip(src, out)
+        except (OSError, UnsafePath) as exc:
+            log_file.on_warning("log file %s not compressed: %s" % (
+                path, exc if isinstance(exc, UnsafePath)
+                else os_error_words(exc)))
+            return
+        finally:
+            os.close(src)
+            if out >= 0:
+                os.close(out)
+        self.jobs.append(job)
+        self.supervisor.helpers[job.pid] = lambda status: self.ended(job,
+                                                                    status)
+
+    def ended(self, job, status):
+        """The child is done: FILE.N.gz in place of FILE.N, or, had it
+        failed, FILE.N left for the next rotation."""
+        self.jobs.remove(job)
+        log_file = job.log_file
+        try:
+            place = walk_path(log_file.path, self.supervisor.euid)
+        except (OSError, UnsafePath):
+            return
+        try:
+            source = "%s.%d" % (place.name, job.number)
+            try:
+                info = os.stat(source, dir_fd=place.fd,
+                               follow_symlinks=False)
+                same = (info.st_dev, info.st_ino) == job.identity
+            except OSError:
+                same = False  # rotated away meanwhile
+            if same and os.WIFEXITED(status) and \
+                    os.WEXITSTATUS(status) == 0:
+                os.rename(job.temporary, source + ".gz",
+                          src_dir_fd=place.fd, dst_dir_fd=place.fd)
+                os.unlink(source, dir_fd=place.fd)
+                return
+            os.unlink(job.temporary, dir_fd=place.fd)
+            if same:
+                log_file.on_warning("log file %s was not compressed (%s); "
+                                    "the next rotation tries again" % (
+                                        os.path.join(place.where, source),
+                                        decode_wait_status(status)[2]))
+        except OSError as exc:
+            log_file.on_warning("log file %s: compression not finished: %s"
+                                % (log_file.path, os_error_words(exc)))
+        finally:
+            os.close(place.fd)
+
+    def stop(self):
+        """At shutdown: the children go, their temporary files too; the
+        files they compressed are left for the next rotation."""
+        for job in list(self.jobs):
+            try:
+                os.kill(job.pid, signal.SIGKILL)
+                _pid, status = os.waitpid(job.pid, 0)
+            except OSError:
+                status = 1
+            self.supervisor.helpers.pop(job.pid, None)
+            self.ended(job, status or 1)
+
+
+def fork_gzip(src, out):
+    """A child that gzips fd src into fd out, at a lower priority, and
+    exits 0 when every byte is written and synced; its pid."""
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
+    try:
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                signal.set_wakeup_fd(-1)  # the supervisor's, not ours
+                for number in HANDLED_SIGNALS:
+                    signal.signal(number, signal.SIG_DFL)
+                signal.pthread_sigmask(signal.SIG_SETMASK, ())
+                os.nice(10)
+                gzip_fd(src, out)
+                code = 0
+            finally:
+                os._exit(code)
+        return pid
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+
+
+def gzip_fd(src, out):
+    """Copy fd src to fd out as gzip (zlib's gzip wrapping: no gzip module
+    needed), then fsync out."""
+    import zlib
+    packer = zlib.compressobj(6, zlib.DEFLATED, 31)
+    while True:
+        data = os.read(src, 1 << 20)
+        if not data:
+            break
+        write_all(out, packer.compress(data))
+    write_all(out, packer.flush())
+    os.fsync(out)
+
+
+def write_all(fd, data):
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 _STAMP = [None, b""]
@@ -3325,9 +3632,60 @@ def time_stamp():
     return b"%s.%03d+00:00 " % (_STAMP[1], int((now - second) * 1000))
 
 
+class NullOutput:
+    """stdout_logfile = null: nothing is kept but the recent lines (every
+    pipe keeps those), so --tail answers for it too."""
+
+    chunk = PIPE_CHUNK
+
+    @staticmethod
+    def describe():
+        return "null"
+
+    @staticmethod
+    def is_blocked():
+        return False
+
+    def deliver(self, pipe, data):
+        pass
+
+    def finish(self, pipe):
+        pass
+
+
+class Recent:
+    """The last RECENT_BYTES of what a service wrote, in whole lines, both
+    streams in the order read: chunks of (number, lines), numbered across
+    services so that --tail of a pool interleaves its instances as they
+    wrote."""
+
+    __slots__ = ("chunks", "size")
+
+    def __init__(self):
+        self.chunks = deque()
+        self.size = 0
+
+    def add(self, number, data):
+        if len(data) > RECENT_BYTES:
+            start = data.find(b"\n", len(data) - RECENT_BYTES - 1) + 1
+            data = data[start:] if 0 < start < len(data) else \
+                data[-RECENT_BYTES:]
+        self.chunks.append((number, data))
+        self.size += len(data)
+        while self.size - len(self.chunks[0][1]) >= RECENT_BYTES:
+            self.size -= len(self.chunks.popleft()[1])
+
+    def lines(self):
+        """[(number, line)] of what is kept, oldest first."""
+        found = []
+        for number, data in self.chunks:
+            found.extend((number, line) for line in data.split(b"\n")[:-1])
+        return found
+
+
 class OutputPipe:
     """One pipe from a service's stdout (and maybe stderr) to a destination
-    (a LogFile or the SyslogOutput).  The supervisor keeps both ends: the
+    (a LogFile, the SyslogOutput or the NullOutput).  The supervisor keeps both ends: the
     write end is handed to every run of the child, so the pipe outlives any
     one run and nothing a child wrote is lost when it dies.
     """
@@ -3349,6 +3707,7 @@ class OutputPipe:
         os.set_blocking(self.read_fd, False)
         self.partial = b""
         self.line_start = True    # the next byte begins a line
+        self.unkept = b""         # a line begun, not yet in service.recent
 
     def timestamps(self):
         config = self.service.config
@@ -3380,8 +3739,24 @@ class OutputPipe:
         except (BlockingIOError, InterruptedError):
             return 0
         if data:
+            self.keep(data)
             self.dest.deliver(self, data)
         return len(data)
+
+    def keep(self, data):
+        """The whole lines of data into the service's recent output (a
+        begun line waits for its end), and to whoever follows it."""
+        cut = data.rfind(b"\n") + 1
+        if not cut:
+            if len(self.unkept) < RECENT_BYTES:
+                self.unkept += data
+            return
+        whole = data if cut == len(data) else data[:cut]
+        if self.unkept:
+            whole, self.unkept = self.unkept + whole, b""
+        if cut < len(data):
+            self.unkept = data[cut:]
+        self.service.keep_output(whole)
 
     def drain(self, limit=16 << 20):
         """Everything the pipe holds now (a dead child wrote its last)."""
@@ -3389,6 +3764,9 @@ class OutputPipe:
         while chunk and moved < limit:
             chunk = self.read_once()
             moved += chunk
+        if self.unkept:
+            self.service.keep_output(self.unkept + b"\n")
+            self.unkept = b""
         self.dest.finish(self)
 
 
@@ -3445,31 +3823,34 @@ class Outputs:
         self.pipe_fds = 0         # fds the output pipes hold
         self.fd_budget = None     # their share (Supervisor.raise_limits)
         self.syslog = SyslogOutput(supervisor)
+        self.null = NullOutput()
+        self.number = 0           # chunks of output kept, numbered
+        self.compressions = Compressions(supervisor)
 
     def make(self, service, handed=None):
         """The pipes for a service's stdout and stderr, per its config
         (handed: {stream: (read fd, write fd)} from --reexec)."""
         config = service.config
         handed = handed or {}
-        stdout = self.make_pipe(service, "stdout", config.stdout_logfile,
-                                config.stdout_logfile_maxbytes,
-                                config.stdout_logfile_backups,
-                                handed.get("stdout"))
+        stdout = self.make_pipe(service, "stdout", handed.get("stdout"))
         stderr = None  # None: the child's fd 2 shares stdout's
         if not stderr_follows_stdout(config):
             try:
-                stderr = self.make_pipe(
-                    service, "stderr", config.stderr_logfile,
-                    config.stderr_logfile_maxbytes,
-                    config.stderr_logfile_backups, handed.get("stderr"))
+                stderr = self.make_pipe(service, "stderr",
+                                        handed.get("stderr"))
             except OSError:
                 if stdout is not None:
                     self.release(stdout)
                 raise
         return stdout, stderr
 
-    def make_pipe(self, service, stream, dest, maxbytes, backups, fds=None):
-        if dest in ("null", "inherit"):
+    def make_pipe(self, service, stream, fds=None):
+        """A pipe for one stream, to where the config sends it (None for
+        inherit); fds: the ends --reexec handed over."""
+        def key(name):
+            return getattr(service.config, "%s_logfile%s" % (stream, name))
+        dest = key("")
+        if dest == "inherit":
             return None
         if fds is None and self.fd_budget is not None and \
                 self.pipe_fds + 2 > self.fd_budget:
@@ -3479,10 +3860,14 @@ class Outputs:
         log_file = None
         if dest == "syslog":
             dest = self.syslog
+        elif dest == "null":
+            dest = self.null
         else:
             log_file = self.files.get(dest) or LogFile(
-                dest, maxbytes, backups, self.on_log_file_warning,
-                self.supervisor.euid, self.syslog)
+                dest, key("_maxbytes"), key("_backups"),
+                self.on_log_file_warning, self.supervisor.euid, self.syslog,
+                key("_maxage"), self.compressions if key("_compress")
+                else None)
             dest = log_file
         pipe = OutputPipe(service, stream, dest, fds)  # may raise: no fd
         self.pipe_fds += 2
@@ -4308,6 +4693,8 @@ class Service(Overlap):
         self.health_fails = 0
         self.probe = None
         self.listeners = []       # the held sockets, while it has them
+        self.recent = None        # Recent: its last lines, for --tail
+        self.followers = []       # Follows: --tail -f readers
 
     @property
     def pid(self):
@@ -4943,6 +5330,16 @@ class Service(Overlap):
 
     # -- output ----------------------------------------------------------
 
+    def keep_output(self, data):
+        """Whole lines it wrote: kept for --tail, sent to its followers."""
+        outputs = self.supervisor.outputs
+        outputs.number += 1
+        if self.recent is None:
+            self.recent = Recent()
+        self.recent.add(outputs.number, data)
+        for follow in self.followers:
+            follow.feed(self, data)
+
     def drain_output(self):
         for pipe in self.outputs or ():
             if pipe is not None:
@@ -5011,10 +5408,11 @@ def stderr_follows_stdout(config):
 
 
 def stream_fd(dest, pipe, own_fd, devnull):
-    """The fd a run gets for one stream."""
+    """The fd a run gets for one stream (/dev/null where its pipe could not
+    be made)."""
     if dest == "inherit":
         return own_fd
-    if dest == "null" or pipe is None:
+    if pipe is None:
         return devnull
     return pipe.write_fd
 
@@ -7094,10 +7492,11 @@ FDS_OWN = 160
 
 
 def output_pipes(config):
-    """How many output pipes a service holds (none for null or inherit)."""
-    count = 0 if config.stdout_logfile in ("null", "inherit") else 1
+    """How many output pipes a service holds (none for inherit: null has
+    one, for its recent lines)."""
+    count = 0 if config.stdout_logfile == "inherit" else 1
     if not stderr_follows_stdout(config) and \
-            config.stderr_logfile not in ("null", "inherit"):
+            config.stderr_logfile != "inherit":
         count += 1
     return count
 
@@ -7916,6 +8315,7 @@ class Supervisor:
         """Leave nothing behind but the status file saying we stopped."""
         self.log("stopped: every service is down")
         self.disk.remove_pidfile()
+        self.outputs.compressions.stop()
         for pid in list(self.alerts.running):
             try:
                 os.killpg(pid, signal.SIGKILL)  # not left behind us
@@ -8356,6 +8756,8 @@ class Handover:
         """Hand everything to a fresh copy of this file in this process."""
         import json
         supervisor = self.supervisor
+        # Compressions are not carried: the next rotation does them again.
+        supervisor.outputs.compressions.stop()
         state = self.snapshot()
         path = os.path.join(supervisor.settings.state_dir, REEXEC_FILE)
         disk = supervisor.disk
@@ -9092,7 +9494,7 @@ def show_status(state_dir, names, as_json, out=None):
 # ===========================================================================
 
 COMMANDS = ("start", "stop", "restart", "signal", "reload", "shutdown",
-            "reexec", "status")
+            "reexec", "status", "tail")
 
 
 class Connection:
@@ -9115,6 +9517,7 @@ class Connection:
         self.closed = False
         self.closing = False
         self.lingering = False
+        self.follow = None        # a Follow, for --tail -f
         self.deadline = supervisor.clock() + self.IDLE
         sock.setblocking(False)
         supervisor.watch(sock.fileno(), EVENT_READ, self.on_event)
@@ -9166,6 +9569,10 @@ class Connection:
         import json
         while self.pending is not None and len(self.outbuf) < STREAM_AHEAD:
             message = next(self.pending, None)
+            if message is None and self.follow is not None:
+                self.pending = None  # streamed: now it follows
+                self.follow.release()
+                return
             if message is None:
                 message = {"exit": self.pending_code}
                 self.pending, self.closing = None, True
@@ -9227,8 +9634,58 @@ class Connection:
         self.closed = True
         self.supervisor.unwatch(self.sock.fileno())
         self.sock.close()
+        if self.follow is not None:
+            self.follow.end()
         if self in self.server.connections:
             self.server.connections.remove(self)
+
+
+class Follow:
+    """A --tail -f reader: new lines of its services as they come, never
+    more than FOLLOW_AHEAD bytes ahead of what it read; past that, lines
+    are dropped for it, and it is told how many."""
+
+    def __init__(self, connection, services, prefix):
+        self.connection, self.services = connection, services
+        self.prefix = prefix      # name each line (a pool, a group)
+        self.lost = 0
+        self.held = []            # new lines while the last ones stream
+        self.held_size = 0
+        for service in services:
+            service.followers.append(self)
+
+    def feed(self, service, data):
+        connection = self.connection
+        if connection.closed:
+            return
+        lines = data.split(b"\n")[:-1]
+        behind = self.held_size if connection.pending is not None else \
+            len(connection.outbuf)
+        if behind > FOLLOW_AHEAD:
+            self.lost += len(lines)
+            return
+        text = output_text(lines, service.name + ": " if self.prefix
+                           else "")
+        if connection.pending is not None:
+            self.held.append(text)  # after the lines asked for
+            self.held_size += len(text)
+            return
+        if self.lost:
+            connection.send({"err": "fcgiwatch: %d lines not shown: this "
+                             "reader fell behind" % self.lost})
+            self.lost = 0
+        connection.send({"text": text})
+
+    def release(self):
+        """The lines asked for are sent: now what came meanwhile."""
+        held, self.held, self.held_size = self.held, [], 0
+        if held:
+            self.connection.send({"text": "".join(held)})
+
+    def end(self):
+        for service in self.services:
+            if self in service.followers:
+                service.followers.remove(self)
 
 
 class Request:
@@ -9530,6 +9987,30 @@ class ControlServer:
                 code = EXIT_FAIL
         connection.finish(code)
 
+    def command_tail(self, connection, request, names):
+        """The last lines of a service (of a pool's or group's instances,
+        each line named, in the order written); with follow, then each
+        new line until the client leaves."""
+        count = request.get("lines", TAIL_LINES)
+        if not isinstance(count, int) or not 0 < count <= 100000:
+            raise UsageError("lines must be a number from 1 to 100000")
+        chosen = self.select(names)
+        found = []
+        for service in chosen:
+            if service.recent is not None:
+                found.extend((number, service.name, line) for number, line
+                             in service.recent.lines())
+        found.sort(key=lambda item: item[0])  # stable: in order within one
+        found = found[-count:]
+        prefix = len(chosen) > 1
+        messages = ({"text": output_text([line], name + ": " if prefix
+                                         else "")}
+                    for _number, name, line in found)
+        if request.get("follow"):
+            connection.send({"timeout": None})
+            connection.follow = Follow(connection, chosen, prefix)
+        connection.stream(messages, EXIT_OK)
+
     def command_reload(self, connection, request, names):
         code, lines, waits = self.supervisor.reload("--reload")
         for line in lines:
@@ -9690,7 +10171,11 @@ def send_command(state_dir, request, out=None, err=None):
             except ValueError:
                 continue
             if "timeout" in message:
-                sock.settimeout(float(message["timeout"]) + 10)
+                sock.settimeout(None if message["timeout"] is None
+                                else float(message["timeout"]) + 10)
+            if "text" in message:
+                out.write(message["text"])
+                out.flush()
             if "out" in message:
                 out.write(message["out"] + "\n")
                 out.flush()
@@ -9777,19 +10262,22 @@ def ask_status(state_dir):
 # ===========================================================================
 
 Options = namedtuple("Options", ["action", "config", "names", "json",
-                                 "signal"])
+                                 "signal", "lines", "follow"])
 
 #: Options that choose what to do; the rest modify them.
 ACTIONS = {"--daemon": "daemon", "--check": "check", "--status": "status",
            "--start": "start", "--stop": "stop", "--restart": "restart",
-           "--signal": "signal", "--reload": "reload",
+           "--signal": "signal", "--reload": "reload", "--tail": "tail",
            "--shutdown": "shutdown", "--reexec": "reexec",
            "--version": "version", "-V": "version", "--help": "help",
            "-h": "help"}
 
 #: Actions that take service names, and whether they need at least one.
 NAMED_ACTIONS = {"status": False, "start": True, "stop": True,
-                 "restart": True, "signal": True}
+                 "restart": True, "signal": True, "tail": True}
+
+#: --tail's lines unless -n says otherwise.
+TAIL_LINES = 10
 
 
 def parse_args(argv):
@@ -9799,6 +10287,7 @@ def parse_args(argv):
     ['web']
     """
     action, config, names, as_json, sig = "run", None, [], False, None
+    lines, follow = None, False
     args = list(argv)
     while args:
         arg = args.pop(0)
@@ -9815,6 +10304,14 @@ def parse_args(argv):
             if as_json and as_json != wanted:
                 raise UsageError("--json and --prometheus: give one")
             as_json = wanted
+        elif arg in ("-f", "--follow"):
+            follow = True
+        elif arg == "-n" or arg.startswith("-n") and arg[2:].isdigit():
+            text = arg[2:] or (args.pop(0) if args else "")
+            if not text.isdigit() or not 0 < int(text) <= 100000:
+                raise UsageError("-n takes a number of lines, 1 to 100000 "
+                                 "(got %r)" % text)
+            lines = int(text)
         elif arg == "--resume":  # internal: the second half of --reexec
             if not args:
                 raise UsageError("--resume needs the hand-over file")
@@ -9843,7 +10340,7 @@ def parse_args(argv):
         else:
             names.append(arg)
     if action == "resume":
-        return Options(action, config, names, as_json, sig)
+        return Options(action, config, names, as_json, sig, None, False)
     if names and action not in NAMED_ACTIONS:
         raise UsageError("%s takes no service names (got %s)" % (
             "running the supervisor" if action == "run" else "--" + action,
@@ -9852,6 +10349,10 @@ def parse_args(argv):
         raise UsageError("--%s needs service names, or all" % action)
     if as_json and action != "status":
         raise UsageError("--json and --prometheus go with --status")
+    if (follow or lines is not None) and action != "tail":
+        raise UsageError("-f and -n go with --tail")
+    if action == "tail" and ("all" in names or len(names) > 1):
+        raise UsageError("--tail takes one service, pool or group")
     for name in names:
         group, colon, member = name.partition(":")
         if name != "all" and not SERVICE_NAME_RE.match(name) and not (
@@ -9865,7 +10366,8 @@ def parse_args(argv):
     if "all" in names and len(names) > 1:
         raise UsageError("all stands alone: --%s all, or name the services"
                          % action)
-    return Options(action, config, names, as_json, sig)
+    return Options(action, config, names, as_json, sig,
+                   TAIL_LINES if lines is None else lines, follow)
 
 
 def find_config(given):
@@ -10367,6 +10869,8 @@ def main(argv=None):
         request = {"cmd": options.action, "names": options.names}
         if options.signal is not None:
             request["signal"] = options.signal
+        if options.action == "tail":
+            request.update(lines=options.lines, follow=options.follow)
         return send_command(state_dir, request)
     except UsageError as exc:
         sys.stderr.write("fcgiwatch: %s\n" % exc)

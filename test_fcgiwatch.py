@@ -3740,6 +3740,223 @@ class StandingOrderTests(DependencyCase):
             self.assertIn(b"sideways", handle.read())
 
 
+class RecentOutputTests(SupervisorCase):
+    """Issue 26: --tail and --tail -f, whatever the destination."""
+
+    def counter(self, count=5, pause=0.0, prefix="line"):
+        """Prints '<prefix> 1' ... then sleeps (count 0: for ever, pause
+        seconds apart)."""
+        return self.py("""
+            import itertools, sys, time
+            for n in (itertools.count(1) if %d == 0 else range(1, %d + 1)):
+                print("%s %%d" %% n, flush=True)
+                time.sleep(%r)
+            print("to stderr", file=sys.stderr, flush=True)
+            time.sleep(1000)
+        """ % (count, count, prefix, pause))
+
+    def test_tail_of_a_syslog_and_a_null_service(self):
+        self.start({"sys": {"command": self.counter(),
+                            "stdout_logfile": "syslog"},
+                    "quiet": {"command": self.counter(prefix="hush")}})
+        for name, word in (("sys", "line"), ("quiet", "hush")):
+            wait_for(lambda: "to stderr" in self.cli("--tail", name)[1], 5,
+                     "all of it kept")
+            code, out, err = self.cli("--tail", "-n", "3", name)
+            self.assertEqual(code, 0, err)
+            self.assertEqual(out, "%s 4\n%s 5\nto stderr\n" % (word, word))
+        self.assertEqual(self.cli("--tail", "-n3", "quiet")[1].count("\n"), 3)
+        self.assertEqual(self.cli("--tail", "quiet")[1].count("\n"), 6)
+
+    def test_a_pool_names_each_line(self):
+        self.start({"q": {"command": self.counter(2, prefix="q"),
+                          "numprocs": "2",
+                          "process_name": "%(program_name)s_%(process_num)d"}},
+                   wait_up=False)
+        wait_for(lambda: self.cli("--tail", "q")[1].count("to stderr") == 2,
+                 5, "both instances' lines")
+        lines = self.cli("--tail", "-n", "100", "q")[1].splitlines()
+        self.assertEqual(sorted(lines), sorted([
+            "q_0: q 1", "q_0: q 2", "q_0: to stderr",
+            "q_1: q 1", "q_1: q 2", "q_1: to stderr"]))
+
+    def test_follow_prints_new_lines_and_stops_on_interrupt(self):
+        gate = os.path.join(self.tmp, "go")
+        self.start({"app": {"command": self.py("""
+            import os, time
+            print("before", flush=True)
+            while not os.path.exists(%r):
+                time.sleep(0.01)
+            for n in range(3):
+                print("after %%d" %% n, flush=True)
+            time.sleep(1000)
+        """ % gate)}})
+        wait_for(lambda: self.cli("--tail", "app")[1] == "before\n", 5,
+                 "the first line")
+        follower = subprocess.Popen(
+            FCGIWATCH + ["-c", self.conf, "--tail", "-f", "-n", "1", "app"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.assertEqual(follower.stdout.readline(), b"before\n")
+        with open(gate, "w"):
+            pass
+        for n in range(3):
+            self.assertEqual(follower.stdout.readline(), b"after %d\n" % n)
+        follower.send_signal(signal.SIGINT)
+        out, err = follower.communicate(timeout=10)
+        self.assertEqual((follower.returncode, out, err), (130, b"", b""))
+
+    def test_a_reader_that_stops_reading_delays_nobody(self):
+        self.start({"loud": {"command": self.py("""
+            import sys
+            line = "x" * 200 + "\\n"
+            while True:
+                sys.stdout.write(line * 100)
+                sys.stdout.flush()
+        """)}, "other": {"command": "sleep 1000"}})
+        # A follower that never reads.
+        lazy = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        lazy.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        lazy.connect(os.path.join(self.state_dir, "control.sock"))
+        self.addCleanup(lazy.close)
+        lazy.sendall(json.dumps({"cmd": "tail", "names": ["loud"],
+                                 "lines": 1, "follow": True}).encode()
+                     + b"\n")
+        for _ in range(3):
+            old = self.entry("other")["pid"]
+            os.kill(old, signal.SIGKILL)
+            self.wait_state("other", "up", pid_not=old)
+        code, out, err = self.cli("--tail", "-n", "1", "loud")
+        self.assertEqual(out, "x" * 200 + "\n")
+        # Once it reads, it is told what it missed.
+        lazy.settimeout(10)
+        data = b""
+        while b"lines not shown: this reader fell behind" not in data:
+            chunk = lazy.recv(1 << 20)
+            self.assertTrue(chunk, "the follower was closed")
+            data += chunk
+
+    def test_only_root_and_the_supervisors_user_may_read(self):
+        if not IS_ROOT or not NOBODY_PY:
+            self.skipTest("needs root and a Python nobody can run")
+        self.start({"app": {"command": self.counter()}})
+        code, out, err = self.cli("--tail", "app", user=NOBODY)
+        self.assertEqual(code, 1, out + err)
+        self.assertIn("permission denied", err)
+        self.assertEqual(out, "")
+
+    def test_bad_tail_command_lines(self):
+        for args, words in (
+                (("--tail",), "--tail needs service names"),
+                (("--tail", "a", "b"), "--tail takes one service"),
+                (("--tail", "-n", "0", "a"), "-n takes a number of lines"),
+                (("--status", "-f"), "-f and -n go with --tail")):
+            with self.subTest(args=args):
+                code, out, err = self.cli(*args)
+                self.assertEqual(code, 2, out + err)
+                self.assertIn(words, err)
+
+
+class RotationTests(SupervisorCase):
+    """Issue 26: rotation by age, and gzip in a child process."""
+
+    def numbers_in(self, log):
+        """Every line of log and its backups (FILE.N.gz, FILE.N), oldest
+        first, as ints."""
+        import gzip
+        directory, name = os.path.split(log)
+        found = []
+        for entry in os.listdir(directory):
+            match = re.match(re.escape(name) + r"\.(\d+)(\.gz)?$", entry)
+            if match:
+                found.append((int(match.group(1)), entry, match.group(2)))
+        text = ""
+        for _number, entry, gz in sorted(found, reverse=True):
+            path = os.path.join(directory, entry)
+            opener = gzip.open if gz else open
+            with opener(path, "rt") as handle:
+                text += handle.read()
+        text += read_text(log)
+        return [int(line) for line in text.splitlines()], sorted(found)
+
+    def test_by_age_with_compression_loses_and_repeats_nothing(self):
+        log = os.path.join(self.tmp, "logs", "num.log")
+        os.mkdir(os.path.dirname(log))
+        self.start({"num": {"command": self.py("""
+            import time
+            for n in range(600):
+                print(n, flush=True)
+                time.sleep(0.01)
+            time.sleep(1000)
+        """), "stdout_logfile": log, "stdout_logfile_maxage": "2",
+            "stdout_logfile_compress": "true"}})
+        wait_for(lambda: "599" in self.cli("--tail", "-n", "1", "num")[1],
+                 20, "all 600 numbers written")
+        with open(log, "rb") as handle:
+            self.assertTrue(handle.read(), "the last lines are in FILE")
+
+        def settled():
+            names = os.listdir(os.path.dirname(log))
+            return not [n for n in names if n.startswith(".") or
+                        re.match(r"num\.log\.\d+$", n)]
+        wait_for(settled, 10, "every backup compressed")
+        numbers, backups = self.numbers_in(log)
+        self.assertEqual(numbers, list(range(600)))
+        self.assertGreaterEqual(len(backups), 2)
+        self.assertTrue(all(gz for _n, _e, gz in backups), backups)
+
+    def test_a_compression_killed_half_way_loses_nothing(self):
+        log = os.path.join(self.tmp, "logs", "big.log")
+        os.mkdir(os.path.dirname(log))
+        go = os.path.join(self.tmp, "more")
+        # 12 MB of random hex, hard to compress: the child takes a while.
+        self.start({"big": {"command": self.py("""
+            import binascii, os, time
+            def burst(first):
+                for n in range(first, first + 50000):
+                    print("%%d %%s" %% (n, binascii.hexlify(os.urandom(120))
+                                        .decode()), flush=False)
+                print(flush=True)
+            burst(0)
+            while not os.path.exists(%r):
+                time.sleep(0.01)
+            burst(50000)
+            time.sleep(1000)
+        """ % go), "stdout_logfile": log,
+            "stdout_logfile_maxbytes": "10MB",
+            "stdout_logfile_compress": "true"}})
+        directory = os.path.dirname(log)
+
+        def compressor():
+            kids = [pid for pid, _state in children_of(self.proc.pid)
+                    if pid != (self.entry("big") or {}).get("pid")]
+            temporary = [n for n in os.listdir(directory)
+                         if n.startswith(".big.log.gz-")]
+            return kids[0] if kids and temporary else None
+        child = wait_for(compressor, 20, "a compression under way")
+        os.kill(child, signal.SIGKILL)
+        wait_for(lambda: "was not compressed" in self.log_text(), 10,
+                 "the failure noted")
+        names = sorted(os.listdir(directory))
+        self.assertEqual(names, ["big.log", "big.log.1"])
+        # The next rotation compresses it after all.
+        with open(go, "w"):
+            pass
+        wait_for(lambda: sorted(os.listdir(directory)) == [
+            "big.log", "big.log.1.gz", "big.log.2.gz"], 30,
+            "both backups compressed")
+        numbers = [int(line.split()[0]) for line in self.numbers_text(
+            log).splitlines() if line]
+        self.assertEqual(numbers, list(range(100000)))
+
+    def numbers_text(self, log):
+        import gzip
+        text = ""
+        for suffix in (".2.gz", ".1.gz"):
+            with gzip.open(log + suffix, "rt") as handle:
+                text += handle.read()
+        return text + read_text(log)
+
+
 class SocketActivationTests(SupervisorCase):
     """Issue 24: socket_pass = systemd, with a standard-library app that
     checks LISTEN_PID as gunicorn, Twisted and go-systemd do."""
@@ -4248,8 +4465,12 @@ class OutputTests(SupervisorCase):
         })
         wait_for(lambda: read_text(out) == "to-out\n" and
                  read_text(err) == "to-err\n", 5, "both files")
+        # null: read and dropped, but for --tail's recent lines.
         pid = self.entry("quiet")["pid"]
-        self.assertEqual(os.readlink("/proc/%d/fd/1" % pid), "/dev/null")
+        self.assertTrue(os.readlink("/proc/%d/fd/1" % pid).startswith(
+            "pipe:"))
+        wait_for(lambda: self.cli("--tail", "quiet")[1] == "nothing\n", 5,
+                 "its line kept")
         code, text, _err = self.cli("--status", "--json")
         two = [e for e in json.loads(text)["services"]
                if e["name"] == "two"][0]

@@ -338,9 +338,13 @@ def bench_idle():
     seconds = 10 if QUICK else 30
     result = {}
     # With a metrics file and an alert command: written and run on state
-    # changes only, no timer.
-    bench = Bench(lambda b: [("s%02d" % i, {"command": b.announce()})
-                             for i in range(20)],
+    # changes only, no timer; and log files rotated by age, which needs
+    # none either (the age is looked at when a line comes).
+    bench = Bench(lambda b: [("s%02d" % i, {
+        "command": b.announce(),
+        "stdout_logfile": "%s/s%02d.log" % (b.tmp, i),
+        "stdout_logfile_maxage": "1d", "stdout_logfile_compress": "true"})
+        for i in range(20)],
                   "metrics_file = {tmp}/fcgiwatch.prom\n"
                   "alert_command = true\n")
     bench.start()
@@ -807,8 +811,8 @@ def report(results):
     if "idle" in results:
         r = results["idle"]
         peer = r.get("daemontools_wakeups_per_s")
-        row("idle, 20 services, metrics_file, alert_command: wake-ups/s, "
-            "CPU ticks in %d s"
+        row("idle, 20 services, metrics_file, alert_command, daily log "
+            "files: wake-ups/s, CPU ticks in %d s"
             % r["plain"]["seconds"], "%.2f, %d%s" % (
                 r["plain"]["wakeups_per_s"], r["plain"]["cpu_ticks"],
                 "" if peer is None else "; daemontools %.2f/s" % peer), "0")
