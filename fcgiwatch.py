@@ -5904,11 +5904,17 @@ class Tree:
                     found.append((pid, ids))
             return found
         found = alive()
-        if not found:
+        for _try in range(3):
+            if found:
+                break
             # A double fork's middle process hands us the daemon only as
-            # it turns into a zombie: wait for those exiting, then look.
-            self.wait_exiting()
-            found = self.rescan(now, run) and alive()
+            # it turns into a zombie: wait for those exiting (it may have
+            # just become a member, exiting), then look again.
+            self.wait_exiting([pid for pid in run.members
+                               if process_exiting(pid)])
+            if not self.rescan(now, run):
+                break
+            found = alive()
         if not found:
             return None
         fresh = [item for item in found if item[1][2] != run.session]
@@ -5926,15 +5932,15 @@ class Tree:
         run.adopted = True  # its phase starts again: Service.adopt_daemon
         return pid, logged
 
-    def wait_exiting(self):
-        """Wait until the children of ours that were exiting, unclaimed,
-        are zombies (not reaped: the loop does that), for EXIT_SETTLE at
+    def wait_exiting(self, more=()):
+        """Wait until the children of ours that were exiting, unclaimed
+        (and more), are zombies (not reaped: the loop does that), for EXIT_SETTLE at
         most.  Past its PF_EXITING flag a process has only its files and
         its children to hand on: microseconds, or about 20 ms for each
         256 MB of memory it frees first (measured here), and only an
         adoption waits."""
         deadline = time.monotonic() + EXIT_SETTLE
-        for pid in sorted(self.exiting):
+        for pid in sorted(self.exiting.union(more)):
             while time.monotonic() < deadline:
                 try:
                     info = os.waitid(os.P_PID, pid, os.WEXITED |
