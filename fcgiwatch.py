@@ -32,6 +32,8 @@ paragraph on what lives there and why:
   Upgrade in place (--reexec)        Handover
   Status                     --status, the status file, metrics
   Control protocol           the server, then the client
+  supervisord's XML-RPC interface    supervisorctl's socket (RpcServer),
+                             the methods served (RpcApi, RPC_METHODS)
   Command line               parse_args, main
 """
 
@@ -394,7 +396,14 @@ def format_seconds(seconds):
 GlobalConfig = namedtuple("GlobalConfig", [
     "filename", "state_dir", "syslog", "syslog_facility", "syslog_socket",
     "log_file", "path", "pidfile", "minfds", "minprocs", "metrics_file",
-    "alert_command", "alert_interval", "data_dir"])
+    "alert_command", "alert_interval", "data_dir", "rpc"])
+
+#: Where supervisord's clients reach us ([unix_http_server] and
+#: [inet_http_server]; None where not served): unix (path, mode, uid, gid),
+#: inet (host, port), each's auth (username, password) or None, and
+#: [supervisord] identifier.
+RpcConfig = namedtuple("RpcConfig", ["unix", "unix_auth", "inet",
+                                     "inet_auth", "identifier"])
 
 ServiceConfig = namedtuple("ServiceConfig", [
     "name", "section", "command", "argv", "user", "uid", "gid", "groups",
@@ -989,6 +998,14 @@ def to_syslog_socket(value):
     return ("unix", socket.AF_UNIX, text)
 
 
+#: Character devices a supervisord file names as a log file, and what they
+#: mean: nothing kept, or the supervisor's own stdout or stderr.
+STANDARD_DEVICES = {"/dev/null": "null", "/dev/stdout": "inherit",
+                    "/dev/stderr": "inherit", "/dev/fd/1": "inherit",
+                    "/dev/fd/2": "inherit", "/proc/self/fd/1": "inherit",
+                    "/proc/self/fd/2": "inherit"}
+
+
 def to_logfile(value, base_dir, euid=None, warn=None, owners=None):
     """syslog, null, inherit, or a file path (relative to the config) that
     can be written safely (see Safe paths) by a supervisor running as
@@ -1004,6 +1021,8 @@ def to_logfile(value, base_dir, euid=None, warn=None, owners=None):
         return word
     if word == "none":  # supervisord's spelling of "discard"
         return "null"
+    if text in STANDARD_DEVICES:  # what container configs write
+        return STANDARD_DEVICES[text]
     if not text:
         raise ValueError("empty; use syslog, null, inherit or a file path")
     path = os.path.normpath(os.path.join(base_dir, os.path.expanduser(text)))
@@ -1234,6 +1253,8 @@ def parse_config(text, filename, euid=None):
 
     base_dir = os.path.dirname(os.path.abspath(filename))
     supervisord = parse_supervisord_section(ini, base_dir, euid, error, warn)
+    supervisord["rpc"] = parse_http_servers(ini, base_dir, euid, error, warn,
+                                            supervisord["identifier"])
     globals_ = parse_globals(ini.values.get(OWN_SECTION, {}), filename,
                              base_dir, euid, error, supervisord, warn)
     services, seen, instances, sockets = [], {}, {}, {}
@@ -1256,10 +1277,15 @@ def parse_config(text, filename, euid=None):
             else ("", "", section)
         if section in (OWN_SECTION, "supervisord", "include"):
             continue
+        if section in ("unix_http_server", "inet_http_server"):
+            continue  # parse_http_servers
         if section in SUPERVISORD_IGNORED or kind in ("rpcinterface",
                                                       "ctlplugin"):
-            warn(section, None, "supervisord's own section; not used by "
-                 "fcgiwatch (its control commands and --status do that)")
+            if globals_.rpc is None or section == "ctlplugin":
+                warn(section, None, "supervisord's own section; not used by "
+                     "fcgiwatch (its control commands and --status do "
+                     "that; supervisorctl works where [unix_http_server] "
+                     "names a socket)")
             continue
         if kind == "eventlistener":
             warn(section, None, "event listeners are not run; "
@@ -1315,8 +1341,14 @@ def parse_config(text, filename, euid=None):
     services = [apply_group_priority(s, ini, groups, group_members)
                 for s in services]
     if not seen and not errors:
-        error(None, None, "no services defined; add a [program:NAME] "
-              "section with a command = line")
+        if "supervisord" in ini.values or "include" in ini.values:
+            # supervisord runs such a file, and programs come with the
+            # next reload (or supervisorctl update).
+            warn(None, None, "no services defined yet; add [program:NAME] "
+                 "sections (here or in an included file), then --reload")
+        else:
+            error(None, None, "no services defined; add a [program:NAME] "
+                  "section with a command = line")
     if not errors:
         services = resolve_dependencies(services, group_members, error)
     if errors:
@@ -1413,9 +1445,9 @@ def start_order(services):
     return order
 
 
-#: supervisord's sections that hold nothing for fcgiwatch.
-SUPERVISORD_IGNORED = ("supervisorctl", "unix_http_server",
-                       "inet_http_server")
+#: supervisord's sections that hold nothing for fcgiwatch (supervisorctl's
+#: own and the RPC interface's factory are read where a client is served).
+SUPERVISORD_IGNORED = ("supervisorctl",)
 
 #: What a service section is, beyond its keys: supervisord's or ours, and
 #: what the file around it says.
@@ -1425,7 +1457,7 @@ Flavour = namedtuple("Flavour", [
 
 #: [supervisord] keys fcgiwatch uses (the rest are noted as ignored).
 SUPERVISORD_USED = ("logfile", "pidfile", "childlogdir", "environment",
-                    "umask", "minfds", "minprocs")
+                    "umask", "minfds", "minprocs", "identifier")
 
 #: Why a supervisord service key that fcgiwatch does not have is ignored,
 #: where a word helps.
@@ -1436,7 +1468,7 @@ SUPERVISORD_HINTS = {
     "stderr_capture_maxbytes": "there is no capture mode",
     "stdout_syslog": "write stdout_logfile = syslog instead",
     "stderr_syslog": "write stderr_logfile = syslog instead",
-    "serverurl": "there is no XML-RPC server",
+    "serverurl": "there is no event listener to give it to",
 }
 
 
@@ -1600,7 +1632,7 @@ def parse_supervisord_section(ini, base_dir, euid, error, warn):
     names = expansion_names("supervisord", here, 1)
     out = {"log_file": None, "pidfile": None, "childlogdir": None,
            "environment": (), "minfds": None, "minprocs": None,
-           "service_defaults": {}}
+           "service_defaults": {}, "identifier": "supervisor"}
     ignored = sorted(k for k in values if k not in SUPERVISORD_USED)
     if ignored:
         warn("supervisord", None, "not used by fcgiwatch: %s (the "
@@ -1626,6 +1658,8 @@ def parse_supervisord_section(ini, base_dir, euid, error, warn):
             ("environment", to_environment, "environment"),
             ("minfds", lambda v: to_int(v, 1), "minfds"),
             ("minprocs", lambda v: to_int(v, 1), "minprocs"),
+            ("identifier", lambda v: v.strip() or "supervisor",
+             "identifier"),
             ("umask", to_octal, None)):
         if key not in values:
             continue
@@ -1647,12 +1681,110 @@ def parse_supervisord_section(ini, base_dir, euid, error, warn):
     return out
 
 
+def parse_http_servers(ini, base_dir, euid, error, warn, identifier):
+    """supervisord's [unix_http_server] and [inet_http_server], as an
+    RpcConfig (None when neither is served).  A TCP port is served only on
+    a loopback address and with a password: anything else is what
+    CVE-2019-12105 was (anyone who reaches the port restarts services),
+    so it is a warning and nothing listens."""
+    unix = unix_auth = inet = inet_auth = None
+
+    def values_of(section):
+        here = os.path.dirname(os.path.abspath(ini.files.get(
+            section, base_dir + "/x")))
+        names = expansion_names(section, here, 1)
+        out = {}
+        for key, text in ini.values.get(section, {}).items():
+            try:
+                out[key] = expand(text, names).strip()
+            except ValueError as exc:
+                error(section, key, str(exc))
+        return here, out
+
+    def auth(section, values):
+        user, password = values.get("username"), values.get("password")
+        if bool(user) != bool(password):
+            error(section, "username" if password else "password",
+                  "give both username and password, or neither")
+            return None
+        return (user, password) if user else None
+    if "unix_http_server" in ini.values:
+        section = "unix_http_server"
+        here, values = values_of(section)
+        unknown = sorted(set(values) - set(("file", "chmod", "chown",
+                                            "username", "password")))
+        if unknown:
+            warn(section, None, "not used by fcgiwatch: %s"
+                 % ", ".join(unknown))
+        path = values.get("file")
+        mode, uid, gid = 0o700, euid, os.getegid()
+        try:
+            if not path:
+                raise ValueError("name the socket supervisorctl connects "
+                                 "to, e.g. file = /run/supervisor.sock")
+            path = os.path.normpath(os.path.join(here, os.path.expanduser(
+                path)))
+            if not os.path.isdir(os.path.dirname(path)):
+                raise ValueError("directory %s does not exist; create it "
+                                 "first" % os.path.dirname(path))
+            if len(path.encode()) > 100:
+                raise ValueError("%s is too long for a unix socket path"
+                                 % path)
+        except ValueError as exc:
+            error(section, "file", str(exc))
+        try:
+            if "chmod" in values:
+                mode = to_octal(values["chmod"]) & 0o777
+        except ValueError as exc:
+            error(section, "chmod", str(exc))
+        try:
+            if values.get("chown"):
+                user, _colon, group = values["chown"].partition(":")
+                entry = lookup_user(user)
+                uid = entry.pw_uid
+                gid = lookup_group(group) if group else entry.pw_gid
+                if euid != 0 and (uid, gid) != (euid, os.getegid()):
+                    raise ValueError("only root may give the socket to "
+                                     "another user or group")
+        except ValueError as exc:
+            error(section, "chown", str(exc))
+        unix = (path, mode, uid, gid)
+        unix_auth = auth(section, values)
+    if "inet_http_server" in ini.values:
+        section = "inet_http_server"
+        _here, values = values_of(section)
+        host, _colon, port = values.get("port", "").rpartition(":")
+        host = host.strip("[]")
+        why = None
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            error(section, "port", "%r is not host:port, e.g. "
+                  "127.0.0.1:9001" % values.get("port", ""))
+        elif host not in ("127.0.0.1", "::1", "localhost"):
+            why = "it would listen on %s, not on 127.0.0.1 or ::1 only" % (
+                host if host not in ("", "*") else "every address")
+        elif not values.get("username") or not values.get("password"):
+            why = "it has no username and password"
+        else:
+            inet = (host, int(port))
+            inet_auth = auth(section, values)
+        if why:
+            warn(section, "port", "not served: %s, and anyone who reaches "
+                 "it could control every service (CVE-2019-12105); use "
+                 "[unix_http_server], or 127.0.0.1 with a username and "
+                 "password" % why)
+    if unix is None and inet is None:
+        return None
+    return RpcConfig(unix, unix_auth, inet, inet_auth, identifier)
+
+
 def existing_directory(value, base_dir):
     path = os.path.normpath(os.path.join(base_dir, os.path.expanduser(
         value.strip())))
-    if not os.path.isdir(path):
-        raise ValueError("%s is not a directory; create it or fix the path"
+    if not os.path.exists(path):
+        raise ValueError("%s does not exist; create it or fix the path"
                          % path)
+    if not os.path.isdir(path):
+        raise ValueError("%s is not a directory; fix the path" % path)
     return path
 
 
@@ -1771,7 +1903,8 @@ def parse_globals(values, filename, base_dir, euid, error, supervisord,
                              None),
         alert_command=convert("alert_command", to_command, None),
         alert_interval=convert("alert_interval", to_seconds, 300.0),
-        data_dir=convert("data_dir", directory, default_data_dir(euid)))
+        data_dir=convert("data_dir", directory, default_data_dir(euid)),
+        rpc=supervisord["rpc"])
 
 
 def expand(value, names):
@@ -1827,8 +1960,11 @@ def parse_program(given, section, program, globals_, base_dir, euid,
     process_name), each with the section's values expanded for its
     process_num: [ServiceConfig], or None after reporting."""
     ok = True
+    # Expanded first, as supervisord does (numprocs = %(ENV_WORKERS)s).
+    names = expansion_names(program, flavour.here if flavour else base_dir,
+                            1, flavour and flavour.env_names)
     try:
-        numprocs = to_int(given.get("numprocs", "1"), 1)
+        numprocs = to_int(expand(given.get("numprocs", "1"), names), 1)
         if numprocs > MAX_NUMPROCS:
             raise ValueError("%r is more than %d instances" % (
                 given["numprocs"], MAX_NUMPROCS))
@@ -1836,7 +1972,7 @@ def parse_program(given, section, program, globals_, base_dir, euid,
         error(section, "numprocs", str(exc))
         numprocs, ok = 1, False
     try:
-        first = to_int(given.get("numprocs_start", "0"))
+        first = to_int(expand(given.get("numprocs_start", "0"), names))
     except ValueError as exc:
         error(section, "numprocs_start", str(exc))
         first, ok = 0, False
@@ -2674,8 +2810,12 @@ def directory_owner(path, info, euid, last, strict=False):
 
     A sticky directory (/tmp) on the way is fine: others may add entries
     but not replace ours, and the next step judges the entry we use.  The
-    directory that holds the file itself may not be shared, sticky or not:
-    anyone could then put a file of theirs under the name we write.
+    directory that holds a file may be sticky too (last False: /tmp/x.log,
+    as supervisord's files write it): whatever someone else put under the
+    name is refused when it is opened (O_NOFOLLOW, the owner and link
+    count checked, a fresh file made with O_EXCL), and what we made there
+    nobody else may rename or remove.  A directory we keep files in (last
+    True: state_dir, data_dir) may not be shared, sticky or not.
 
     strict (a config a root supervisor reads): nobody but root and us may
     change it at all, as sshd's StrictModes; sticky directories are fine
@@ -2706,15 +2846,19 @@ def path_parts(path):
     return [p for p in os.path.normpath(path).split("/") if p]
 
 
-def walk_path(path, euid, create=False, directory=False, strict=False):
+def walk_path(path, euid, create=False, directory=False, strict=False,
+              sticky=None):
     """Open the way to path without following a link someone else made.
 
     Returns a SafePlace whose fd the caller closes.  With directory, path
     itself is a directory (created with create, mode 0755, where only root
-    or we can change its parent).  strict: see directory_owner.  Raises
-    UnsafePath, or OSError such as FileNotFoundError for a directory that
-    is missing.
+    or we can change its parent).  strict: see directory_owner.  sticky:
+    may the last directory be a sticky one such as /tmp (by default, when
+    path is a file)?  Raises UnsafePath, or OSError such as
+    FileNotFoundError for a directory that is missing.
     """
+    if sticky is None:
+        sticky = not directory
     parts = path_parts(os.path.join("/", path))
     name = None if directory else (parts.pop() if parts else None)
     if name is None and not directory:
@@ -2723,8 +2867,8 @@ def walk_path(path, euid, create=False, directory=False, strict=False):
     fd = os.open("/", DIR_FLAGS)
     try:
         while True:
-            where, owner = "/", directory_owner("/", os.fstat(fd), euid,
-                                                not parts, strict)
+            where, owner = "/", directory_owner(
+                "/", os.fstat(fd), euid, not parts and not sticky, strict)
             restart = None
             for index, part in enumerate(parts):
                 last = index == len(parts) - 1
@@ -2756,8 +2900,8 @@ def walk_path(path, euid, create=False, directory=False, strict=False):
                     raise
                 os.close(fd)
                 fd, where = new, child
-                here = directory_owner(where, os.fstat(fd), euid, last,
-                                       strict)
+                here = directory_owner(where, os.fstat(fd), euid,
+                                       last and not sticky, strict)
                 if here is not None and owner not in (None, here):
                     raise UnsafePath("both %s and %s can change %s" % (
                         user_label(owner), user_label(here), where))
@@ -2943,7 +3087,8 @@ def inspect_file_path(path, euid):
     or None; entry: why what is under the name now cannot be (a link,
     hard link, FIFO or foreign file someone put there), or None."""
     try:
-        holder = walk_path(os.path.dirname(path), euid, directory=True)
+        holder = walk_path(os.path.dirname(path), euid, directory=True,
+                           sticky=True)
     except UnsafePath as exc:
         return None, str(exc), None
     except OSError as exc:
@@ -3655,22 +3800,24 @@ class NullOutput:
 
 class Recent:
     """The last RECENT_BYTES of what a service wrote, in whole lines, both
-    streams in the order read: chunks of (number, lines), numbered across
-    services so that --tail of a pool interleaves its instances as they
-    wrote."""
+    streams in the order read: chunks of (number, lines, stream), numbered
+    across services so that --tail of a pool interleaves its instances as
+    they wrote."""
 
-    __slots__ = ("chunks", "size")
+    __slots__ = ("chunks", "size", "totals")
 
     def __init__(self):
         self.chunks = deque()
         self.size = 0
+        self.totals = {}          # stream -> bytes ever kept: log offsets
 
-    def add(self, number, data):
+    def add(self, number, data, stream="stdout"):
+        self.totals[stream] = self.totals.get(stream, 0) + len(data)
         if len(data) > RECENT_BYTES:
             start = data.find(b"\n", len(data) - RECENT_BYTES - 1) + 1
             data = data[start:] if 0 < start < len(data) else \
                 data[-RECENT_BYTES:]
-        self.chunks.append((number, data))
+        self.chunks.append((number, data, stream))
         self.size += len(data)
         while self.size - len(self.chunks[0][1]) >= RECENT_BYTES:
             self.size -= len(self.chunks.popleft()[1])
@@ -3678,9 +3825,15 @@ class Recent:
     def lines(self):
         """[(number, line)] of what is kept, oldest first."""
         found = []
-        for number, data in self.chunks:
+        for number, data, _stream in self.chunks:
             found.extend((number, line) for line in data.split(b"\n")[:-1])
         return found
+
+    def data(self, stream):
+        """What one stream's pipe carried, as bytes (a pipe that carries
+        both, redirect_stderr, is "stdout")."""
+        return b"".join(data for _number, data, which in self.chunks
+                        if which == stream)
 
 
 class OutputPipe:
@@ -3756,7 +3909,7 @@ class OutputPipe:
             whole, self.unkept = self.unkept + whole, b""
         if cut < len(data):
             self.unkept = data[cut:]
-        self.service.keep_output(whole)
+        self.service.keep_output(whole, self.stream)
 
     def drain(self, limit=16 << 20):
         """Everything the pipe holds now (a dead child wrote its last)."""
@@ -3765,7 +3918,7 @@ class OutputPipe:
             chunk = self.read_once()
             moved += chunk
         if self.unkept:
-            self.service.keep_output(self.unkept + b"\n")
+            self.service.keep_output(self.unkept + b"\n", self.stream)
             self.unkept = b""
         self.dest.finish(self)
 
@@ -5330,15 +5483,15 @@ class Service(Overlap):
 
     # -- output ----------------------------------------------------------
 
-    def keep_output(self, data):
+    def keep_output(self, data, stream="stdout"):
         """Whole lines it wrote: kept for --tail, sent to its followers."""
         outputs = self.supervisor.outputs
         outputs.number += 1
         if self.recent is None:
             self.recent = Recent()
-        self.recent.add(outputs.number, data)
+        self.recent.add(outputs.number, data, stream)
         for follow in self.followers:
-            follow.feed(self, data)
+            follow.feed(self, data, stream)
 
     def drain_output(self):
         for pipe in self.outputs or ():
@@ -7614,6 +7767,7 @@ class Supervisor:
         self.alerts = Alerts(self)
         self.disk = StateDir(self)
         self.control = None
+        self.rpc = None           # supervisord's XML-RPC, where configured
         self.devnull = -1
         self.home_fd = None       # our working directory, to return to
         self.selector = None
@@ -7696,6 +7850,8 @@ class Supervisor:
             self.warn(self.disk.lock_warning)
         self.raise_limits()  # before the sockets and pipes it counts
         self.control = ControlServer(self)
+        if self.settings.rpc is not None:
+            self.rpc = RpcServer(self)
         self.setup_signals()
         self.tree.start()
         for config in self.config.services:
@@ -7842,6 +7998,8 @@ class Supervisor:
         if self.alerts.running:
             self.guarded(self.alerts.check, now)
         self.guarded(self.control.check, now)
+        if self.rpc is not None:
+            self.guarded(self.rpc.check, now)
         if self.status_dirty and now >= self.disk.next_write():
             self.disk.write_status()
         if self.exit_code is not None:
@@ -7872,6 +8030,8 @@ class Supervisor:
         """Seconds until the earliest deadline, or None: sleep for good."""
         times = [self.earliest_due(), self.tree.scan_due]
         times.extend(self.control.deadlines())
+        if self.rpc is not None:
+            times.extend(self.rpc.deadlines())
         if self.shutting_down:
             times.append(self.tree.deadline())
         times.append(self.alerts.deadline())
@@ -8163,8 +8323,11 @@ class Supervisor:
                 lines.append("fcgiwatch: standing orders now in %s"
                              % settings.data_dir)
                 self.orders.save()
+            rpc_changed = settings.rpc != self.settings.rpc
             self.settings = settings
             self.open_logging()
+            if rpc_changed:
+                self.listen_rpc(lines)
         self.raise_limits()  # for the services it adds
         now = self.clock()
 
@@ -8204,6 +8367,31 @@ class Supervisor:
                      len(updated), len(unchanged)))
         self.status_dirty = True
         return EXIT_OK, lines, waits
+
+    def listen_rpc(self, lines):
+        """[unix_http_server] or [inet_http_server] changed in a reload:
+        listen anew; the clients connected stay."""
+        kept = []
+        if self.rpc is not None:
+            kept, self.rpc.connections = self.rpc.connections, []
+            self.rpc.close()
+            self.rpc = None
+        if self.settings.rpc is None:
+            for connection in kept:
+                connection.close()
+            return
+        try:
+            self.rpc = RpcServer(self)
+        except Failure as exc:
+            self.warn("%s; supervisorctl cannot reach us" % exc)
+            lines.append("fcgiwatch: warning: %s; supervisorctl cannot "
+                         "reach us" % exc)
+            for connection in kept:
+                connection.close()
+            return
+        for connection in kept:
+            connection.server = self.rpc
+        self.rpc.connections = kept
 
     def open_new_sockets(self, names, new_by_name, lines):
         """{name: listening socket} for each service whose socket is new or
@@ -8340,6 +8528,9 @@ class Supervisor:
         if self.control is not None:
             self.control.close()
             self.control = None
+        if self.rpc is not None:
+            self.rpc.close()
+            self.rpc = None
         for name in list(self.notify):
             self.close_notify_socket(name)
         try:
@@ -9660,7 +9851,7 @@ class Follow:
         for service in services:
             service.followers.append(self)
 
-    def feed(self, service, data):
+    def feed(self, service, data, _stream):
         connection = self.connection
         if connection.closed:
             return
@@ -9715,6 +9906,12 @@ class Request:
         self.connection.finish(self.code if code is None else code)
         if self in server.requests:
             server.requests.remove(self)
+
+
+def who_may_control(euid):
+    """The answer to a user who may not control this supervisor."""
+    return "permission denied: only root%s may control this supervisor" % (
+        " or %s" % current_user(euid)[0] if euid else "")
 
 
 def wait_time(config):
@@ -9878,9 +10075,8 @@ class ControlServer:
                               EXIT_OK)
             return
         if connection.uid not in (0, supervisor.euid):
-            connection.reply_error(
-                "permission denied: only root or %s may control this "
-                "supervisor" % current_user(supervisor.euid)[0], EXIT_FAIL)
+            connection.reply_error(who_may_control(supervisor.euid),
+                                   EXIT_FAIL)
             return
         if supervisor.shutting_down:
             connection.reply_error("shutting down; no more commands",
@@ -10261,6 +10457,1174 @@ def ask_status(state_dir):
 
 
 # ===========================================================================
+# supervisord's XML-RPC interface
+#
+# Where the config has [unix_http_server] (or a loopback, password-guarded
+# [inet_http_server]), supervisorctl and the tools built on supervisord's
+# API 3.0 talk to the same loop: HTTP/1.1 read without blocking, POST /RPC2
+# decoded by xmlrpc.client (imported here only, and only when served), each
+# method found in RPC_METHODS by its exact name (never by walking dotted
+# attributes: CVE-2017-11610), and carried out by the control commands'
+# own code, so supervisorctl's "stop web" is fcgiwatch's --stop web.
+# GET /logtail/NAME/stdout streams new output as --tail -f does.
+# ===========================================================================
+
+RPC_API_VERSION = "3.0"
+RPC_BODY_MAX = 1 << 20        # a request body; XML-RPC calls are small
+RPC_HEAD_MAX = 16 << 10
+RPC_REQUEST_TIME = 10.0       # from a request's first byte to its last
+RPC_IDLE = 600.0              # a kept-alive connection between requests
+RPC_OUT_MAX = 64 << 20        # an answer nobody reads: close
+RPC_READ_MAX = 1 << 20        # bytes of a log file one call may read
+RPC_TAIL_START = 1600         # of the log, before a /logtail follows it
+
+#: supervisord's fault codes (its xmlrpc.py), as supervisorctl knows them.
+(FAULT_UNKNOWN_METHOD, FAULT_INCORRECT_PARAMETERS, FAULT_BAD_ARGUMENTS,
+ FAULT_SHUTDOWN_STATE, FAULT_BAD_NAME, FAULT_BAD_SIGNAL, FAULT_NO_FILE,
+ FAULT_FAILED, FAULT_ABNORMAL_TERMINATION, FAULT_SPAWN_ERROR,
+ FAULT_ALREADY_STARTED, FAULT_NOT_RUNNING, FAULT_SUCCESS,
+ FAULT_ALREADY_ADDED, FAULT_STILL_RUNNING, FAULT_CANT_REREAD) = (
+     1, 2, 3, 6, 10, 11, 20, 30, 40, 50, 60, 70, 80, 90, 91, 92)
+
+#: Our states as supervisord's process states (code, name); a service
+#: down after an exit that was not restarted is EXITED (100).
+SUPERVISORD_STATES = {STARTING: (10, "STARTING"), UP: (20, "RUNNING"),
+                      BACKOFF: (30, "BACKOFF"), STOPPING: (40, "STOPPING"),
+                      DOWN: (0, "STOPPED"), FATAL: (200, "FATAL")}
+
+#: Characters XML 1.0 cannot carry, which a service's output may hold.
+XML_UNSAFE_RE = re.compile(u"[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+
+
+class RpcFault(Exception):
+    """A supervisord fault: supervisorctl turns its code into its words."""
+
+    def __init__(self, code, text=""):
+        Exception.__init__(self, text)
+        self.code, self.text = code, str(text)
+
+
+def split_namespec(spec):
+    """supervisord's (group, process) of a name: "g:p", "g:*" (process
+    None: the whole group), or "p" (its own group).
+
+    >>> split_namespec("web"), split_namespec("g:*"), split_namespec("g:p")
+    (('web', 'web'), ('g', None), ('g', 'p'))
+    """
+    group, colon, process = spec.partition(":")
+    if not colon:
+        return spec, spec
+    return group, (process if process not in ("", "*") else None)
+
+
+def process_description(state, info, wall_now):
+    """supervisord's description of a process (what supervisorctl status
+    prints after the state), from its info fields.
+
+    >>> process_description(20, {"pid": 7, "start": 100, "now": 3823}, 0)
+    'pid 7, uptime 1:02:03'
+    >>> process_description(0, {"start": 0}, 0)
+    'Not started'
+    >>> process_description(30, {"spawnerr": "", "name": "web"}, 0)
+    'unknown error (try "tail web")'
+    """
+    if state == 20:
+        seconds = max(0, info["now"] - info["start"])
+        return "pid %s, uptime %d:%02d:%02d" % (
+            info["pid"], seconds // 3600, seconds // 60 % 60, seconds % 60)
+    if state in (30, 200):
+        return info["spawnerr"] or 'unknown error (try "tail %s")' % (
+            info["name"],)
+    if state in (0, 100):
+        if not info["start"]:
+            return "Not started"
+        return time.strftime("%b %d %I:%M %p", time.localtime(info["stop"]))
+    return ""
+
+
+def log_range(size, offset, length):
+    """(start, end) of what supervisord's readProcessStdoutLog(offset,
+    length) returns from a log of size bytes: a negative offset is the
+    last -offset bytes (length 0), else length bytes from offset (0: to
+    the end).  RpcFault BAD_ARGUMENTS otherwise.
+
+    >>> log_range(5000, -1600, 0), log_range(10, 4, 0), log_range(10, 4, 3)
+    ((3400, 5000), (4, 10), (4, 7))
+    """
+    if offset < 0:
+        if length:
+            raise RpcFault(FAULT_BAD_ARGUMENTS, "a negative offset reads to "
+                           "the end: give length 0")
+        return max(0, size + offset), size
+    if length < 0:
+        raise RpcFault(FAULT_BAD_ARGUMENTS, "length may not be negative")
+    start = min(offset, size)
+    return start, size if not length else min(size, offset + length)
+
+
+def tail_range(size, offset, length):
+    """(start, end, overflow) of supervisord's tailProcessStdoutLog: up to
+    length bytes from offset, moved to the end (overflow) when more than
+    length bytes lie past offset.
+
+    >>> tail_range(100, 0, 10), tail_range(100, 95, 10), tail_range(9, 20, 5)
+    ((90, 100, True), (90, 100, False), (9, 9, False))
+    """
+    overflow = size > offset + length
+    if overflow:
+        offset = size - 1
+    if offset + length > size:
+        if offset > size - 1:
+            length = 0
+        offset = size - length
+    offset, length = max(0, offset), max(0, length)
+    return offset, offset + length, overflow
+
+
+def xml_text(data):
+    """Output bytes as text an XML-RPC answer may carry."""
+    return XML_UNSAFE_RE.sub(u"\ufffd", data.decode("utf-8", "replace"))
+
+
+def parse_http_head(head):
+    """(method, target, version, {lower-case name: value}) of an HTTP
+    request head; ValueError where it is not one.
+
+    >>> parse_http_head(b"POST /RPC2 HTTP/1.1\\r\\nContent-Length: 9")[::3]
+    ('POST', {'content-length': '9'})
+    """
+    lines = head.decode("latin-1").split("\r\n")
+    words = lines[0].split(" ")
+    if len(words) != 3 or not words[2].startswith("HTTP/1.") or not \
+            words[1].startswith("/"):
+        raise ValueError("not an HTTP/1 request line")
+    headers = {}
+    for line in lines[1:]:
+        name, colon, value = line.partition(":")
+        if not colon or not name or name.strip() != name:
+            raise ValueError("malformed header line")
+        headers[name.lower()] = value.strip()
+    return words[0], words[1], words[2], headers
+
+
+def password_matches(header, auth):
+    """Does an Authorization header give auth's (username, password)?
+    supervisord's password may be "{SHA}" and the SHA-1 of the password
+    in hex."""
+    import base64
+    import hashlib
+    import hmac
+    scheme, _space, encoded = (header or "").partition(" ")
+    if scheme.lower() != "basic":
+        return False
+    try:
+        given = base64.b64decode(encoded.strip(), validate=True).decode(
+            "utf-8")
+    except (ValueError, UnicodeDecodeError):
+        return False
+    user, _colon, password = given.partition(":")
+    want_user, want = auth
+    if want.startswith("{SHA}"):
+        password = hashlib.sha1(password.encode("utf-8")).hexdigest()
+        want = want[5:].lower()
+    return hmac.compare_digest(user.encode("utf-8"),
+                               want_user.encode("utf-8")) and \
+        hmac.compare_digest(password.encode("utf-8"), want.encode("utf-8"))
+
+
+def rpc_group(config, groups):
+    """The supervisord group of a service: its [group:NAME], else its
+    program (a pool's instances share it)."""
+    for group, members in groups:
+        if config.program in members:
+            return group
+    return config.program
+
+
+class Capture:
+    """Stands in for a control client, for an RPC method that carries out
+    a control command: keeps its lines and its exit code."""
+
+    closed = False
+    follow = None
+
+    def __init__(self):
+        self.lines = []
+        self.code = None
+
+    def send(self, message):
+        for key in ("out", "err"):
+            if key in message:
+                self.lines.append(message[key])
+
+    def stream(self, messages, code):
+        for message in messages:
+            self.send(message)
+        self.finish(code)
+
+    def finish(self, code):
+        self.code = code
+
+    def reply_error(self, text, code):
+        self.lines.append(text)
+        self.finish(code)
+
+    def about(self, name):
+        """The last line said about one service, without its name."""
+        for line in reversed(self.lines):
+            if line.startswith(name + ": "):
+                return line[len(name) + 2:]
+        return ""
+
+
+class RpcApi:
+    """The methods served, each a plain method of this class reached only
+    through RPC_METHODS.  A method returns its answer, raises RpcFault, or
+    returns a function the loop calls until it gives the answer (not
+    None): a start waits for the service to be up, as supervisord's does,
+    without holding up anything else."""
+
+    def __init__(self, server):
+        self.server = server
+        self.supervisor = server.supervisor
+        self.pending = None       # (config, added, changed, removed) read
+        self.applied = False      # by reloadConfig; applied yet?
+        self.caller = None        # the connection of the call under way
+
+    # -- names -------------------------------------------------------------
+
+    def table(self, services=None):
+        """{(group, process name): service}, and the groups' members."""
+        supervisor = self.supervisor
+        groups = supervisor.config.groups
+        found, members = {}, {}
+        for service in (services if services is not None
+                        else supervisor.services.values()):
+            group = rpc_group(service.config, groups)
+            found[(group, service.name)] = service
+            members.setdefault(group, []).append(service)
+        return found, members
+
+    def one(self, name):
+        """The service a process name means; BAD_NAME otherwise."""
+        if not isinstance(name, str):
+            raise RpcFault(FAULT_INCORRECT_PARAMETERS, "a name is a string")
+        group, process = split_namespec(name)
+        found, members = self.table()
+        if process is None and group in members:
+            return None
+        service = found.get((group, process))
+        if service is None:
+            raise RpcFault(FAULT_BAD_NAME, name)
+        return service
+
+    def group(self, name):
+        found, members = self.table()
+        if not isinstance(name, str) or name not in members:
+            raise RpcFault(FAULT_BAD_NAME, name)
+        return sorted(members[name], key=lambda s: s.name)
+
+    def every(self):
+        """Every service in supervisord's order for the "all" calls."""
+        return sorted(self.supervisor.services.values(), key=lambda s: (
+            s.config.priority, s.name))
+
+    def command(self, verb, services, **request):
+        """Carry out a control command on these services; its Capture."""
+        capture = Capture()
+        request["cmd"] = verb
+        names = [s.name for s in services]
+        try:
+            getattr(self.supervisor.control, "command_" + verb)(
+                capture, request, names)
+        except UsageError as exc:
+            capture.reply_error(str(exc), EXIT_USAGE)
+        return capture
+
+    # -- the supervisor ----------------------------------------------------
+
+    def getAPIVersion(self):
+        return RPC_API_VERSION
+
+    def getSupervisorVersion(self):
+        return VERSION
+
+    def getIdentification(self):
+        return self.supervisor.settings.rpc.identifier
+
+    def getState(self):
+        if self.supervisor.shutting_down:
+            return {"statecode": -1, "statename": "SHUTDOWN"}
+        return {"statecode": 1, "statename": "RUNNING"}
+
+    def getPID(self):
+        return self.supervisor.pid
+
+    def shutdown(self):
+        self.supervisor.begin_shutdown("shutdown by an XML-RPC client")
+        return True
+
+    def readLog(self, offset, length):
+        path = self.supervisor.settings.log_file
+        if not path:
+            raise RpcFault(FAULT_NO_FILE, "no log_file; fcgiwatch logs to "
+                           "syslog")
+        return self.read_file(path, offset, length)
+
+    # -- processes ---------------------------------------------------------
+
+    def process_info(self, service, group, wall):
+        state = SUPERVISORD_STATES[service.state]
+        if service.state == DOWN and service.last_exit is not None and \
+                service.why not in STOP_REASONS:
+            state = (100, "EXITED")  # it ended, and was not restarted
+        run, config = service.run, service.config
+        started = run.started_wall if run is not None else (
+            service.since_wall if service.spawns else 0)
+        logs = [path if path not in ("syslog", "null", "inherit") else ""
+                for path in (config.stdout_logfile, config.stderr_logfile)]
+        info = {
+            "name": service.name, "group": group, "start": int(started),
+            "stop": int(service.since_wall) if run is None else 0,
+            "now": int(wall), "state": state[0], "statename": state[1],
+            "spawnerr": service.message if service.state in (
+                BACKOFF, FATAL) else "",
+            "exitstatus": (service.last_exit or {}).get("code") or 0,
+            "logfile": logs[0], "stdout_logfile": logs[0],
+            "stderr_logfile": logs[1] or logs[0], "pid": service.pid or 0}
+        info["description"] = process_description(state[0], info, wall)
+        return info
+
+    def getProcessInfo(self, name):
+        service = self.one(name)
+        if service is None:
+            raise RpcFault(FAULT_BAD_NAME, name)
+        return self.process_info(service, split_namespec(name)[0],
+                                 time.time())
+
+    def getAllProcessInfo(self):
+        found, _members = self.table()
+        wall = time.time()
+        return [self.process_info(found[key], key[0], wall)
+                for key in sorted(found)]
+
+    def results(self, services, status_of):
+        found, _members = self.table(services)
+        out = []
+        for (group, name), service in sorted(found.items()):
+            status, text = status_of(service)
+            out.append({"name": name, "group": group, "status": status,
+                        "description": text})
+        return out
+
+    def startProcess(self, name, wait=True):
+        service = self.one(name)
+        if service is None:
+            return self.startProcessGroup(split_namespec(name)[0], wait)
+        if service.state in (STARTING, UP):
+            raise RpcFault(FAULT_ALREADY_STARTED, name)
+        capture = self.command("start", [service])
+        if not wait:
+            return True
+
+        def done():
+            if capture.code is None:
+                return None
+            if service.state == UP:
+                return True
+            raise RpcFault(FAULT_SPAWN_ERROR if service.state != STARTING
+                           else FAULT_ABNORMAL_TERMINATION,
+                           capture.about(service.name) or name)
+        return done() if capture.code is not None else done
+
+    def start_many(self, services, wait):
+        chosen = [s for s in services if s.state not in (STARTING, UP)]
+        capture = self.command("start", chosen) if chosen else Capture()
+
+        def status_of(service):
+            if service.state == UP or not wait:
+                return FAULT_SUCCESS, "OK"
+            return FAULT_SPAWN_ERROR, capture.about(service.name) or \
+                "spawn error"
+
+        def done():
+            if chosen and wait and capture.code is None:
+                return None
+            return self.results(chosen, status_of)
+        return done() if not wait or capture.code is not None else done
+
+    def startProcessGroup(self, name, wait=True):
+        return self.start_many(self.group(name), wait)
+
+    def startAllProcesses(self, wait=True):
+        return self.start_many(self.every(), wait)
+
+    def stopProcess(self, name, wait=True):
+        service = self.one(name)
+        if service is None:
+            return self.stopProcessGroup(split_namespec(name)[0], wait)
+        if service.state in (DOWN, FATAL):
+            raise RpcFault(FAULT_NOT_RUNNING, name)
+        capture = self.command("stop", [service])
+
+        def done():
+            if capture.code is None and wait:
+                return None
+            if service.state in (DOWN, FATAL) or not wait:
+                return True
+            raise RpcFault(FAULT_FAILED, capture.about(service.name) or name)
+        return done() if capture.code is not None or not wait else done
+
+    def stop_many(self, services, wait):
+        chosen = [s for s in services if s.state not in (DOWN, FATAL)]
+        capture = self.command("stop", chosen) if chosen else Capture()
+
+        def status_of(service):
+            if service.state in (DOWN, FATAL) or not wait:
+                return FAULT_SUCCESS, "OK"
+            return FAULT_FAILED, capture.about(service.name) or "not stopped"
+
+        def done():
+            if chosen and wait and capture.code is None:
+                return None
+            return self.results(chosen, status_of)
+        return done() if not wait or capture.code is not None else done
+
+    def stopProcessGroup(self, name, wait=True):
+        return self.stop_many(self.group(name), wait)
+
+    def stopAllProcesses(self, wait=True):
+        return self.stop_many(self.every(), wait)
+
+    def signal_number(self, value):
+        try:
+            return to_signal(str(value))
+        except ValueError:
+            raise RpcFault(FAULT_BAD_SIGNAL, value)
+
+    def signal_one(self, service, number):
+        pid = service.pid
+        if not service.send_signal(number):
+            raise RpcFault(FAULT_NOT_RUNNING, service.name)
+        service.log("sent %s to pid %d on request of an XML-RPC client" % (
+            signal_name(number), pid))
+        return True
+
+    def signalProcess(self, name, signal_):
+        service = self.one(name)
+        if service is None:
+            return self.signalProcessGroup(split_namespec(name)[0], signal_)
+        return self.signal_one(service, self.signal_number(signal_))
+
+    def signal_many(self, services, signal_):
+        number = self.signal_number(signal_)
+        chosen = [s for s in services if s.state in RUNNING_STATES]
+
+        def status_of(service):
+            try:
+                self.signal_one(service, number)
+            except RpcFault as fault:
+                return fault.code, fault.text
+            return FAULT_SUCCESS, "OK"
+        return self.results(chosen, status_of)
+
+    def signalProcessGroup(self, name, signal_):
+        return self.signal_many(self.group(name), signal_)
+
+    def signalAllProcesses(self, signal_):
+        return self.signal_many(self.every(), signal_)
+
+    # -- output ------------------------------------------------------------
+
+    def log_of(self, name, stream):
+        """(path of its log file or None, the service)."""
+        service = self.one(name)
+        if service is None:
+            raise RpcFault(FAULT_BAD_NAME, name)
+        config = service.config
+        path = config.stdout_logfile if stream == "stdout" else \
+            config.stderr_logfile or config.stdout_logfile
+        return (path if path not in ("syslog", "null", "inherit") else
+                None), service
+
+    def recent_bytes(self, service, stream):
+        """(what the buffer holds of a stream, bytes ever kept): where a
+        service's stderr shares stdout's pipe, both streams are "stdout"."""
+        recent = service.recent
+        if stream == "stderr" and stderr_follows_stdout(service.config):
+            stream = "stdout"
+        if recent is None:
+            return b"", 0
+        return recent.data(stream), recent.totals.get(stream, 0)
+
+    def read_file(self, path, offset, length, tail=False):
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
+                         | getattr(os, "O_CLOEXEC", 0))
+        except OSError as exc:
+            raise RpcFault(FAULT_NO_FILE, "%s: %s" % (path, os_error_words(
+                exc)))
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise RpcFault(FAULT_NO_FILE, "%s is not a file" % path)
+            if tail:
+                start, end, overflow = tail_range(info.st_size, offset,
+                                                  length)
+            else:
+                start, end = log_range(info.st_size, offset, length)
+            end = min(end, start + RPC_READ_MAX)
+            data = os.pread(fd, end - start, start) if end > start else b""
+        except OSError:
+            raise RpcFault(FAULT_FAILED, path)
+        finally:
+            os.close(fd)
+        if tail:
+            return [xml_text(data), info.st_size, overflow]
+        return xml_text(data)
+
+    def read_log(self, name, offset, length, stream, tail=False):
+        for value in (offset, length):
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise RpcFault(FAULT_INCORRECT_PARAMETERS,
+                               "offset and length are integers")
+        path, service = self.log_of(name, stream)
+        if path is not None and os.path.exists(path):
+            return self.read_file(path, offset, length, tail)
+        data, total = self.recent_bytes(service, stream)
+        base = total - len(data)  # the buffer holds [base, total)
+        if tail:
+            start, end, overflow = tail_range(total, offset, length)
+        else:
+            start, end = log_range(total, offset, length)
+        chunk = data[max(0, start - base):max(0, end - base)]
+        return [xml_text(chunk), total, overflow] if tail else \
+            xml_text(chunk)
+
+    def readProcessStdoutLog(self, name, offset, length):
+        return self.read_log(name, offset, length, "stdout")
+
+    def readProcessStderrLog(self, name, offset, length):
+        return self.read_log(name, offset, length, "stderr")
+
+    def tailProcessStdoutLog(self, name, offset, length):
+        return self.read_log(name, offset, length, "stdout", tail=True)
+
+    def tailProcessStderrLog(self, name, offset, length):
+        return self.read_log(name, offset, length, "stderr", tail=True)
+
+    # -- the config: reread, update, add, remove ----------------------------
+
+    def groups_of(self, services):
+        """{group: {name: config}} of a list of ServiceConfigs."""
+        out = {}
+        for config in services:
+            out.setdefault(rpc_group(config, self.supervisor.config.groups
+                                     if self.pending is None else
+                                     self.pending[0].groups), {})[
+                config.name] = config
+        return out
+
+    def reloadConfig(self):
+        supervisor = self.supervisor
+        try:
+            config = load_config(supervisor.settings.filename,
+                                 supervisor.euid)
+        except ConfigErrors as exc:
+            raise RpcFault(FAULT_CANT_REREAD, "; ".join(
+                line[len("fcgiwatch: "):] for line in exc.lines()))
+        for warning in config.warnings:
+            supervisor.warn("config: %s" % warning)
+        old = dict((rpc_group(s.config, supervisor.config.groups), {})
+                   for s in supervisor.services.values())
+        for service in supervisor.services.values():
+            old[rpc_group(service.config, supervisor.config.groups)][
+                service.name] = service.config
+        new = {}
+        for service in config.services:
+            new.setdefault(rpc_group(service, config.groups), {})[
+                service.name] = service
+        added = sorted(g for g in new if g not in old)
+        removed = sorted(g for g in old if g not in new)
+        changed = sorted(g for g in new if g in old and new[g] != old[g])
+        self.pending = (config, added, changed, removed)
+        self.applied = False
+        return [[added, changed, removed]]
+
+    def apply_pending(self):
+        if not self.applied:
+            self.applied = True
+            code, lines, _waits = self.supervisor.apply(
+                self.pending[0], "update (an XML-RPC client)")
+            if code:
+                raise RpcFault(FAULT_FAILED, "; ".join(lines))
+
+    def addProcessGroup(self, name):
+        if not isinstance(name, str):
+            raise RpcFault(FAULT_BAD_NAME, name)
+        pending = self.pending
+        if pending is None or name not in pending[1] + pending[2]:
+            _found, members = self.table()
+            raise RpcFault(FAULT_ALREADY_ADDED if name in members
+                           else FAULT_BAD_NAME, name)
+        self.apply_pending()
+        for part in (pending[1], pending[2]):
+            if name in part:
+                part.remove(name)
+        now = self.supervisor.clock()
+        for service in self.table()[1].get(name, ()):
+            if service.config.autostart and service.state in (DOWN, FATAL):
+                self.supervisor.orders.give([service], "up")
+                service.on_want_up(now)
+        return True
+
+    def removeProcessGroup(self, name):
+        members = self.group(name)
+        if any(s.state in RUNNING_STATES for s in members):
+            raise RpcFault(FAULT_STILL_RUNNING, name)
+        pending = self.pending
+        if pending is None or name not in pending[2] + pending[3]:
+            raise RpcFault(FAULT_FAILED, "fcgiwatch runs what its config "
+                           "says: take %s out of the file, then update" % name)
+        # Removed and added again, as supervisord does: what the operator
+        # said of the old group is forgotten.
+        for service in members:
+            self.supervisor.orders.give([service], "up" if
+                                        service.config.autostart else "down")
+        self.apply_pending()
+        if name in pending[3]:
+            pending[3].remove(name)
+        return True
+
+    def getAllConfigInfo(self):
+        supervisor = self.supervisor
+        configs = [(s.config, True) for s in supervisor.services.values()]
+        if self.pending is not None and not self.applied:
+            configs += [(c, False) for c in self.pending[0].services
+                        if c.name not in supervisor.services]
+        out = []
+        for config, inuse in configs:
+            out.append({
+                "name": config.name, "group": rpc_group(
+                    config, supervisor.config.groups),
+                "inuse": inuse, "autostart": config.autostart,
+                "group_prio": config.priority,
+                "process_prio": config.priority,
+                "command": config.command, "directory": config.directory,
+                "uid": config.uid, "exitcodes": list(config.exitcodes),
+                "startsecs": int(config.startsecs),
+                "startretries": config.startretries if isinstance(
+                    config.startretries, int) else -1,
+                "stopsignal": config.stopsignal,
+                "stopwaitsecs": int(config.stopwaitsecs),
+                "killasgroup": config.killasgroup,
+                "redirect_stderr": config.redirect_stderr,
+                "stdout_logfile": config.stdout_logfile,
+                "stderr_logfile": config.stderr_logfile})
+        for row in out:  # XML-RPC has no None: supervisord says "none"
+            row.update((k, "none") for k, v in row.items() if v is None)
+        return sorted(out, key=lambda r: r["name"])
+
+    # -- system ------------------------------------------------------------
+
+    def listMethods(self):
+        return sorted(RPC_METHODS)
+
+    def methodHelp(self, name):
+        if not isinstance(name, str) or name not in RPC_METHODS:
+            raise RpcFault(FAULT_BAD_NAME, name)
+        return RPC_METHODS[name][0].__doc__ or ""
+
+    def methodSignature(self, name):
+        if not isinstance(name, str) or name not in RPC_METHODS:
+            raise RpcFault(FAULT_BAD_NAME, name)
+        return ["undef"]
+
+    def multicall(self, calls):
+        """Each call in turn; one that waits holds the rest back, as in
+        supervisord."""
+        if not isinstance(calls, list):
+            raise RpcFault(FAULT_INCORRECT_PARAMETERS, "a list of calls")
+        results, waiting = [], [None]
+
+        def advance():
+            if waiting[0] is not None:
+                value = self.server.settle(waiting[0])
+                if value is None:
+                    return None
+                results.append(value)
+                waiting[0] = None
+            while len(results) < len(calls):
+                call = calls[len(results)]
+                if not isinstance(call, dict) or call.get(
+                        "methodName") == "system.multicall":
+                    results.append({"faultCode": FAULT_INCORRECT_PARAMETERS,
+                                    "faultString": "INCORRECT_PARAMETERS"})
+                    continue
+                answer = self.server.dispatch(
+                    self.caller, call.get("methodName"),
+                    call.get("params", []))
+                if callable(answer):
+                    waiting[0] = answer
+                    return None
+                results.append(answer if not isinstance(answer, RpcFault)
+                               else {"faultCode": answer.code,
+                                     "faultString": answer.text})
+            return results
+        caller = self.caller
+        value = advance()
+        if value is None:
+            def later():
+                self.caller = caller
+                return advance()
+            return later
+        return value
+
+
+#: The methods served: name -> (function, changes something or reads
+#: output, so only root, our user or a password holder may call it).
+RPC_METHODS = dict(
+    [("supervisor." + name, (getattr(RpcApi, name), False)) for name in (
+        "getAPIVersion", "getSupervisorVersion", "getIdentification",
+        "getState", "getPID", "getProcessInfo", "getAllProcessInfo",
+        "getAllConfigInfo")]
+    + [("supervisor." + name, (getattr(RpcApi, name), True)) for name in (
+        "shutdown", "readLog", "startProcess", "startProcessGroup",
+        "startAllProcesses", "stopProcess", "stopProcessGroup",
+        "stopAllProcesses", "signalProcess", "signalProcessGroup",
+        "signalAllProcesses", "readProcessStdoutLog",
+        "readProcessStderrLog", "tailProcessStdoutLog",
+        "tailProcessStderrLog", "reloadConfig", "addProcessGroup",
+        "removeProcessGroup")]
+    + [("system." + name, (getattr(RpcApi, name), False)) for name in (
+        "listMethods", "methodHelp", "methodSignature", "multicall")])
+RPC_METHODS["supervisor.getVersion"] = RPC_METHODS[
+    "supervisor.getAPIVersion"]
+RPC_METHODS["supervisor.readMainLog"] = RPC_METHODS["supervisor.readLog"]
+RPC_METHODS["supervisor.readProcessLog"] = RPC_METHODS[
+    "supervisor.readProcessStdoutLog"]
+
+
+class RpcConnection:
+    """One HTTP client: requests read as they come (pipelined, kept
+    alive), one answered at a time, each within RPC_REQUEST_TIME of its
+    first byte; an answer never waits for the client to read it."""
+
+    def __init__(self, server, sock, uid, auth):
+        self.server, self.sock, self.uid, self.auth = server, sock, uid, auth
+        supervisor = server.supervisor
+        # Over TCP there is no peer to ask: the password (required there)
+        # is what lets a client act.
+        self.privileged = uid is None or uid in (0, supervisor.euid)
+        self.inbuf = b""
+        self.outbuf = b""
+        self.waiting = None       # a method's function, until it answers
+        self.keep = True
+        self.closed = False
+        self.lingering = False    # answered for good; reading to EOF
+        self.tail = None          # (service, stream) of a /logtail
+        self.lost = 0
+        self.deadline = supervisor.clock() + RPC_IDLE
+        sock.setblocking(False)
+        supervisor.watch(sock.fileno(), EVENT_READ, self.on_event)
+
+    def on_event(self, mask):
+        if mask & EVENT_WRITE:
+            self.flush()
+        if not mask & EVENT_READ or self.closed:
+            return
+        try:
+            data = self.sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.close()
+            return
+        if self.tail is not None or self.lingering:
+            return  # nothing more to read: a /logtail, a refused request
+        if not self.inbuf.strip(b"\r\n"):
+            self.deadline = self.server.supervisor.clock() + \
+                RPC_REQUEST_TIME
+        self.inbuf += data
+        self.serve()
+
+    def serve(self):
+        """Answer the next whole request, if it is here and none waits."""
+        while not self.closed and self.waiting is None and \
+                self.tail is None and self.keep:
+            self.inbuf = self.inbuf.lstrip(b"\r\n")
+            end = self.inbuf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(self.inbuf) > RPC_HEAD_MAX:
+                    self.error(431, "Request Header Fields Too Large")
+                return
+            try:
+                method, target, version, headers = parse_http_head(
+                    self.inbuf[:end])
+                length = int(headers.get("content-length", "0"))
+                if length < 0:
+                    raise ValueError("negative length")
+            except ValueError:
+                self.error(400, "Bad Request")
+                return
+            if "transfer-encoding" in headers:
+                self.error(411, "Length Required")
+                return
+            if length > RPC_BODY_MAX:
+                self.error(413, "Payload Too Large")
+                return
+            if len(self.inbuf) < end + 4 + length:
+                return
+            body = self.inbuf[end + 4:end + 4 + length]
+            self.inbuf = self.inbuf[end + 4 + length:]
+            self.keep = headers.get("connection", "").lower() != "close" \
+                and (version != "HTTP/1.0" or headers.get(
+                    "connection", "").lower() == "keep-alive")
+            self.deadline = None
+            self.request(method, target, headers, body)
+            if not self.inbuf and self.waiting is None and not self.closed:
+                self.deadline = self.server.supervisor.clock() + RPC_IDLE
+
+    def request(self, method, target, headers, body):
+        if self.auth is not None and not password_matches(
+                headers.get("authorization"), self.auth):
+            self.respond(401, "Unauthorized", b"Authentication required\n",
+                         extra="WWW-Authenticate: Basic realm=\"default\""
+                         "\r\n")
+            return
+        path = target.split("?", 1)[0]
+        if method == "POST" and path == "/RPC2":
+            self.server.call(self, body)
+        elif method == "GET" and path.startswith("/logtail/"):
+            self.server.logtail(self, path[len("/logtail/"):])
+        else:
+            self.respond(404, "Not Found", b"Not found\n")
+
+    def respond(self, code, reason, body, kind="text/plain",
+                extra=""):
+        head = "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: " \
+            "%d\r\n%s%s\r\n" % (code, reason, kind, len(body), extra,
+                                "" if self.keep else "Connection: close\r\n")
+        self.send(head.encode("latin-1") + body)
+        if not self.keep:
+            self.finish()
+
+    def error(self, code, reason):
+        self.keep = False
+        self.respond(code, reason, (reason + "\n").encode())
+
+    def send(self, data):
+        if self.closed:
+            return
+        self.outbuf += data
+        if len(self.outbuf) > RPC_OUT_MAX:
+            self.close()  # a client that never reads
+            return
+        self.flush()
+
+    def flush(self):
+        while self.outbuf and not self.closed:
+            try:
+                sent = self.sock.send(self.outbuf)
+            except (BlockingIOError, InterruptedError):
+                self.server.supervisor.watch(
+                    self.sock.fileno(), EVENT_READ | EVENT_WRITE,
+                    self.on_event)
+                return
+            except OSError:
+                self.close()
+                return
+            self.outbuf = self.outbuf[sent:]
+        if self.closed:
+            return
+        if not self.keep and self.tail is None and not self.lingering:
+            # Half-close and read to the client's EOF: closing with its
+            # unread input (a refused body) would reset the connection
+            # and lose the answer.  The deadline bounds the wait.
+            try:
+                self.sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                self.close()
+                return
+            self.lingering = True
+            self.deadline = self.server.supervisor.clock() + \
+                RPC_REQUEST_TIME
+        self.server.supervisor.watch(self.sock.fileno(), EVENT_READ,
+                                     self.on_event)
+
+    def finish(self):
+        """No more requests: once the answer is out, the end."""
+        self.keep = False
+        if not self.outbuf:
+            self.flush()
+
+    def feed(self, service, data, stream):
+        """New output of the service a /logtail follows: one chunk."""
+        if stream != self.tail[1]:
+            return
+        if len(self.outbuf) > FOLLOW_AHEAD:
+            self.lost += data.count(b"\n")
+            return
+        if self.lost:
+            data = b"[fcgiwatch: %d lines not shown: this reader fell " \
+                b"behind]\n" % self.lost + data
+            self.lost = 0
+        self.send(b"%x\r\n%s\r\n" % (len(data), data))
+
+    def on_timeout(self):
+        self.deadline = None
+        if self.inbuf.strip(b"\r\n") and not self.lingering:
+            self.error(408, "Request Timeout")
+        else:
+            self.close()
+
+    def close(self):
+        if self.closed:
+            return
+        self.closed = True
+        supervisor = self.server.supervisor
+        supervisor.unwatch(self.sock.fileno())
+        self.sock.close()
+        if self.tail is not None and self in self.tail[0].followers:
+            self.tail[0].followers.remove(self)
+        if self in self.server.connections:
+            self.server.connections.remove(self)
+
+
+class RpcServer:
+    """The listening sockets of [unix_http_server] and [inet_http_server],
+    their connections, and the calls still waiting for services."""
+
+    MAX_OPEN = 64
+    MAX_UNPRIVILEGED = 16
+
+    def __init__(self, supervisor):
+        self.supervisor = supervisor
+        self.settings = supervisor.settings.rpc
+        self.api = RpcApi(self)
+        self.connections = []
+        self.listeners = []       # (socket, auth, unix path or None)
+        self.bound = None         # (st_dev, st_ino) of the socket we bound
+        self.accept_again = None
+        try:
+            self.listen()
+        except BaseException:
+            self.close()
+            raise
+
+    def listen(self):
+        settings, euid = self.settings, self.supervisor.euid
+        if settings.unix is not None:
+            path, mode, uid, gid = settings.unix
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.listeners.append((sock, settings.unix_auth, path))
+            try:
+                bind_unix(sock, path, mode, (uid, gid), euid,
+                          "[unix_http_server] file")
+            except (OSError, UnsafePath) as exc:
+                raise Failure("[unix_http_server] file %s: %s" % (
+                    path, exc if isinstance(exc, UnsafePath) else
+                    os_error_words(exc)))
+            sock.listen(64)
+            self.bound = path_identity(path)
+        if settings.inet is not None:
+            host, port = settings.inet
+            try:
+                family, kind, proto, _name, address = socket.getaddrinfo(
+                    host, port, 0, socket.SOCK_STREAM)[0]
+                sock = socket.socket(family, kind, proto)
+                self.listeners.append((sock, settings.inet_auth, None))
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind(address)
+                sock.listen(64)
+            except (OSError, socket.gaierror) as exc:
+                raise Failure("[inet_http_server] port %s:%d: %s" % (
+                    host, port, os_error_words(exc)))
+        for sock, auth, path in self.listeners:
+            sock.setblocking(False)
+            self.watch(sock, auth, path)
+
+    def watch(self, sock, auth, path):
+        self.supervisor.watch(sock.fileno(), EVENT_READ,
+                              lambda _mask: self.on_accept(sock, auth, path))
+
+    def on_accept(self, listener, auth, path):
+        supervisor = self.supervisor
+        try:
+            sock, _address = listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            supervisor.warn("XML-RPC socket: accept failed: %s; not "
+                            "accepting for %d s" % (os_error_words(exc),
+                                                    ACCEPT_PAUSE))
+            for sock, _auth, _path in self.listeners:
+                supervisor.unwatch(sock.fileno())
+            self.accept_again = supervisor.clock() + ACCEPT_PAUSE
+            return
+        uid = None
+        if path is not None:
+            try:
+                uid = peer_credentials(sock)[1]
+            except OSError:
+                sock.close()
+                return
+        privileged = uid is None or uid in (0, supervisor.euid)
+        mine = [c for c in self.connections if c.privileged == privileged]
+        if len(mine) >= (self.MAX_OPEN if privileged
+                         else self.MAX_UNPRIVILEGED):
+            idle = [c for c in mine if c.waiting is None and c.tail is None]
+            if not idle and privileged:
+                sock.close()
+                return
+            (idle or mine)[0].close()
+        self.connections.append(RpcConnection(self, sock, uid, auth))
+
+    def deadlines(self):
+        times = [c.deadline for c in self.connections
+                 if c.deadline is not None]
+        if self.accept_again is not None:
+            times.append(self.accept_again)
+        return times
+
+    def check(self, now):
+        if self.accept_again is not None and now >= self.accept_again:
+            self.accept_again = None
+            for sock, auth, path in self.listeners:
+                self.watch(sock, auth, path)
+        for connection in list(self.connections):
+            if connection.waiting is not None:
+                value = self.settle(connection.waiting, connection)
+                if value is not None:
+                    connection.waiting = None
+                    connection.deadline = now + RPC_IDLE
+                    self.answer(connection, value)
+                    connection.serve()
+            elif connection.deadline is not None and \
+                    now >= connection.deadline:
+                connection.on_timeout()
+
+    def settle(self, waiting, connection=None):
+        """A waiting method's answer (or RpcFault), or None: not yet."""
+        try:
+            return waiting()
+        except RpcFault as fault:
+            return fault
+
+    def call(self, connection, body):
+        import xmlrpc.client
+        from xml.parsers.expat import ExpatError
+        if b"<!DOCTYPE" in body or b"<!ENTITY" in body:
+            # XML-RPC needs no DTD, and entities are how a small body
+            # becomes gigabytes in the parser.
+            connection.error(400, "Bad Request")
+            return
+        try:
+            params, method = xmlrpc.client.loads(body)
+        except (ExpatError, ValueError, TypeError, IndexError, KeyError,
+                xmlrpc.client.ResponseError, OverflowError):
+            connection.error(400, "Bad Request")
+            return
+        answer = self.dispatch(connection, method, list(params))
+        if callable(answer):
+            connection.waiting = answer
+            return
+        self.answer(connection, answer)
+
+    def dispatch(self, connection, method, params):
+        """One call: its answer, an RpcFault, or a function to wait on."""
+        supervisor = self.supervisor
+        entry = RPC_METHODS.get(method) if isinstance(method, str) else None
+        if entry is None:
+            return RpcFault(FAULT_UNKNOWN_METHOD, "UNKNOWN_METHOD")
+        function, guarded = entry
+        if guarded and not connection.privileged:
+            return RpcFault(FAULT_FAILED, who_may_control(supervisor.euid))
+        if supervisor.shutting_down and method not in (
+                "supervisor.getState", "supervisor.getPID",
+                "supervisor.getAPIVersion", "supervisor.getVersion"):
+            return RpcFault(FAULT_SHUTDOWN_STATE, "SHUTDOWN_STATE")
+        code = function.__code__
+        names = code.co_varnames[1:code.co_argcount]
+        least = len(names) - len(function.__defaults__ or ())
+        if not least <= len(params) <= len(names):
+            return RpcFault(FAULT_INCORRECT_PARAMETERS, "INCORRECT_PARAMETERS")
+        self.api.caller = connection
+        try:
+            return function(self.api, *params)
+        except RpcFault as fault:
+            return fault
+        except (TypeError, ValueError) as exc:
+            # A value of a type the method cannot take (a list for a
+            # name): the caller's mistake, said as supervisord says it.
+            return RpcFault(FAULT_INCORRECT_PARAMETERS, str(exc))
+
+    def answer(self, connection, value):
+        import xmlrpc.client
+        if isinstance(value, RpcFault):
+            value = xmlrpc.client.Fault(value.code, value.text)
+        else:
+            value = (value,)
+        try:
+            body = xmlrpc.client.dumps(value, methodresponse=True,
+                                       allow_none=False)
+        except (TypeError, OverflowError) as exc:
+            body = xmlrpc.client.dumps(xmlrpc.client.Fault(
+                FAULT_FAILED, "cannot encode the answer: %s" % exc),
+                                       methodresponse=True)
+        # What a call reports must be what --status reads right after.
+        if self.supervisor.status_dirty:
+            self.supervisor.disk.write_status()
+        connection.respond(200, "OK", body.encode("utf-8"), "text/xml")
+
+    def logtail(self, connection, rest):
+        """GET /logtail/NAME[/stdout|stderr]: the last of its output, then
+        each new line, chunked, until the client leaves."""
+        name, _slash, stream = rest.partition("/")
+        from urllib.parse import unquote
+        name, stream = unquote(name), stream or "stdout"
+        if not connection.privileged:
+            connection.error(403, "Forbidden")
+            return
+        try:
+            service = self.api.one(name)
+        except RpcFault:
+            service = None
+        if service is None or stream not in ("stdout", "stderr"):
+            connection.error(404, "Not Found")
+            return
+        if stream == "stderr" and stderr_follows_stdout(service.config):
+            stream = "stdout"
+        data = self.api.recent_bytes(service, stream)[0][-RPC_TAIL_START:]
+        connection.keep = False
+        connection.tail = (service, stream)
+        connection.send(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; "
+                        b"charset=utf-8\r\nTransfer-Encoding: chunked\r\n"
+                        b"Cache-Control: no-cache\r\n\r\n")
+        if data:
+            connection.send(b"%x\r\n%s\r\n" % (len(data), data))
+        service.followers.append(connection)
+
+    def close(self):
+        for connection in list(self.connections):
+            connection.close()
+        for sock, _auth, path in self.listeners:
+            try:
+                self.supervisor.unwatch(sock.fileno())
+            except (KeyError, ValueError):
+                pass
+            sock.close()
+            # Only while the name is still ours: a reload may have bound
+            # it anew, a newer supervisor may own it after a --reexec.
+            if path is not None and self.bound is not None and \
+                    path_identity(path) == self.bound:
+                remove_socket_file(path, self.supervisor.euid)
+        self.listeners = []
+
+
+# ===========================================================================
 # Command line
 #
 # Hand-parsed (argparse costs more to import than --status may take); every
@@ -10514,6 +11878,14 @@ def describe_config(config):
     if any(s.depends_on for s in config.services):
         lines.append("start order: %s" % ", ".join(start_order(
             config.services)))
+    rpc = settings.rpc
+    if rpc is not None and rpc.unix is not None:
+        path, mode, uid, gid = rpc.unix
+        lines.append("supervisorctl and XML-RPC: %s (mode %04o, %s:%s%s)" % (
+            path, mode, user_label(uid), group_label(gid),
+            ", password" if rpc.unix_auth else ""))
+    if rpc is not None and rpc.inet is not None:
+        lines.append("XML-RPC over TCP: %s:%d (password)" % rpc.inet)
     warnings = [problem] if problem else []
     pipes = sum(1 if stderr_follows_stdout(s) else 2 for s in config.services)
     problem = pipe_budget_problem(pipes, os.geteuid())

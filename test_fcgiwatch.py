@@ -16,6 +16,7 @@ import contextlib
 import doctest
 import fcntl
 import hashlib
+import http.client
 import io
 import json
 import os
@@ -33,6 +34,7 @@ import tempfile
 import textwrap
 import time
 import unittest
+import xmlrpc.client
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -498,12 +500,6 @@ class ParseConfigTests(unittest.TestCase):
              "contain %(process_num)d"),
             ("[odd:a]\ncommand = x\n", "[odd:a]: not a section fcgiwatch "
              "knows"),
-            # As root, no file fcgiwatch writes may sit where others can
-            # plant a link (issue 10): the metrics file, supervisord's pid.
-            ("[fcgiwatch]\nmetrics_file = /tmp/fw.prom\n[a]\ncommand = x\n",
-             "[fcgiwatch] metrics_file: /tmp is writable by everyone"),
-            ("[supervisord]\npidfile = /tmp/fw.pid\n[a]\ncommand = x\n",
-             "[supervisord] pidfile: /tmp is writable by everyone"),
             ("command = x\n", "line 1: text before the first [section]"),
             ("[a]\ncommand = x\njunk line\n", "line 3: not a key = value"),
             ("", "the file is empty"),
@@ -671,11 +667,16 @@ class ParseConfigTests(unittest.TestCase):
         self.assertEqual(app.priority, 7)
         self.assertEqual(config.groups, (("web", ("app",)),))
         text = "\n".join(self.warnings(config))
-        for section in ("[unix_http_server]", "[rpcinterface:supervisor]",
-                        "[supervisorctl]", "[eventlistener:crashmail]: event "
-                        "listeners are not run; alert_command",
+        for section in ("[eventlistener:crashmail]: event listeners are not "
+                        "run; alert_command",
                         "[supervisord]: not used by fcgiwatch: nodaemon"):
             self.assertIn(section, text)
+        # supervisorctl's socket is served: its sections are no news.
+        self.assertEqual(config.globals.rpc.unix, (
+            "/tmp/supervisor.sock", 0o700, os.geteuid(), os.getegid()))
+        for section in ("[unix_http_server]", "[rpcinterface:supervisor]",
+                        "[supervisorctl]"):
+            self.assertNotIn(section, text)
 
     def test_include(self):
         tmp = tempfile.mkdtemp(prefix="fwt")
@@ -2159,8 +2160,7 @@ class SupervisordFileTests(SupervisorCase):
         self.assertEqual(code, 0, out + err)
         warnings = [line for line in out.splitlines()
                     if line.startswith("warning: ")]
-        for expected in ("[unix_http_server]", "[rpcinterface:supervisor]",
-                         "[supervisorctl]", "[eventlistener:crashmail]",
+        for expected in ("[eventlistener:crashmail]",
                          "[supervisord]: not used by fcgiwatch: logfile_backups",
                          "[program:celery] stdout_events_enabled: ignored"):
             self.assertTrue(any(expected in w for w in warnings),
@@ -5021,8 +5021,8 @@ class SafePathUnitTests(unittest.TestCase):
         self.assertIsNone(self.problem("root", "a.log"))
         mkdir("world", 0o777)
         self.assertIn("writable by everyone", self.problem("world", "a.log"))
-        mkdir("sticky", 0o1777)
-        self.assertIn("writable by everyone", self.problem("sticky", "a.log"))
+        mkdir("sticky", 0o1777)  # as /tmp: see StickyDirectoryTests
+        self.assertIsNone(self.problem("sticky", "a.log"))
         mkdir("sticky/mine")  # root's own directory inside /tmp-like one
         self.assertIsNone(self.problem("sticky", "mine", "a.log"))
         mkdir("group", 0o775, gid=NOBODY.pw_gid)
@@ -5317,7 +5317,7 @@ class SafetyAsRootTests(SupervisorCase):
         # Log files in directories several users can change: config errors.
         shared = os.path.join(self.tmp, "shared")
         os.mkdir(shared)
-        os.chmod(shared, 0o1777)
+        os.chmod(shared, 0o777)
         grouped = os.path.join(self.tmp, "grouped")
         os.mkdir(grouped)
         os.chown(grouped, 0, NOBODY.pw_gid)
@@ -6582,6 +6582,500 @@ class HostileInputTests(SupervisorCase):
         self.assertEqual(code, 0, err)
         self.assertNotIn("internal error", self.log_text())
         self.assertEqual(self.entry("web")["state"], "up")
+
+
+class SupervisordFileLoadingTests(SupervisorCase):
+    """Issue 27, item 4: the supervisord lines that did not load: files in
+    /tmp as root, the standard devices, %(ENV_)s in numprocs, a file whose
+    programs are all still to come."""
+
+    def test_devices_env_numprocs_and_no_program_yet(self):
+        os.environ["FWTEST_WORKERS"] = "3"
+        self.addCleanup(os.environ.pop, "FWTEST_WORKERS")
+        config = parse("""
+            [supervisord]
+            logfile = /dev/stdout
+            pidfile = /dev/null
+            [program:w]
+            command = sleep 1
+            numprocs = %(ENV_FWTEST_WORKERS)s
+            process_name = w_%(process_num)d
+            stdout_logfile = /dev/stdout
+            stderr_logfile = /dev/null
+            """, filename=os.path.join(self.tmp, "s.conf"))
+        self.assertEqual([s.name for s in config.services],
+                         ["w_0", "w_1", "w_2"])
+        self.assertEqual((config.services[0].stdout_logfile,
+                          config.services[0].stderr_logfile),
+                         ("inherit", "null"))
+        self.assertEqual((config.globals.log_file, config.globals.pidfile),
+                         (None, None))
+        config = parse("[supervisord]\n[include]\nfiles = none/*.conf\n",
+                       filename=os.path.join(self.tmp, "s.conf"))
+        self.assertEqual(config.services, ())
+        self.assertTrue(any("no services defined yet" in str(w)
+                            for w in config.warnings), config.warnings)
+        with self.assertRaises(fcgiwatch.ConfigErrors) as caught:
+            parse("[supervisord]\nchildlogdir = %s/nope\n[a]\ncommand = x\n"
+                  % self.tmp)
+        self.assertIn("%s/nope does not exist" % self.tmp,
+                      caught.exception.lines()[0])
+
+    @unittest.skipUnless(IS_ROOT, "the rule is a root supervisor's")
+    def test_files_in_a_sticky_directory_as_root(self):
+        # What echo_supervisord_conf writes, in a directory like /tmp;
+        # nobody has put a file and a link there under names we use.
+        sticky = os.path.join(self.tmp, "sticky")
+        os.mkdir(sticky)
+        os.chmod(sticky, 0o1777)
+        target = os.path.join(self.tmp, "target")
+        with open(target, "w") as handle:
+            handle.write("root's\n")
+        subprocess.run(["sh", "-c", "echo theirs > planted.log; "
+                        "ln -s %s link.log; ln -s %s supervisord.pid"
+                        % (target, target)], cwd=sticky, check=True,
+                       preexec_fn=as_user(NOBODY))
+        self.write_config({
+            "a": {"command": "sh -c 'echo from a; exec sleep 1000'",
+                  "stdout_logfile": os.path.join(sticky, "a.log")},
+            "b": {"command": "sh -c 'echo from b; exec sleep 1000'",
+                  "stdout_logfile": os.path.join(sticky, "planted.log")},
+            "c": {"command": "sh -c 'echo from c; exec sleep 1000'",
+                  "stdout_logfile": os.path.join(sticky, "link.log")}},
+            raw="\n[supervisord]\nlogfile = {d}/supervisord.log\n"
+            "pidfile = {d}/supervisord.pid\n[unix_http_server]\n"
+            "file = {d}/supervisor.sock\n".format(d=sticky))
+        code, out, err = self.cli("--check")
+        self.assertEqual(code, 0, out + err)
+        self.assertIn("planted.log belongs to nobody", out)
+        self.assertIn("link.log is a symbolic link", out)
+        self.start(None, wait_up=False)
+        for name in "abc":
+            self.wait_state(name, "up")
+        wait_for(lambda: "from a" in read_text(os.path.join(sticky,
+                                                            "a.log")), 5,
+                 "a's line in its file")
+        info = os.stat(os.path.join(sticky, "a.log"))
+        self.assertEqual((info.st_uid, stat.S_IMODE(info.st_mode)),
+                         (0, 0o640))
+        log = os.path.join(sticky, "supervisord.log")
+        self.assertIn("started: pid %d" % self.proc.pid, read_text(log))
+        self.assertEqual(os.stat(log).st_uid, 0)
+        # The pid file is not written through nobody's link: refused,
+        # with the reason; the socket is ours.
+        self.assertIn("cannot write the pidfile %s/supervisord.pid: %s/"
+                      "supervisord.pid is a symbolic link that nobody could "
+                      "have made" % (sticky, sticky), self.log_text())
+        sock = os.stat(os.path.join(sticky, "supervisor.sock"))
+        self.assertEqual((sock.st_uid, stat.S_IMODE(sock.st_mode)),
+                         (0, 0o700))
+        # Nothing written into nobody's file, nor through their link.
+        self.assertEqual(read_text(os.path.join(sticky, "planted.log")),
+                         "theirs\n")
+        self.assertEqual(read_text(target), "root's\n")
+        self.assertIn("planted.log belongs to nobody", self.log_text())
+        self.stop_supervisor()
+        self.assertEqual(sorted(os.listdir(sticky)), [
+            "a.log", "link.log", "planted.log", "supervisord.log",
+            "supervisord.pid"])
+        self.assertEqual(read_text(target), "root's\n")
+        # Without the planted link, the pid file is written, and removed.
+        os.unlink(os.path.join(sticky, "supervisord.pid"))
+        self.start(None, wait_up=False)
+        wait_for(lambda: read_text(os.path.join(
+            sticky, "supervisord.pid")).strip() == str(self.proc.pid), 5,
+                 "the pid file")
+        self.stop_supervisor()
+        self.assertNotIn("supervisord.pid", os.listdir(sticky))
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """http.client over a unix socket, as supervisorctl talks to one."""
+
+    def __init__(self, path, timeout=30):
+        http.client.HTTPConnection.__init__(self, "localhost",
+                                            timeout=timeout)
+        self.path = path
+
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.path)
+
+
+class UnixTransport(xmlrpc.client.Transport):
+    def __init__(self, path):
+        xmlrpc.client.Transport.__init__(self)
+        self.socket_path = path
+
+    def make_connection(self, host):
+        return UnixHTTPConnection(self.socket_path)
+
+
+def rpc_proxy(path):
+    """An XML-RPC client of the socket, as Datadog's check makes one."""
+    return xmlrpc.client.ServerProxy("http://127.0.0.1",
+                                     transport=UnixTransport(path))
+
+
+def raw_http(path, data, timeout=15):
+    """Send bytes on the socket and read the answer to EOF."""
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    client.settimeout(timeout)
+    client.connect(path)
+    try:
+        client.sendall(data)
+        client.shutdown(socket.SHUT_WR)
+        return read_to_eof(client)
+    finally:
+        client.close()
+
+
+RPC_GROUP = """
+[unix_http_server]
+file = {sock}
+chmod = {chmod}
+
+[supervisorctl]
+serverurl = unix://{sock}
+
+[rpcinterface:supervisor]
+supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
+
+[group:backend]
+programs = api,db
+"""
+
+
+class SupervisorctlTests(SupervisorCase):
+    """Issue 27: supervisord's own supervisorctl, and an XML-RPC client as
+    the monitoring tools make one, against fcgiwatch's [unix_http_server].
+    Required in CI (FWTEST_REQUIRE_E2E=1)."""
+
+    def setUp(self):
+        SupervisorCase.setUp(self)
+        self.ctl_path = os.path.join(APPS, "bin", "supervisorctl")
+        if not os.access(self.ctl_path, os.X_OK):
+            if os.environ.get("FWTEST_REQUIRE_E2E"):
+                self.fail("supervisorctl is not installed in %s (.ci/run "
+                          "does that)" % APPS)
+            self.skipTest("supervisorctl is not in %s (see .ci/run)" % APPS)
+        self.sock = os.path.join(self.tmp, "supervisor.sock")
+
+    def launch(self, extra=None, chmod="0700", raw=""):
+        services = {
+            "web": {"command": self.py("""
+                import sys, time
+                n = 0
+                while True:
+                    n += 1
+                    print("hello web %d" % n, flush=True)
+                    print("web complains %d" % n, file=sys.stderr,
+                          flush=True)
+                    time.sleep(0.1)
+                """), "stderr_logfile": os.path.join(self.tmp, "web.err")},
+            "api": {"command": "sleep 1001"},
+            "db": {"command": "sleep 1002"},
+            "worker": {"command": "sleep 1003", "numprocs": "2",
+                       "process_name": "%(program_name)s_%(process_num)d"}}
+        services.update(extra or {})
+        self.write_config(services, raw=RPC_GROUP.format(
+            sock=self.sock, chmod=chmod) + raw)
+        self.start(None, wait_up=False)
+        for name in ("web", "api", "db", "worker_0", "worker_1"):
+            self.wait_state(name, "up")
+        self.addCleanup(lambda: self.assertFalse(os.path.exists(self.sock)
+                                                 and self.proc.poll() is not
+                                                 None, "socket left"))
+
+    def ctl(self, *args, **kwargs):
+        user = kwargs.pop("user", None)
+        result = subprocess.run(
+            [self.ctl_path, "-c", self.conf] + list(args),
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, universal_newlines=True, timeout=60,
+            env=dict(os.environ, LANG="C.UTF-8"),
+            preexec_fn=as_user(user) if user else None)
+        return result.returncode, result.stdout
+
+    def status_rows(self):
+        code, out = self.ctl("status")
+        rows = {}
+        for line in out.splitlines():
+            # As Ansible's module and Salt read it: name, state, the rest.
+            name, state, rest = (line.split(None, 2) + [""])[:3]
+            rows[name] = (state, rest)
+        return code, rows
+
+    def test_status_start_stop_restart_signal_pid_tail(self):
+        self.launch()
+        code, rows = self.status_rows()
+        self.assertEqual(code, 0, rows)
+        self.assertEqual(sorted(rows), ["backend:api", "backend:db", "web",
+                                        "worker:worker_0", "worker:worker_1"])
+        for name, (state, rest) in rows.items():
+            self.assertEqual(state, "RUNNING")
+            pid = self.entry(name.split(":")[-1])["pid"]
+            self.assertRegex(rest, r"^pid %d, uptime \d+:\d\d:\d\d$" % pid)
+        # stop, start, with supervisorctl's own words and exit codes.
+        self.assertEqual(self.ctl("stop", "web"), (0, "web: stopped\n"))
+        self.assertEqual(self.entry("web")["state"], "down")
+        code, out = self.ctl("status", "web")
+        self.assertEqual(code, 3, out)
+        self.assertRegex(out, r"^web\s+STOPPED\s+\w{3} \d\d \d\d:\d\d [AP]M")
+        self.assertEqual(self.ctl("stop", "web"),
+                         (0, "web: ERROR (not running)\n"))
+        self.assertEqual(self.ctl("start", "web"), (0, "web: started\n"))
+        self.assertEqual(self.entry("web")["state"], "up")
+        self.assertEqual(self.ctl("start", "web"),
+                         (0, "web: ERROR (already started)\n"))
+        self.assertEqual(self.ctl("stop", "nosuch"),
+                         (1, "nosuch: ERROR (no such process)\n"))
+        # A group, by supervisorctl's name for it; restart is stop + start.
+        before = self.entry("api")["pid"], self.entry("db")["pid"]
+        code, out = self.ctl("restart", "backend:*")
+        self.assertEqual((code, sorted(out.splitlines())), (0, sorted([
+            "backend:api: stopped", "backend:db: stopped",
+            "backend:api: started", "backend:db: started"])))
+        self.assertNotEqual(self.entry("api")["pid"], before[0])
+        self.assertNotEqual(self.entry("db")["pid"], before[1])
+        self.assertEqual(self.ctl("signal", "HUP", "worker:*"), (0, (
+            "worker:worker_0: signalled\nworker:worker_1: signalled\n")))
+        self.assertEqual(self.ctl("pid"), (0, "%d\n" % self.proc.pid))
+        self.assertEqual(self.ctl("pid", "backend:db"),
+                         (0, "%d\n" % self.entry("db")["pid"]))
+        # tail reads the recent output (stdout_logfile = null), stderr on
+        # its own; tail -f follows what comes next.
+        code, out = self.ctl("tail", "web")
+        self.assertEqual(code, 0, out)
+        self.assertRegex(out, r"hello web \d+\n")
+        self.assertNotIn("complains", out)
+        code, out = self.ctl("tail", "web", "stderr")
+        self.assertIn("web complains", out)
+        self.assertNotIn("hello", out)
+        follow = subprocess.Popen([self.ctl_path, "-c", self.conf, "tail",
+                                   "-f", "web"], stdout=subprocess.PIPE,
+                                  stdin=subprocess.DEVNULL)
+        self.addCleanup(follow.wait)
+        self.addCleanup(follow.kill)
+        seen = []  # the last of the buffer (two runs), then new lines
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and len(seen) < 40:
+            line = follow.stdout.readline().decode()
+            match = re.match(r"hello web (\d+)$", line.strip())
+            if match:
+                seen.append(int(match.group(1)))
+        latest = [n for i, n in enumerate(seen) if not any(
+            later < earlier for earlier, later in zip(seen[i:], seen[i + 1:]))]
+        self.assertEqual(latest, list(range(latest[0], latest[0] + len(
+            latest))), seen)
+        self.assertGreater(len(latest), 20, seen)
+        follow.send_signal(signal.SIGINT)
+        follow.wait(10)
+        self.assertEqual(self.ctl("version"), (0, fcgiwatch.VERSION + "\n"))
+
+    def test_reread_update_avail_and_shutdown(self):
+        self.launch()
+        self.assertEqual(self.ctl("reread"),
+                         (0, "No config updates to processes\n"))
+        with open(self.conf, "a") as handle:
+            handle.write("\n[program:extra]\ncommand = sleep 1004\n"
+                         "startsecs = 0\nenvironment = FWTEST_MARK=%s\n"
+                         % self.tmp)
+        self.assertEqual(self.ctl("reread"), (0, "extra: available\n"))
+        code, out = self.ctl("avail")
+        self.assertRegex(out, r"extra\s+avail\s+auto\s+999:999")
+        self.assertRegex(out, r"backend:api\s+in use\s+auto")
+        self.assertEqual(self.ctl("update"),
+                         (0, "extra: added process group\n"))
+        self.wait_state("extra", "up")
+        # A changed program: supervisorctl stops it, and adds it anew.
+        old = self.entry("db")["pid"]
+        with open(self.conf) as handle:
+            text = handle.read()
+        with open(self.conf, "w") as handle:
+            handle.write(text.replace("sleep 1002", "sleep 1005"))
+        self.assertEqual(self.ctl("update"), (0, "backend: stopped\n"
+                                              "backend: updated process "
+                                              "group\n"))
+        entry = self.wait_state("db", "up", pid_not=old)
+        self.assertIn("sleep 1005", read_text("/proc/%d/cmdline"
+                                              % entry["pid"]).replace(
+                                                  "\0", " "))
+        self.assertEqual(self.entry("api")["state"], "up")
+        self.assertNotIn("normally", self.entry("db"))
+        # A program taken out of the file: stopped, then removed.
+        with open(self.conf, "w") as handle:
+            handle.write(text.replace("sleep 1002", "sleep 1005")
+                         .split("\n[program:extra]")[0] + "\n")
+        self.assertEqual(self.ctl("update"), (0, "extra: stopped\n"
+                                              "extra: removed process "
+                                              "group\n"))
+        wait_for(lambda: self.entry("extra") is None, 5, "extra removed")
+        self.assertEqual(self.ctl("shutdown"), (0, "Shut down\n"))
+        self.assertEqual(self.proc.wait(30), 0)
+        self.assertFalse(os.path.exists(self.sock))
+
+    def test_monitoring_client_reads_every_field(self):
+        self.launch({"once": {"command": "true", "autorestart": "false",
+                              "startsecs": "0"},
+                     "crashy": {"command": "sh -c 'exit 3'",
+                                "startsecs": "1"}})
+        self.wait_state("once", "down")
+        self.wait_state("crashy", "backoff")
+        proxy = rpc_proxy(self.sock)
+        self.assertEqual(proxy.supervisor.getVersion(), "3.0")
+        self.assertEqual(proxy.supervisor.getState(),
+                         {"statecode": 1, "statename": "RUNNING"})
+        self.assertEqual(proxy.supervisor.getIdentification(), "supervisor")
+        self.assertEqual(proxy.supervisor.getPID(), self.proc.pid)
+        infos = dict((i["name"], i) for i in
+                     proxy.supervisor.getAllProcessInfo())
+        # Datadog's check formats these; Telegraf types them.
+        template = ("%(name)s %(group)s %(description)s %(stderr_logfile)s "
+                    "%(stdout_logfile)s %(logfile)s %(statename)s "
+                    "%(exitstatus)s %(start)d %(stop)d %(now)d %(state)d "
+                    "%(pid)d %(spawnerr)s")
+        for info in infos.values():
+            template % info
+        self.assertEqual(len(infos), 7)
+        self.assertEqual((infos["web"]["state"], infos["web"]["statename"],
+                          infos["web"]["group"]), (20, "RUNNING", "web"))
+        self.assertEqual(infos["api"]["group"], "backend")
+        self.assertEqual(infos["worker_1"]["group"], "worker")
+        self.assertEqual((infos["once"]["state"], infos["once"]["statename"],
+                          infos["once"]["exitstatus"]), (100, "EXITED", 0))
+        self.assertEqual((infos["crashy"]["state"],
+                          infos["crashy"]["exitstatus"]), (30, 3))
+        self.assertTrue(infos["crashy"]["description"])
+        now = time.time()
+        self.assertLessEqual(abs(infos["web"]["now"] - now), 5)
+        self.assertLessEqual(infos["web"]["start"], infos["web"]["now"])
+        # system.*, as Cesi checks a server; an int for wait, as
+        # supervisord-monitor sends it.
+        self.assertIn("supervisor.getAllProcessInfo",
+                      proxy.system.listMethods())
+        self.assertEqual(proxy.system.multicall([
+            {"methodName": "supervisor.getPID", "params": []},
+            {"methodName": "supervisor.stopProcess",
+             "params": ["backend:api", 1]},
+            {"methodName": "supervisor.getProcessInfo",
+             "params": ["backend:api"]}])[:2], [self.proc.pid, True])
+        self.assertEqual(self.entry("api")["state"], "down")
+        self.assertTrue(proxy.supervisor.startProcess("backend:api", 1))
+        self.assertEqual(self.entry("api")["state"], "up")
+        with self.assertRaises(xmlrpc.client.Fault) as caught:
+            proxy.supervisor.getProcessInfo("api")  # grouped: backend:api
+        self.assertEqual(caught.exception.faultCode, 10)
+        with self.assertRaises(xmlrpc.client.Fault) as caught:
+            proxy.supervisor.startProcess("web", True, "extra")
+        self.assertEqual(caught.exception.faultCode, 2)
+
+    def test_what_supervisords_cves_did_is_refused(self):
+        marker = os.path.join(self.tmp, "pwned")
+        self.launch({"victim": {"command": "sleep 1006", "startsecs": "0"}},
+                    chmod="0777")
+        proxy = rpc_proxy(self.sock)
+        # CVE-2017-11610: a dotted walk from the interface to os.system.
+        for name in ("supervisor.supervisord.options.warnings.linecache.os."
+                     "system", "supervisor._update", "system.__init__",
+                     "supervisor.__class__", "supervisor.api.server"):
+            with self.assertRaises(xmlrpc.client.Fault) as caught:
+                getattr(proxy, name)("touch %s" % marker)
+            self.assertEqual(caught.exception.faultCode, 1, name)
+        self.assertFalse(os.path.exists(marker))
+        # Malformed HTTP and XML, an entity bomb, a 2 MiB body: answered
+        # with an error, while a service killed meanwhile is back on time.
+        slow = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.addCleanup(slow.close)
+        slow.connect(self.sock)
+        slow.sendall(b"POST /RPC2 HTTP/1.1\r\nContent-Length: 100\r\n\r\n<")
+        pid = self.kill_service("victim")
+        self.wait_state("victim", "up", pid_not=pid, timeout=2)
+        body = (b"<?xml version='1.0'?><methodCall><methodName>supervisor."
+                b"getState</methodName><params>")
+        for data, code in (
+                (b"GARBAGE\r\n\r\n", b"400"),
+                (b"POST /RPC2 HTTP/1.1\r\nContent-Length: 5\r\n\r\n<?xml",
+                 b"400"),
+                (b"POST /RPC2 HTTP/1.1\r\nContent-Length: 2097152\r\n\r\n"
+                 + b"x" * 65536, b"413"),
+                (b"POST /RPC2 HTTP/1.1\r\nContent-Length: 52\r\n\r\n"
+                 b"<!DOCTYPE x [<!ENTITY a 'aaaaaaaaaa'>]><methodCall/>",
+                 b"400"),
+                (b"GET /etc/passwd HTTP/1.1\r\n\r\n", b"404"),
+                (b"POST /RPC2 HTTP/1.1\r\nContent-Length: %d\r\n\r\n%s" % (
+                    len(body), body), b"400")):
+            answer = raw_http(self.sock, data)
+            self.assertTrue(answer.startswith(b"HTTP/1.1 " + code),
+                            (data[:60], answer[:200]))
+        self.assertIsNone(self.proc.poll())
+        self.assertNotIn("internal error", self.log_text())
+        # nobody may connect (chmod 0777) and read the status, not act.
+        code, out = self.ctl("stop", "victim", user=NOBODY)
+        self.assertEqual(code, 1, out)
+        self.assertIn("permission denied", out)
+        self.assertEqual(self.entry("victim")["state"], "up")
+        code, out = self.ctl("status", "victim", user=NOBODY)
+        self.assertRegex(out, r"victim\s+RUNNING")
+        code, out = self.ctl("tail", "web", user=NOBODY)
+        self.assertNotIn("hello", out)
+        answer = raw_http(self.sock, b"GET /logtail/web HTTP/1.1\r\n\r\n")
+        self.assertTrue(answer.startswith(b"HTTP/1.1 200"))
+        self.assertIn("Cannot read, status code 403",
+                      self.ctl("tail", "-f", "web", user=NOBODY)[1])
+
+    def test_served_from_a_reload_and_a_taken_socket_refused(self):
+        self.write_config({"a": {"command": "sleep 1007"}})
+        self.start(None)
+        self.assertNotEqual(self.ctl("status")[0], 0)  # nothing served
+        with open(self.conf, "a") as handle:
+            handle.write(RPC_GROUP.format(sock=self.sock, chmod="0700")
+                         .split("[group:")[0])
+        self.assertEqual(self.cli("--reload")[0], 0)
+        code, out = self.ctl("status")
+        self.assertRegex(out, r"^a\s+RUNNING\s+pid %d," % self.entry("a")[
+            "pid"])
+        self.stop_supervisor()
+        self.assertFalse(os.path.exists(self.sock))
+        # A program of someone else's listens there: nothing starts.
+        other = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.addCleanup(other.close)
+        other.bind(self.sock)
+        other.listen(1)
+        code, out, err = self.cli(timeout=30)
+        self.assertEqual(code, 1, out + err)
+        self.assertIn("fcgiwatch: [unix_http_server] file: a running "
+                      "program listens on %s; stop it first" % self.sock,
+                      err)
+        self.assertEqual(self.marked(), [])
+
+    def test_password_and_inet_rules(self):
+        port = free_port()
+        digest = hashlib.sha1(b"s3cret").hexdigest()
+        self.launch(raw="\n[inet_http_server]\nport = 127.0.0.1:%d\n"
+                    "username = admin\npassword = {SHA}%s\n" % (port, digest))
+        code, out = self.ctl("status")
+        self.assertEqual(code, 0, out)  # the unix socket: no password set
+        url = "http://admin:%s@127.0.0.1:%d/RPC2"
+        proxy = xmlrpc.client.ServerProxy(url % ("s3cret", port))
+        self.assertEqual(proxy.supervisor.getState()["statename"], "RUNNING")
+        self.assertTrue(proxy.supervisor.stopProcess("web"))
+        self.assertEqual(self.entry("web")["state"], "down")
+        with self.assertRaises(xmlrpc.client.ProtocolError) as caught:
+            xmlrpc.client.ServerProxy(url % ("wrong", port)).supervisor.\
+                startProcess("web")
+        self.assertEqual(caught.exception.errcode, 401)
+        self.assertEqual(self.entry("web")["state"], "down")
+        # Anywhere but loopback, or with no password: a warning, no port.
+        for lines, why in (("port = *:%d\nusername = a\npassword = b",
+                            "every address"),
+                           ("port = 127.0.0.1:%d", "no username")):
+            config = parse("[inet_http_server]\n%s\n[a]\ncommand = x\n"
+                           % (lines % port))
+            self.assertIsNone(config.globals.rpc)
+            self.assertTrue(any(why in str(w) and "CVE-2019-12105" in str(w)
+                                for w in config.warnings), config.warnings)
 
 
 class TimedResult(unittest.TextTestResult):
