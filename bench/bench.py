@@ -750,6 +750,115 @@ def bench_scale():
     return result
 
 
+RPC_SETTINGS = """
+[unix_http_server]
+file = {tmp}/supervisor.sock
+[supervisorctl]
+serverurl = unix://{tmp}/supervisor.sock
+"""
+
+
+def rpc_poller(path, stop):
+    """A monitoring client: getAllProcessInfo ten times a second over the
+    unix socket, as Datadog's check or an exporter does, in a thread."""
+    import http.client
+    import threading
+    import xmlrpc.client
+
+    class Connection(http.client.HTTPConnection):
+        def connect(self):
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock.connect(path)
+
+    class Transport(xmlrpc.client.Transport):
+        def make_connection(self, host):
+            return Connection("localhost")
+    calls = []
+
+    def poll():
+        proxy = xmlrpc.client.ServerProxy("http://localhost",
+                                          transport=Transport())
+        while not stop.is_set():
+            began = time.monotonic()
+            proxy.supervisor.getAllProcessInfo()
+            calls.append((time.monotonic() - began) * 1000)
+            stop.wait(0.1)
+    thread = threading.Thread(target=poll, daemon=True)
+    thread.start()
+    return thread, calls
+
+
+def bench_supervisorctl():
+    """supervisorctl status of 20 services, against fcgiwatch and against
+    supervisord (the venv of .ci/run has both supervisorctl and
+    supervisord); restart latency while a client polls getAllProcessInfo
+    ten times a second, against the same config left alone."""
+    import threading
+    ctl = os.path.join(APPS, "bin", "supervisorctl")
+    if not os.access(ctl, os.X_OK):
+        return {"skipped": "supervisorctl is not in %s (see .ci/run)" % APPS}
+    runs = 7 if QUICK else 15
+
+    def status_times(conf):
+        times = []
+        for _ in range(runs):
+            began = time.monotonic()
+            subprocess.run([ctl, "-c", conf, "status"],
+                           stdout=subprocess.DEVNULL)
+            times.append((time.monotonic() - began) * 1000)
+        return median(times)
+    bench = Bench(lambda b: [("s%03d" % i, {"command": b.announce()})
+                             for i in range(20)], RPC_SETTINGS)
+    bench.start()
+    bench.read_announcements(20)
+    wait_until(bench.all_up)
+    result = {"services": 20, "status_ms": status_times(bench.conf),
+              "pss_mib": memory(bench.proc.pid)[1]}
+    bench.stop()
+    daemon = os.path.join(APPS, "bin", "supervisord")
+    if os.access(daemon, os.X_OK):
+        tmp = tempfile.mkdtemp(prefix="fwsvd")
+        conf = os.path.join(tmp, "supervisord.conf")
+        with open(conf, "w") as handle:
+            handle.write(RPC_SETTINGS.replace("{tmp}", tmp))
+            handle.write("[supervisord]\nlogfile = %s/supervisord.log\n"
+                         "pidfile = %s/supervisord.pid\nnodaemon = true\n"
+                         "[rpcinterface:supervisor]\n"
+                         "supervisor.rpcinterface_factory = supervisor."
+                         "rpcinterface:make_main_rpcinterface\n" % (tmp, tmp))
+            for i in range(20):
+                handle.write("[program:s%03d]\ncommand = sleep 1000\n" % i)
+        peer = subprocess.Popen([daemon, "-c", conf],
+                                stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        wait_until(lambda: subprocess.run(
+            [ctl, "-c", conf, "status"], stdout=subprocess.DEVNULL)
+                   .returncode == 0, 30, 0.2)
+        result["supervisord_status_ms"] = status_times(conf)
+        result["supervisord_pss_mib"] = memory(peer.pid)[1]
+        peer.send_signal(signal.SIGTERM)
+        peer.wait(30)
+        shutil.rmtree(tmp, ignore_errors=True)
+    trials = 20 if QUICK else 40
+    bench = Bench(lambda b: [("svc", {"command": b.announce(),
+                                      "startsecs": "0.05"})], RPC_SETTINGS)
+    bench.start()
+    result["restart_idle"] = summary(restart_trials(bench, trials, 0.1))
+    stop = threading.Event()
+    thread, calls = rpc_poller(os.path.join(bench.tmp, "supervisor.sock"),
+                               stop)
+    # restart_trials starts from an announcement: the next run's.
+    wait_until(bench.all_up)
+    os.kill(bench.status()["services"][0]["pid"], signal.SIGKILL)
+    result["restart_polled"] = summary(restart_trials(bench, trials, 0.1))
+    stop.set()
+    thread.join(5)
+    result["poll_calls"] = len(calls)
+    result["poll_median_ms"] = median(calls) if calls else None
+    bench.stop()
+    return result
+
+
 FIGURES = [
     ("restart", bench_restart),
     ("crash_loop", bench_crash_loop),
@@ -762,6 +871,7 @@ FIGURES = [
     ("dependencies", bench_dependencies),
     ("appserver", bench_appserver),
     ("scale", bench_scale),
+    ("supervisorctl", bench_supervisorctl),
 ]
 
 
@@ -932,6 +1042,27 @@ def report(results):
             "" if "daemontools_1000_pss_mib" not in r else
             "; daemontools %.1f: %.2f x" % (r["daemontools_1000_pss_mib"],
                                             r["memory_1000_ratio"])), "")
+    if "supervisorctl" in results and "skipped" not in results[
+            "supervisorctl"]:
+        r = results["supervisorctl"]
+        row("supervisorctl status, %d services, median" % r["services"],
+            "%.0f ms%s" % (r["status_ms"], "" if "supervisord_status_ms" not
+                           in r else "; supervisord %.0f ms: %.2f x" % (
+                               r["supervisord_status_ms"], r["status_ms"] /
+                               r["supervisord_status_ms"])),
+            "no slower than supervisord")
+        row("the supervisor's PSS, serving it", "%.1f MiB%s" % (
+            r["pss_mib"], "" if "supervisord_pss_mib" not in r else
+            "; supervisord %.1f MiB" % r["supervisord_pss_mib"]), "")
+        row("restart latency while getAllProcessInfo is polled 10/s, "
+            "median", "%.2f ms; idle %.2f ms: %.2f x (p99 %.2f vs %.2f; "
+            "%d calls, %.1f ms each)" % (
+                r["restart_polled"]["median_ms"],
+                r["restart_idle"]["median_ms"],
+                r["restart_polled"]["median_ms"] /
+                r["restart_idle"]["median_ms"], r["restart_polled"]["p99_ms"],
+                r["restart_idle"]["p99_ms"], r["poll_calls"],
+                r["poll_median_ms"] or 0), "no worse than idle")
     width = max(len(r[0]) for r in rows)
     info = results["machine"]
     print("fcgiwatch bench, %s; %d cores (%s), kernel %s, Python %s%s" % (
