@@ -6912,6 +6912,14 @@ class SupervisorctlTests(SupervisorCase):
                                               "extra: removed process "
                                               "group\n"))
         wait_for(lambda: self.entry("extra") is None, 5, "extra removed")
+        # reload: the file read again, what did not change left running.
+        pid = self.entry("api")["pid"]
+        with open(self.conf, "a") as handle:
+            handle.write("\n[program:late]\ncommand = sleep 1008\n"
+                         "environment = FWTEST_MARK=%s\n" % self.tmp)
+        self.assertEqual(self.ctl("reload"), (0, "Restarted supervisord\n"))
+        self.wait_state("late", "up")
+        self.assertEqual(self.entry("api")["pid"], pid)
         self.assertEqual(self.ctl("shutdown"), (0, "Shut down\n"))
         self.assertEqual(self.proc.wait(30), 0)
         self.assertFalse(os.path.exists(self.sock))
