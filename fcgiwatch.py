@@ -10496,6 +10496,13 @@ SUPERVISORD_STATES = {STARTING: (10, "STARTING"), UP: (20, "RUNNING"),
 XML_UNSAFE_RE = re.compile(u"[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 
 
+#: A start or stop: the states it leaves alone, the states it aims at, the
+#: fault for a service already there, the fault when it does not get there.
+RPC_GOALS = {
+    "start": ((STARTING, UP), (UP,), FAULT_ALREADY_STARTED, FAULT_SPAWN_ERROR),
+    "stop": ((DOWN, FATAL), (DOWN, FATAL), FAULT_NOT_RUNNING, FAULT_FAILED)}
+
+
 class RpcFault(Exception):
     """A supervisord fault: supervisorctl turns its code into its words."""
 
@@ -10828,72 +10835,39 @@ class RpcApi:
                         "description": text})
         return out
 
-    def startProcess(self, name, wait=True):
+    def act(self, verb, name, wait):
+        """startProcess or stopProcess: the control command, and with wait
+        its outcome (a group's name: the group's, as supervisord does)."""
+        skip, goal, already, failed = RPC_GOALS[verb]
         service = self.one(name)
         if service is None:
-            return self.startProcessGroup(split_namespec(name)[0], wait)
-        if service.state in (STARTING, UP):
-            raise RpcFault(FAULT_ALREADY_STARTED, name)
-        capture = self.command("start", [service])
-        if not wait:
-            return True
-
-        def done():
-            if capture.code is None:
-                return None
-            if service.state == UP:
-                return True
-            raise RpcFault(FAULT_SPAWN_ERROR if service.state != STARTING
-                           else FAULT_ABNORMAL_TERMINATION,
-                           capture.about(service.name) or name)
-        return done() if capture.code is not None else done
-
-    def start_many(self, services, wait):
-        chosen = [s for s in services if s.state not in (STARTING, UP)]
-        capture = self.command("start", chosen) if chosen else Capture()
-
-        def status_of(service):
-            if service.state == UP or not wait:
-                return FAULT_SUCCESS, "OK"
-            return FAULT_SPAWN_ERROR, capture.about(service.name) or \
-                "spawn error"
-
-        def done():
-            if chosen and wait and capture.code is None:
-                return None
-            return self.results(chosen, status_of)
-        return done() if not wait or capture.code is not None else done
-
-    def startProcessGroup(self, name, wait=True):
-        return self.start_many(self.group(name), wait)
-
-    def startAllProcesses(self, wait=True):
-        return self.start_many(self.every(), wait)
-
-    def stopProcess(self, name, wait=True):
-        service = self.one(name)
-        if service is None:
-            return self.stopProcessGroup(split_namespec(name)[0], wait)
-        if service.state in (DOWN, FATAL):
-            raise RpcFault(FAULT_NOT_RUNNING, name)
-        capture = self.command("stop", [service])
+            return self.act_on_many(verb, self.group(split_namespec(name)[0]),
+                                    wait)
+        if service.state in skip:
+            raise RpcFault(already, name)
+        capture = self.command(verb, [service])
 
         def done():
             if capture.code is None and wait:
                 return None
-            if service.state in (DOWN, FATAL) or not wait:
+            if service.state in goal or not wait:
                 return True
-            raise RpcFault(FAULT_FAILED, capture.about(service.name) or name)
+            raise RpcFault(FAULT_ABNORMAL_TERMINATION if service.state ==
+                           STARTING else failed,
+                           capture.about(service.name) or name)
         return done() if capture.code is not None or not wait else done
 
-    def stop_many(self, services, wait):
-        chosen = [s for s in services if s.state not in (DOWN, FATAL)]
-        capture = self.command("stop", chosen) if chosen else Capture()
+    def act_on_many(self, verb, services, wait):
+        """The group and "all" calls: one command for those not there yet,
+        then a result for each of them."""
+        skip, goal, _already, failed = RPC_GOALS[verb]
+        chosen = [s for s in services if s.state not in skip]
+        capture = self.command(verb, chosen) if chosen else Capture()
 
         def status_of(service):
-            if service.state in (DOWN, FATAL) or not wait:
+            if service.state in goal or not wait:
                 return FAULT_SUCCESS, "OK"
-            return FAULT_FAILED, capture.about(service.name) or "not stopped"
+            return failed, capture.about(service.name) or "failed"
 
         def done():
             if chosen and wait and capture.code is None:
@@ -10901,11 +10875,23 @@ class RpcApi:
             return self.results(chosen, status_of)
         return done() if not wait or capture.code is not None else done
 
+    def startProcess(self, name, wait=True):
+        return self.act("start", name, wait)
+
+    def startProcessGroup(self, name, wait=True):
+        return self.act_on_many("start", self.group(name), wait)
+
+    def startAllProcesses(self, wait=True):
+        return self.act_on_many("start", self.every(), wait)
+
+    def stopProcess(self, name, wait=True):
+        return self.act("stop", name, wait)
+
     def stopProcessGroup(self, name, wait=True):
-        return self.stop_many(self.group(name), wait)
+        return self.act_on_many("stop", self.group(name), wait)
 
     def stopAllProcesses(self, wait=True):
-        return self.stop_many(self.every(), wait)
+        return self.act_on_many("stop", self.every(), wait)
 
     def signal_number(self, value):
         try:
