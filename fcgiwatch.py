@@ -10462,7 +10462,7 @@ def ask_status(state_dir):
 # Where the config has [unix_http_server] (or a loopback, password-guarded
 # [inet_http_server]), supervisorctl and the tools built on supervisord's
 # API 3.0 talk to the same loop: HTTP/1.1 read without blocking, POST /RPC2
-# decoded by xmlrpc.client (imported here only, and only when served), each
+# decoded on expat (loaded only when served; see parse_xmlrpc_call), each
 # method found in RPC_METHODS by its exact name (never by walking dotted
 # attributes: CVE-2017-11610), and carried out by the control commands'
 # own code, so supervisorctl's "stop web" is fcgiwatch's --stop web.
@@ -10591,6 +10591,133 @@ def tail_range(size, offset, length):
 def xml_text(data):
     """Output bytes as text an XML-RPC answer may carry."""
     return XML_UNSAFE_RE.sub(u"\ufffd", data.decode("utf-8", "replace"))
+
+
+# XML-RPC by hand, on expat: xmlrpc.client would do it, but it loads
+# http.client and the email package, 5 MiB of the supervisor's memory for
+# the rest of its life, and it parses whatever DTD a client sends.
+
+def xml_escape(text):
+    return XML_UNSAFE_RE.sub(u"\ufffd", text.replace("&", "&amp;").replace(
+        "<", "&lt;").replace(">", "&gt;"))
+
+
+def xmlrpc_value(value):
+    """One value as XML-RPC's <value>; TypeError or OverflowError for what
+    it cannot carry (None, an int past 32 bits).
+
+    >>> xmlrpc_value({"a": [1, True, "x<"]})[:49]
+    '<value><struct><member><name>a</name><value><arra'
+    """
+    if value is True or value is False:
+        return "<value><boolean>%d</boolean></value>" % value
+    if isinstance(value, int):
+        if not -2 ** 31 <= value < 2 ** 31:
+            raise OverflowError("%d does not fit XML-RPC's int" % value)
+        return "<value><int>%d</int></value>" % value
+    if isinstance(value, float):
+        return "<value><double>%r</double></value>" % value
+    if isinstance(value, str):
+        return "<value><string>%s</string></value>" % xml_escape(value)
+    if isinstance(value, (list, tuple)):
+        return "<value><array><data>%s</data></array></value>" % "".join(
+            xmlrpc_value(item) for item in value)
+    if isinstance(value, dict):
+        return "<value><struct>%s</struct></value>" % "".join(
+            "<member><name>%s</name>%s</member>" % (
+                xml_escape(key), xmlrpc_value(item))
+            for key, item in value.items())
+    raise TypeError("XML-RPC cannot carry %s" % type(value).__name__)
+
+
+def xmlrpc_response(value):
+    """A methodResponse: a value, or an RpcFault as XML-RPC's fault."""
+    if isinstance(value, RpcFault):
+        return ("<?xml version='1.0'?>\n<methodResponse><fault>%s</fault>"
+                "</methodResponse>\n" % xmlrpc_value(
+                    {"faultCode": value.code, "faultString": value.text}))
+    return ("<?xml version='1.0'?>\n<methodResponse><params><param>%s"
+            "</param></params></methodResponse>\n" % xmlrpc_value(value))
+
+
+#: XML-RPC's scalar types and how their text becomes a value.
+XMLRPC_SCALARS = {
+    "int": int, "i4": int, "i8": int, "double": float, "string": str,
+    "dateTime.iso8601": str, "nil": lambda _text: None,
+    "boolean": lambda text: {"0": False, "1": True}[text.strip()],
+    "base64": lambda text: bytes(text, "ascii")}  # no method takes one
+
+
+def parse_xmlrpc_call(body):
+    """(method name, [params]) of a methodCall; ValueError where it is not
+    one.  A DTD (and so any entity of its) is refused: XML-RPC needs none,
+    and entities are how a small body becomes gigabytes.
+
+    >>> parse_xmlrpc_call(b"<methodCall><methodName>a.b</methodName>"
+    ...     b"<params><param><value><i4>1</i4></value></param><param><value>"
+    ...     b"<struct><member><name>k</name><value><array><data><value>x"
+    ...     b"</value></data></array></value></member></struct></value>"
+    ...     b"</param></params></methodCall>")
+    ('a.b', [1, {'k': ['x']}])
+    """
+    from xml.parsers import expat
+    # A frame: [kind, container, member name, member value]; values that
+    # end go into the top one.
+    frames = [["params", []]]
+    text, found = [], {"method": None, "value": None, "typed": False,
+                       "root": None}
+
+    def refuse(*_args):
+        raise ValueError("an XML-RPC call has no DTD")
+
+    def start(tag, _attributes):
+        del text[:]
+        if found["root"] is None:
+            found["root"] = tag
+        if tag == "value":
+            found["typed"] = False
+        elif tag in ("array", "struct"):
+            if len(frames) > 64:
+                raise ValueError("nested too deep")
+            frames.append([tag, [] if tag == "array" else {}, None, None])
+
+    def end(tag):
+        value = "".join(text)
+        if tag in XMLRPC_SCALARS:
+            found["value"], found["typed"] = XMLRPC_SCALARS[tag](value), True
+        elif tag in ("array", "struct"):
+            found["value"], found["typed"] = frames.pop()[1], True
+        elif tag == "value":
+            if not found["typed"]:
+                found["value"] = value  # no type: a string
+            frame = frames[-1]
+            if frame[0] == "struct":
+                frame[3] = found["value"]
+            else:
+                frame[1].append(found["value"])
+        elif tag == "name" and frames[-1][0] == "struct":
+            frames[-1][2] = value
+        elif tag == "member":
+            frame = frames[-1]
+            frame[1][frame[2]] = frame[3]
+        elif tag == "methodName":
+            found["method"] = value.strip()
+        del text[:]
+
+    parser = expat.ParserCreate("utf-8")
+    parser.StartDoctypeDeclHandler = refuse
+    parser.EntityDeclHandler = refuse
+    parser.StartElementHandler = start
+    parser.EndElementHandler = end
+    parser.CharacterDataHandler = text.append
+    try:
+        parser.Parse(body, True)
+    except (expat.ExpatError, KeyError, TypeError, IndexError) as exc:
+        raise ValueError("not an XML-RPC call: %s" % exc)
+    if found["root"] != "methodCall" or not found["method"] or \
+            len(frames) != 1:
+        raise ValueError("not an XML-RPC call")
+    return found["method"], frames[0][1]
 
 
 def parse_http_head(head):
@@ -11511,20 +11638,12 @@ class RpcServer:
             return fault
 
     def call(self, connection, body):
-        import xmlrpc.client
-        from xml.parsers.expat import ExpatError
-        if b"<!DOCTYPE" in body or b"<!ENTITY" in body:
-            # XML-RPC needs no DTD, and entities are how a small body
-            # becomes gigabytes in the parser.
-            connection.error(400, "Bad Request")
-            return
         try:
-            params, method = xmlrpc.client.loads(body)
-        except (ExpatError, ValueError, TypeError, IndexError, KeyError,
-                xmlrpc.client.ResponseError, OverflowError):
+            method, params = parse_xmlrpc_call(body)
+        except (ValueError, OverflowError):
             connection.error(400, "Bad Request")
             return
-        answer = self.dispatch(connection, method, list(params))
+        answer = self.dispatch(connection, method, params)
         if callable(answer):
             connection.waiting = answer
             return
@@ -11559,18 +11678,11 @@ class RpcServer:
             return RpcFault(FAULT_INCORRECT_PARAMETERS, str(exc))
 
     def answer(self, connection, value):
-        import xmlrpc.client
-        if isinstance(value, RpcFault):
-            value = xmlrpc.client.Fault(value.code, value.text)
-        else:
-            value = (value,)
         try:
-            body = xmlrpc.client.dumps(value, methodresponse=True,
-                                       allow_none=False)
+            body = xmlrpc_response(value)
         except (TypeError, OverflowError) as exc:
-            body = xmlrpc.client.dumps(xmlrpc.client.Fault(
-                FAULT_FAILED, "cannot encode the answer: %s" % exc),
-                                       methodresponse=True)
+            body = xmlrpc_response(RpcFault(
+                FAULT_FAILED, "cannot encode the answer: %s" % exc))
         # What a call reports must be what --status reads right after.
         if self.supervisor.status_dirty:
             self.supervisor.disk.write_status()
