@@ -7084,6 +7084,9 @@ class SupervisorctlTests(SupervisorCase):
             self.assertIsNone(config.globals.rpc)
             self.assertTrue(any(why in str(w) and "CVE-2019-12105" in str(w)
                                 for w in config.warnings), config.warnings)
+        config = parse("[inet_http_server]\nport = [::1]:%d\nusername = a\n"
+                       "password = b\n[a]\ncommand = x\n" % port)
+        self.assertEqual(config.globals.rpc.inet, ("::1", port))
 
 
 class TimedResult(unittest.TextTestResult):
