@@ -11131,6 +11131,38 @@ class RpcApi:
     def readProcessStderrLog(self, name, offset, length):
         return self.read_log(name, offset, length, "stderr")
 
+    def clear_logs(self, service):
+        """Empty its log files (kept open: O_APPEND writes go on at the
+        new end) and its recent output, as supervisorctl clear asks."""
+        for pipe in service.outputs or ():
+            dest = getattr(pipe, "dest", None)
+            if getattr(dest, "fd", -1) >= 0:
+                try:
+                    os.ftruncate(dest.fd, 0)
+                except OSError as exc:
+                    raise RpcFault(FAULT_FAILED, "%s: %s" % (
+                        dest.path, os_error_words(exc)))
+                dest.size, dest.began = 0, None
+        service.recent = None
+        service.log("log files and recent output cleared on request of an "
+                    "XML-RPC client")
+        return True
+
+    def clearProcessLogs(self, name):
+        service = self.one(name)
+        if service is None:
+            raise RpcFault(FAULT_BAD_NAME, name)
+        return self.clear_logs(service)
+
+    def clearAllProcessLogs(self):
+        def status_of(service):
+            try:
+                self.clear_logs(service)
+            except RpcFault as fault:
+                return fault.code, fault.text
+            return FAULT_SUCCESS, "OK"
+        return self.results(self.every(), status_of)
+
     def tailProcessStdoutLog(self, name, offset, length):
         return self.read_log(name, offset, length, "stdout", tail=True)
 
@@ -11318,7 +11350,8 @@ RPC_METHODS = dict(
         "stopAllProcesses", "signalProcess", "signalProcessGroup",
         "signalAllProcesses", "readProcessStdoutLog",
         "readProcessStderrLog", "tailProcessStdoutLog",
-        "tailProcessStderrLog", "reloadConfig", "addProcessGroup",
+        "tailProcessStderrLog", "clearProcessLogs", "clearAllProcessLogs",
+        "reloadConfig", "addProcessGroup",
         "removeProcessGroup")]
     + [("system." + name, (getattr(RpcApi, name), False)) for name in (
         "listMethods", "methodHelp", "methodSignature", "multicall")])
@@ -11327,6 +11360,8 @@ RPC_METHODS["supervisor.getVersion"] = RPC_METHODS[
 RPC_METHODS["supervisor.readMainLog"] = RPC_METHODS["supervisor.readLog"]
 RPC_METHODS["supervisor.readProcessLog"] = RPC_METHODS[
     "supervisor.readProcessStdoutLog"]
+RPC_METHODS["supervisor.clearProcessLog"] = RPC_METHODS[
+    "supervisor.clearProcessLogs"]
 
 
 class RpcConnection:

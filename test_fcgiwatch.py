@@ -6873,6 +6873,12 @@ class SupervisorctlTests(SupervisorCase):
         follow.send_signal(signal.SIGINT)
         follow.wait(10)
         self.assertEqual(self.ctl("version"), (0, fcgiwatch.VERSION + "\n"))
+        # clear: its log file emptied (and written on), its buffer too.
+        errors = os.path.join(self.tmp, "web.err")
+        self.assertGreater(os.path.getsize(errors), 0)
+        self.assertEqual(self.ctl("clear", "web"), (0, "web: cleared\n"))
+        self.assertNotIn("complains 1\n", read_text(errors))
+        wait_for(lambda: "complains" in read_text(errors), 5, "new lines")
 
     def test_reread_update_avail_and_shutdown(self):
         self.launch()
