@@ -7794,6 +7794,9 @@ class Supervisor:
                 pass
         if self.own_log is not None:
             self.own_log.write(data)
+        if self.rpc is not None and self.rpc.main_followers:
+            for connection in list(self.rpc.main_followers):
+                connection.feed(None, data, "main")  # maintail -f
         if self.syslog is not None and self.settings.syslog:
             self.syslog.send(severity, "fcgiwatch", self.pid,
                              message.encode("utf-8", "replace"))
@@ -11458,6 +11461,8 @@ class RpcConnection:
             self.server.call(self, body)
         elif method == "GET" and path.startswith("/logtail/"):
             self.server.logtail(self, path[len("/logtail/"):])
+        elif method == "GET" and path == "/mainlogtail":
+            self.server.logtail(self, None)
         else:
             self.respond(404, "Not Found", b"Not found\n")
 
@@ -11520,7 +11525,8 @@ class RpcConnection:
             self.flush()
 
     def feed(self, service, data, stream):
-        """New output of the service a /logtail follows: one chunk."""
+        """New output of the service a /logtail follows (service None: our
+        own log, for /mainlogtail): one chunk."""
         if stream != self.tail[1]:
             return
         if len(self.outbuf) > FOLLOW_AHEAD:
@@ -11546,8 +11552,11 @@ class RpcConnection:
         supervisor = self.server.supervisor
         supervisor.unwatch(self.sock.fileno())
         self.sock.close()
-        if self.tail is not None and self in self.tail[0].followers:
-            self.tail[0].followers.remove(self)
+        followers = self.server.main_followers if self.tail is not None \
+            and self.tail[0] is None else self.tail[0].followers \
+            if self.tail is not None else ()
+        if self in followers:
+            followers.remove(self)
         if self in self.server.connections:
             self.server.connections.remove(self)
 
@@ -11564,6 +11573,7 @@ class RpcServer:
         self.settings = supervisor.settings.rpc
         self.api = RpcApi(self)
         self.connections = []
+        self.main_followers = []  # maintail -f: our own log lines
         self.listeners = []       # (socket, auth, unix path or None)
         self.bound = None         # (st_dev, st_ino) of the socket we bound
         self.accept_again = None
@@ -11725,13 +11735,18 @@ class RpcServer:
 
     def logtail(self, connection, rest):
         """GET /logtail/NAME[/stdout|stderr]: the last of its output, then
-        each new line, chunked, until the client leaves."""
-        name, _slash, stream = rest.partition("/")
-        from urllib.parse import unquote
-        name, stream = unquote(name), stream or "stdout"
+        each new line, chunked, until the client leaves.  rest None:
+        /mainlogtail, our own log lines from now on."""
         if not connection.privileged:
             connection.error(403, "Forbidden")
             return
+        if rest is None:
+            self.stream_to(connection, None, "main", b"")
+            self.main_followers.append(connection)
+            return
+        name, _slash, stream = rest.partition("/")
+        from urllib.parse import unquote
+        name, stream = unquote(name), stream or "stdout"
         try:
             service = self.api.one(name)
         except RpcFault:
@@ -11741,7 +11756,12 @@ class RpcServer:
             return
         if stream == "stderr" and stderr_follows_stdout(service.config):
             stream = "stdout"
-        data = self.api.recent_bytes(service, stream)[0][-RPC_TAIL_START:]
+        self.stream_to(connection, service, stream, self.api.recent_bytes(
+            service, stream)[0][-RPC_TAIL_START:])
+        service.followers.append(connection)
+
+    def stream_to(self, connection, service, stream, data):
+        """The answer's head, then data: what feed() adds to from now."""
         connection.keep = False
         connection.tail = (service, stream)
         connection.send(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; "
@@ -11749,7 +11769,6 @@ class RpcServer:
                         b"Cache-Control: no-cache\r\n\r\n")
         if data:
             connection.send(b"%x\r\n%s\r\n" % (len(data), data))
-        service.followers.append(connection)
 
     def close(self):
         for connection in list(self.connections):

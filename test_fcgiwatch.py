@@ -6926,6 +6926,19 @@ class SupervisorctlTests(SupervisorCase):
         self.assertEqual(self.ctl("reload"), (0, "Restarted supervisord\n"))
         self.wait_state("late", "up")
         self.assertEqual(self.entry("api")["pid"], pid)
+        # maintail -f: the supervisor's own lines as they come.
+        main = subprocess.Popen([self.ctl_path, "-c", self.conf, "maintail",
+                                 "-f"], stdout=subprocess.PIPE,
+                                stdin=subprocess.DEVNULL)
+        self.addCleanup(main.wait)
+        self.addCleanup(main.kill)
+        self.assertEqual(main.stdout.readline(), b"==> Press Ctrl-C to exit "
+                         b"<==\n")
+        self.assertEqual(self.ctl("stop", "late"), (0, "late: stopped\n"))
+        lines = [main.stdout.readline().decode() for _ in range(2)]
+        self.assertIn("late: stopping (on request)", lines[0])
+        self.assertIn("late: stopped", lines[1])
+        main.kill()
         self.assertEqual(self.ctl("shutdown"), (0, "Shut down\n"))
         self.assertEqual(self.proc.wait(30), 0)
         self.assertFalse(os.path.exists(self.sock))
