@@ -9010,6 +9010,9 @@ class Handover:
         supervisor.generation = state["generation"] + 1
         supervisor.open_logging()
         supervisor.control = ControlServer(supervisor)
+        # supervisorctl's socket is bound anew (the old one closed at exec);
+        # one that cannot be is a warning: the services carry on.
+        supervisor.listen_rpc([])
         supervisor.setup_signals()
         supervisor.tree.start()  # still one (it survives exec): says so again
         new_config = supervisor.config

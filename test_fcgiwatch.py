@@ -7063,6 +7063,11 @@ class SupervisorctlTests(SupervisorCase):
         code, out = self.ctl("status")
         self.assertRegex(out, r"^a\s+RUNNING\s+pid %d," % self.entry("a")[
             "pid"])
+        # Across an upgrade in place: bound again by the new program.
+        self.assertEqual(self.cli("--reexec")[0], 0)
+        code, out = self.ctl("status")
+        self.assertRegex(out, r"^a\s+RUNNING\s+pid %d," % self.entry("a")[
+            "pid"])
         self.stop_supervisor()
         self.assertFalse(os.path.exists(self.sock))
         # A program of someone else's listens there: nothing starts.
