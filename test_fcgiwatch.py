@@ -7036,6 +7036,26 @@ class SupervisorctlTests(SupervisorCase):
             answer = raw_http(self.sock, data)
             self.assertTrue(answer.startswith(b"HTTP/1.1 " + code),
                             (data[:60], answer[:200]))
+        # Random bytes, and calls with arguments of every wrong type.
+        rng = random.Random(27)
+        for _ in range(60):
+            data = bytes(rng.randrange(256) for _ in range(rng.choice(
+                [1, 50, 3000])))
+            if rng.random() < 0.5:
+                data = b"POST /RPC2 HTTP/1.1\r\nContent-Length: %d\r\n\r\n" \
+                    % len(data) + data
+            raw_http(self.sock, data)
+        for method in sorted(fcgiwatch.RPC_METHODS):
+            if method in ("supervisor.shutdown", "supervisor.restart"):
+                continue
+            for args in ([], [[1]], [{"a": 1}, -1, "x"], ["victim", 2 ** 30],
+                         ["all:*", True]):
+                try:
+                    getattr(proxy, method)(*args)
+                except xmlrpc.client.Fault:
+                    pass
+        proxy.supervisor.startAllProcesses()  # what the calls stopped
+        self.wait_state("victim", "up")
         self.assertIsNone(self.proc.poll())
         self.assertNotIn("internal error", self.log_text())
         # nobody may connect (chmod 0777) and read the status, not act.
