@@ -11413,6 +11413,10 @@ class RpcConnection:
             self.deadline = self.server.supervisor.clock() + \
                 RPC_REQUEST_TIME
         self.inbuf += data
+        if len(self.inbuf) > RPC_HEAD_MAX + RPC_BODY_MAX:
+            # Requests sent ahead while one waits: no more than one.
+            self.error(413, "Payload Too Large")
+            return
         self.serve()
 
     def serve(self):
