@@ -11673,7 +11673,9 @@ class RpcServer:
         for connection in list(self.connections):
             if connection.waiting is not None:
                 value = self.settle(connection.waiting, connection)
-                if value is not None:
+                if value is not None and connection.lingering:
+                    connection.waiting = None  # answered already: refused
+                elif value is not None:
                     connection.waiting = None
                     connection.deadline = now + RPC_IDLE
                     self.answer(connection, value)
