@@ -11420,7 +11420,20 @@ class RpcConnection:
         self.serve()
 
     def serve(self):
-        """Answer the next whole request, if it is here and none waits."""
+        """Answer the whole requests that are here, while none waits; then
+        the deadline: a request begun has RPC_REQUEST_TIME from its first
+        byte, an idle connection RPC_IDLE."""
+        self.serve_requests()
+        if self.closed or self.waiting is not None or self.tail is not None \
+                or self.lingering:
+            return
+        if not self.inbuf.strip(b"\r\n"):
+            self.deadline = self.server.supervisor.clock() + RPC_IDLE
+        elif self.deadline is None:
+            self.deadline = self.server.supervisor.clock() + \
+                RPC_REQUEST_TIME
+
+    def serve_requests(self):
         while not self.closed and self.waiting is None and \
                 self.tail is None and self.keep:
             self.inbuf = self.inbuf.lstrip(b"\r\n")
@@ -11453,8 +11466,6 @@ class RpcConnection:
                     "connection", "").lower() == "keep-alive")
             self.deadline = None
             self.request(method, target, headers, body)
-            if not self.inbuf and self.waiting is None and not self.closed:
-                self.deadline = self.server.supervisor.clock() + RPC_IDLE
 
     def request(self, method, target, headers, body):
         if self.auth is not None and not password_matches(
@@ -11677,7 +11688,6 @@ class RpcServer:
                     connection.waiting = None  # answered already: refused
                 elif value is not None:
                     connection.waiting = None
-                    connection.deadline = now + RPC_IDLE
                     self.answer(connection, value)
                     connection.serve()
             elif connection.deadline is not None and \
