@@ -1385,8 +1385,8 @@ class SteppedClockTests(SupervisorCase):
     """Issue 11: the timing paths on a clock the test steps, so that a
     back-off of 8 s or a stopwaitsecs of 30 s costs no real time."""
 
-    def scenario(self, services, code):
-        self.write_config(services)
+    def scenario(self, services, code, raw=""):
+        self.write_config(services, raw=raw)
         result = subprocess.run(
             [PY, "-c", STEPPED, HERE, self.conf, textwrap.dedent(code)],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -1450,6 +1450,44 @@ class SteppedClockTests(SupervisorCase):
             assert supervisor.next_timeout(clock.now) is None, \
                 supervisor.next_timeout(clock.now)
             """)
+
+    def test_xmlrpc_clients_are_timed_on_the_clock(self):
+        """Issue 27: a client that stops halfway through a request is
+        answered 408 at RPC_REQUEST_TIME, an idle one closed at RPC_IDLE,
+        and then the supervisor sleeps for good again."""
+        sock = os.path.join(self.tmp, "sv.sock")
+        self.scenario({"s": {"command": "sleep 1000"}}, """
+            import socket
+            advance(0.2)
+            turn_until(lambda: service("s").state == "up", "up")
+            body = (b"<?xml version='1.0'?><methodCall><methodName>"
+                    b"supervisor.getPID</methodName></methodCall>")
+            slow = socket.socket(socket.AF_UNIX)
+            slow.connect(%r)
+            slow.sendall(b"POST /RPC2 HTTP/1.1\\r\\nContent-Length: %%d"
+                         b"\\r\\n\\r\\n%%s" %% (len(body), body)
+                         + b"POST /RPC2 HTTP/1.1\\r\\nCont")
+            idle = socket.socket(socket.AF_UNIX)
+            idle.connect(%r)
+            slow.settimeout(5)
+            turn_until(lambda: len(supervisor.rpc.connections) == 2,
+                       "both accepted")
+            turn_until(lambda: b"</methodResponse>" in slow.recv(65536,
+                       socket.MSG_PEEK), "the first answer")
+            advance(fcgiwatch.RPC_REQUEST_TIME - 0.1)
+            assert b"408" not in slow.recv(65536, socket.MSG_PEEK)
+            advance(0.2)
+            turn_until(lambda: b"408 Request Timeout" in slow.recv(
+                65536, socket.MSG_PEEK), "408")
+            slow.close()
+            turn_until(lambda: len(supervisor.rpc.connections) == 1, "gone")
+            assert supervisor.next_timeout(clock.now) > 60
+            advance(fcgiwatch.RPC_IDLE)
+            turn_until(lambda: not supervisor.rpc.connections, "idle closed")
+            supervisor.turn(wait=0)
+            assert supervisor.next_timeout(clock.now) is None, \
+                supervisor.next_timeout(clock.now)
+            """ % (sock, sock), raw="[unix_http_server]\nfile = %s\n" % sock)
 
     def test_startsecs_decides_up_and_quick_failures(self):
         self.scenario({"slow": {"command": "sleep 1000",
