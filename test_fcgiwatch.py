@@ -6822,9 +6822,11 @@ class SupervisorctlTests(SupervisorCase):
         self.start(None, wait_up=False)
         for name in ("web", "api", "db", "worker_0", "worker_1"):
             self.wait_state(name, "up")
-        self.addCleanup(lambda: self.assertFalse(os.path.exists(self.sock)
-                                                 and self.proc.poll() is not
-                                                 None, "socket left"))
+        self.addCleanup(self.no_socket_left)
+
+    def no_socket_left(self):
+        self.stop_supervisor()
+        self.assertFalse(os.path.exists(self.sock), "the socket was left")
 
     def ctl(self, *args, **kwargs):
         user = kwargs.pop("user", None)
