@@ -10499,7 +10499,9 @@ SUPERVISORD_STATES = {STARTING: (10, "STARTING"), UP: (20, "RUNNING"),
                       DOWN: (0, "STOPPED"), FATAL: (200, "FATAL")}
 
 #: Characters XML 1.0 cannot carry, which a service's output may hold.
-XML_UNSAFE_RE = re.compile(u"[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+#: (A pattern, compiled by re's own cache at its first use: nothing is
+#: compiled at import for a supervisor that serves no client.)
+XML_UNSAFE = u"[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]"
 
 
 #: A start or stop: the states it leaves alone, the states it aims at, the
@@ -10596,7 +10598,7 @@ def tail_range(size, offset, length):
 
 def xml_text(data):
     """Output bytes as text an XML-RPC answer may carry."""
-    return XML_UNSAFE_RE.sub(u"\ufffd", data.decode("utf-8", "replace"))
+    return re.sub(XML_UNSAFE, u"\ufffd", data.decode("utf-8", "replace"))
 
 
 # XML-RPC by hand, on expat: xmlrpc.client would do it, but it loads
@@ -10604,7 +10606,7 @@ def xml_text(data):
 # the rest of its life, and it parses whatever DTD a client sends.
 
 def xml_escape(text):
-    return XML_UNSAFE_RE.sub(u"\ufffd", text.replace("&", "&amp;").replace(
+    return re.sub(XML_UNSAFE, u"\ufffd", text.replace("&", "&amp;").replace(
         "<", "&lt;").replace(">", "&gt;"))
 
 
