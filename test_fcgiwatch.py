@@ -2225,6 +2225,16 @@ class SupervisordFileTests(SupervisorCase):
         self.assertEqual(self.entry("php_00")["pid"], before["php_00"])
         code, out, err = self.cli("--restart", "web:gunicorn")
         self.assertEqual(code, 0, out + err)
+        # The sample's own [supervisorctl] line reaches us.
+        ctl = os.path.join(APPS, "bin", "supervisorctl")
+        if os.access(ctl, os.X_OK):
+            out = subprocess.run([ctl, "-c", self.conf, "status"],
+                                 stdout=subprocess.PIPE,
+                                 universal_newlines=True, timeout=60).stdout
+            self.assertEqual(sorted(line.split()[:2] for line in
+                                    out.splitlines()), [
+                ["php:php_00", "RUNNING"], ["php:php_01", "RUNNING"],
+                ["web:celery", "RUNNING"], ["web:gunicorn", "RUNNING"]])
         self.stop_supervisor()
         self.assertFalse(os.path.exists(os.path.join(self.tmp,
                                                      "supervisord.pid")))
