@@ -2204,6 +2204,10 @@ class SupervisordFileTests(SupervisorCase):
             self.assertTrue(any(expected in w for w in warnings),
                             (expected, warnings))
         self.assertLess(out.index("warning: "), out.index("config "))
+        self.assertIn("supervisorctl and XML-RPC: %s/supervisor.sock (mode "
+                      "0700, root:root)" % self.tmp if IS_ROOT else
+                      "supervisorctl and XML-RPC: %s/supervisor.sock" %
+                      self.tmp, out)
         names = ["celery", "gunicorn", "php_00", "php_01"]
         self.start(None, wait_up=False)
         for name in names:
