@@ -10783,6 +10783,15 @@ def rpc_group(config, groups):
     return config.program
 
 
+def groups_of(config):
+    """{supervisord group: {service name: ServiceConfig}} of a Config."""
+    out = {}
+    for service in config.services:
+        out.setdefault(rpc_group(service, config.groups), {})[
+            service.name] = service
+    return out
+
+
 class Capture:
     """Stands in for a control client, for an RPC method that carries out
     a control command: keeps its lines and its exit code."""
@@ -11179,16 +11188,6 @@ class RpcApi:
 
     # -- the config: reread, update, add, remove ----------------------------
 
-    def groups_of(self, services):
-        """{group: {name: config}} of a list of ServiceConfigs."""
-        out = {}
-        for config in services:
-            out.setdefault(rpc_group(config, self.supervisor.config.groups
-                                     if self.pending is None else
-                                     self.pending[0].groups), {})[
-                config.name] = config
-        return out
-
     def reloadConfig(self):
         supervisor = self.supervisor
         try:
@@ -11199,15 +11198,8 @@ class RpcApi:
                 line[len("fcgiwatch: "):] for line in exc.lines()))
         for warning in config.warnings:
             supervisor.warn("config: %s" % warning)
-        old = dict((rpc_group(s.config, supervisor.config.groups), {})
-                   for s in supervisor.services.values())
-        for service in supervisor.services.values():
-            old[rpc_group(service.config, supervisor.config.groups)][
-                service.name] = service.config
-        new = {}
-        for service in config.services:
-            new.setdefault(rpc_group(service, config.groups), {})[
-                service.name] = service
+        old = groups_of(supervisor.config)
+        new = groups_of(config)
         added = sorted(g for g in new if g not in old)
         removed = sorted(g for g in old if g not in new)
         changed = sorted(g for g in new if g in old and new[g] != old[g])
