@@ -8374,9 +8374,11 @@ class Supervisor:
     def listen_rpc(self, lines):
         """[unix_http_server] or [inet_http_server] changed in a reload:
         listen anew; the clients connected stay."""
-        kept = []
+        kept, api, followers = [], None, []
         if self.rpc is not None:
             kept, self.rpc.connections = self.rpc.connections, []
+            api = self.rpc.api  # a reread's state, for the update under way
+            followers = self.rpc.main_followers
             self.rpc.close()
             self.rpc = None
         if self.settings.rpc is None:
@@ -8395,6 +8397,9 @@ class Supervisor:
         for connection in kept:
             connection.server = self.rpc
         self.rpc.connections = kept
+        self.rpc.main_followers = followers
+        if api is not None:
+            api.server, self.rpc.api = self.rpc, api
 
     def open_new_sockets(self, names, new_by_name, lines):
         """{name: listening socket} for each service whose socket is new or

@@ -7149,6 +7149,20 @@ class SupervisorctlTests(SupervisorCase):
         code, out = self.ctl("status")
         self.assertRegex(out, r"^a\s+RUNNING\s+pid %d," % self.entry("a")[
             "pid"])
+        # An update whose file also changes the socket: bound anew in the
+        # middle of supervisorctl's calls, which carry on.
+        with open(self.conf) as handle:
+            text = handle.read()
+        with open(self.conf, "w") as handle:
+            handle.write(text.replace("chmod = 0700", "chmod = 0770") +
+                         "".join("\n[program:%s]\ncommand = sleep 1009\n"
+                                 "environment = FWTEST_MARK=%s\n" % (
+                                     name, self.tmp) for name in "bc"))
+        self.assertEqual(self.ctl("update"), (0, "b: added process group\n"
+                                              "c: added process group\n"))
+        self.wait_state("b", "up")
+        self.wait_state("c", "up")
+        self.assertEqual(stat.S_IMODE(os.stat(self.sock).st_mode), 0o770)
         self.stop_supervisor()
         self.assertFalse(os.path.exists(self.sock))
         # A program of someone else's listens there: nothing starts.
