@@ -11386,6 +11386,7 @@ class RpcConnection:
         self.keep = True
         self.closed = False
         self.lingering = False    # answered for good; reading to EOF
+        self.continued = False    # "100 Continue" sent for this request
         self.tail = None          # (service, stream) of a /logtail
         self.lost = 0
         self.deadline = supervisor.clock() + RPC_IDLE
@@ -11457,7 +11458,13 @@ class RpcConnection:
                 self.error(413, "Payload Too Large")
                 return
             if len(self.inbuf) < end + 4 + length:
+                if headers.get("expect", "").lower() == "100-continue" \
+                        and not self.continued:
+                    # curl asks before it sends a body over 1 KiB.
+                    self.continued = True
+                    self.send(b"HTTP/1.1 100 Continue\r\n\r\n")
                 return
+            self.continued = False
             body = self.inbuf[end + 4:end + 4 + length]
             self.inbuf = self.inbuf[end + 4 + length:]
             self.keep = headers.get("connection", "").lower() != "close" \

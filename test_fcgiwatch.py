@@ -7097,6 +7097,19 @@ class SupervisorctlTests(SupervisorCase):
             answer = raw_http(self.sock, data)
             self.assertTrue(answer.startswith(b"HTTP/1.1 " + code),
                             (data[:60], answer[:200]))
+        # curl's Expect: 100-continue is answered before the body comes.
+        client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.addCleanup(client.close)
+        client.settimeout(10)
+        client.connect(self.sock)
+        call = (b"<methodCall><methodName>supervisor.getPID</methodName>"
+                b"</methodCall>")
+        client.sendall(b"POST /RPC2 HTTP/1.1\r\nExpect: 100-continue\r\n"
+                       b"Content-Length: %d\r\n\r\n" % len(call))
+        self.assertEqual(client.recv(100), b"HTTP/1.1 100 Continue\r\n\r\n")
+        client.sendall(call)
+        client.shutdown(socket.SHUT_WR)
+        self.assertIn(b"<int>%d</int>" % self.proc.pid, read_to_eof(client))
         # Random bytes, and calls with arguments of every wrong type.
         rng = random.Random(27)
         for _ in range(60):
