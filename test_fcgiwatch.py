@@ -4343,12 +4343,13 @@ class AppServerTests(SupervisorCase):
                                          load.longest * 1000))
         # uvicorn's own race, not the roll's: told to stop, it closes any
         # connection it accepted whose request it has not read yet
-        # (h11_impl.py shutdown(): cycle None), and the unread request
-        # makes the close a reset.  Seen once in about 13,000 requests;
-        # anything else, or more, is a failure.
+        # (h11_impl.py shutdown(): cycle None): a reset where the request
+        # had arrived, an empty answer where it had not.  Seen in two runs
+        # of eleven, once each; anything else, or more, is a failure.
         self.assertLessEqual(len(load.failures), 1, load.failures)
-        self.assertTrue(all("ConnectionResetError" in f
-                            for f in load.failures), load.failures)
+        self.assertTrue(all("ConnectionResetError" in f or
+                            "answered b''" in f for f in load.failures),
+                        load.failures)
         self.assertEqual(len(set(load.answers)), 4, "two runs, then two new")
 
 
