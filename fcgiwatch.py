@@ -10788,6 +10788,21 @@ def rpc_group(config, groups):
     return config.program
 
 
+def log_file_paths(config):
+    """(stdout's log file, stderr's) as supervisord names them: "" where
+    a stream goes to no file; stderr written with stdout, stdout's."""
+    paths = [path if path not in ("syslog", "null", "inherit") else ""
+             for path in (config.stdout_logfile, config.stderr_logfile)]
+    return paths[0], paths[1] or paths[0]
+
+
+def pipe_stream(config, stream):
+    """The stream whose pipe carries this one's output (a service whose
+    stderr follows stdout writes both on "stdout")."""
+    return "stdout" if stream == "stderr" and stderr_follows_stdout(
+        config) else stream
+
+
 def groups_of(config):
     """{supervisord group: {service name: ServiceConfig}} of a Config."""
     out = {}
@@ -10948,8 +10963,7 @@ class RpcApi:
         run, config = service.run, service.config
         started = run.started_wall if run is not None else (
             service.since_wall if service.spawns else 0)
-        logs = [path if path not in ("syslog", "null", "inherit") else ""
-                for path in (config.stdout_logfile, config.stderr_logfile)]
+        logs = log_file_paths(config)
         info = {
             "name": service.name, "group": group, "start": int(started),
             "stop": int(service.since_wall) if run is None else 0,
@@ -10958,7 +10972,7 @@ class RpcApi:
                 BACKOFF, FATAL) else "",
             "exitstatus": (service.last_exit or {}).get("code") or 0,
             "logfile": logs[0], "stdout_logfile": logs[0],
-            "stderr_logfile": logs[1] or logs[0], "pid": service.pid or 0}
+            "stderr_logfile": logs[1], "pid": service.pid or 0}
         info["description"] = process_description(state[0], info, wall)
         return info
 
@@ -11087,18 +11101,14 @@ class RpcApi:
         service = self.one(name)
         if service is None:
             raise RpcFault(FAULT_BAD_NAME, name)
-        config = service.config
-        path = config.stdout_logfile if stream == "stdout" else \
-            config.stderr_logfile or config.stdout_logfile
-        return (path if path not in ("syslog", "null", "inherit") else
-                None), service
+        path = log_file_paths(service.config)[stream == "stderr"]
+        return path or None, service
 
     def recent_bytes(self, service, stream):
         """(what the buffer holds of a stream, bytes ever kept): where a
         service's stderr shares stdout's pipe, both streams are "stdout"."""
         recent = service.recent
-        if stream == "stderr" and stderr_follows_stdout(service.config):
-            stream = "stdout"
+        stream = pipe_stream(service.config, stream)
         if recent is None:
             return b"", 0
         return recent.data(stream), recent.totals.get(stream, 0)
@@ -11375,7 +11385,7 @@ class RpcConnection:
     first byte; an answer never waits for the client to read it."""
 
     def __init__(self, server, sock, uid, auth):
-        self.server, self.sock, self.uid, self.auth = server, sock, uid, auth
+        self.server, self.sock, self.auth = server, sock, auth
         supervisor = server.supervisor
         # Over TCP there is no peer to ask: the password (required there)
         # is what lets a client act.
@@ -11689,7 +11699,7 @@ class RpcServer:
                 self.watch(sock, auth, path)
         for connection in list(self.connections):
             if connection.waiting is not None:
-                value = self.settle(connection.waiting, connection)
+                value = self.settle(connection.waiting)
                 if value is not None and connection.lingering:
                     connection.waiting = None  # answered already: refused
                 elif value is not None:
@@ -11700,7 +11710,7 @@ class RpcServer:
                     now >= connection.deadline:
                 connection.on_timeout()
 
-    def settle(self, waiting, connection=None):
+    def settle(self, waiting):
         """A waiting method's answer (or RpcFault), or None: not yet."""
         try:
             return waiting()
@@ -11779,8 +11789,7 @@ class RpcServer:
         if service is None or stream not in ("stdout", "stderr"):
             connection.error(404, "Not Found")
             return
-        if stream == "stderr" and stderr_follows_stdout(service.config):
-            stream = "stdout"
+        stream = pipe_stream(service.config, stream)
         self.stream_to(connection, service, stream, self.api.recent_bytes(
             service, stream)[0][-RPC_TAIL_START:])
         service.followers.append(connection)
